@@ -1,0 +1,278 @@
+"""DataModule: the prompt pool split into per-round slices, and each round's training set rebuilt
+from the round store (Lightning reloads the train dataloader every `epochs_per_round` epochs).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from soft_lightning.errors import ConfigError
+from soft_lightning.jsonl import read_records
+from soft_lightning.models import load_tokenizer, resolve_model
+from soft_lightning.prompts import PromptFormat, asset_path, stable_seed
+from soft_lightning.store import RoundStore
+
+BUNDLED = {"prompts": "demo_prompts.jsonl", "val_path": "demo_mc.jsonl"}
+
+
+@dataclass
+class PoolStats:
+    """What happened to the prompt pool on the way in."""
+
+    rows: int = 0
+    duplicates: int = 0
+    too_long: int = 0
+    empty: int = 0
+    kept: int = 0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class TrainExample:
+    id: str
+    input_ids: list[int]
+    labels: list[int] = field(repr=False)
+
+
+def _bundled(key: str, value: str | None) -> str | None:
+    return str(asset_path(BUNDLED[key])) if value == "demo" else value
+
+
+class SoftDataModule(L.LightningDataModule):
+    """Prompt pool -> round slices; round store -> training set; MC file -> validation set.
+
+    Args:
+        prompts: JSONL/JSON/Parquet of {prompt, id?}; `demo` is the bundled pool.
+        prompts_per_round: fresh prompts each round answers (rounds use disjoint slices).
+        rounds: number of rounds (linked from `bootstrap.rounds`).
+        allow_prompt_reuse: let rounds wrap around the pool when it is too small.
+        max_prompt_tokens: prompts longer than this (in tokens) are dropped and counted.
+        max_length: training sequences are cut to this many tokens (response end first).
+        batch_size: training batch size (sequences).
+        val_path: multiple-choice JSONL {question, choices, label}; `demo` is the bundled set,
+            null disables validation.
+        val_limit: score only the first N validation items (quick runs).
+        tokenizer: model source whose tokenizer is used (linked from `model.model_name_or_path`).
+        seed: shuffles the pool and the training order (linked from `bootstrap.seed`).
+    """
+
+    def __init__(
+        self,
+        prompts: str = "demo",
+        prompts_per_round: int = 64,
+        rounds: int = 1,
+        allow_prompt_reuse: bool = False,
+        max_prompt_tokens: int = 512,
+        max_length: int = 1024,
+        batch_size: int = 4,
+        val_path: str | None = "demo",
+        val_limit: int | None = None,
+        val_batch_items: int = 4,
+        num_workers: int = 0,
+        tokenizer: str = "smollm2-135m-instruct",
+        seed: int = 0,
+    ):
+        super().__init__()
+        if prompts_per_round < 1:
+            raise ConfigError(f"data.prompts_per_round must be at least 1, got {prompts_per_round}.")
+        if rounds < 1:
+            raise ConfigError(f"bootstrap.rounds must be at least 1, got {rounds}.")
+        self.prompts_path = _bundled("prompts", prompts)
+        self.val_path = _bundled("val_path", val_path)
+        self.prompts_per_round, self.rounds, self.allow_prompt_reuse = prompts_per_round, rounds, allow_prompt_reuse
+        self.max_prompt_tokens, self.max_length, self.batch_size = max_prompt_tokens, max_length, batch_size
+        self.val_limit, self.val_batch_items, self.num_workers = val_limit, val_batch_items, num_workers
+        self.tokenizer_source, self.seed = tokenizer, seed
+        self.pool: list[dict] | None = None
+        self.pool_stats = PoolStats()
+        self.train_examples: list[TrainExample] = []
+        self.current_round: int | None = None
+        self.val_items: list[dict] | None = None
+
+    # ---- set-up -------------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self):
+        if not hasattr(self, "_tokenizer"):
+            self._tokenizer = load_tokenizer(resolve_model(self.tokenizer_source))
+            self.format = PromptFormat(self._tokenizer)
+        return self._tokenizer
+
+    def setup(self, stage: str) -> None:
+        # File checks run before the tokenizer (and any model) is touched.
+        if stage == "fit" and self.pool is None:
+            rows = self._read_pool()
+            if self.val_path:
+                self._read_val()
+            self.pool = self._filter_pool(rows)
+        if stage in ("fit", "validate") and self.val_path and self.val_items is None:
+            self.val_items = self._tokenize_val(self._read_val())
+
+    def _read_pool(self) -> list[dict]:
+        rows = read_records(self.prompts_path, key="data.prompts", required={"prompt": str})
+        ids = set()
+        for row in rows:
+            if "id" in row and not isinstance(row["id"], (str, int)):
+                raise ConfigError(f"data.prompts: {self.prompts_path} line {row['_line']}: field 'id' must be a string or integer.")
+            row["id"] = str(row.get("id", f"line-{row['_line']}"))
+            if row["id"] in ids:
+                raise ConfigError(
+                    f"data.prompts: {self.prompts_path} line {row['_line']}: duplicate id {row['id']!r}; ids must be unique."
+                )
+            ids.add(row["id"])
+        if not rows:
+            raise ConfigError(f"data.prompts: {self.prompts_path} holds no prompts.")
+        self._check_pool_size(len(rows), "rows")
+        return rows
+
+    def _check_pool_size(self, size: int, what: str) -> None:
+        need = self.rounds * self.prompts_per_round
+        if need > size and not self.allow_prompt_reuse:
+            raise ConfigError(
+                f"data.prompts: {self.prompts_path} has {size} usable {what} but bootstrap.rounds="
+                f"{self.rounds} x data.prompts_per_round={self.prompts_per_round} needs {need}; lower "
+                "either, add prompts, or set data.allow_prompt_reuse=true."
+            )
+
+    def _filter_pool(self, rows: list[dict]) -> list[dict]:
+        stats, seen, kept = PoolStats(rows=len(rows)), set(), []
+        for row in rows:
+            text = row["prompt"].strip()
+            key = re.sub(r"\s+", " ", text).lower()
+            if not text:
+                stats.empty += 1
+            elif key in seen:
+                stats.duplicates += 1
+            elif len(self.tokenizer(text, add_special_tokens=False).input_ids) > self.max_prompt_tokens:
+                stats.too_long += 1
+            else:
+                seen.add(key)
+                kept.append({"id": row["id"], "prompt": text})
+        stats.kept = len(kept)
+        self.pool_stats = stats
+        if not kept:
+            raise ConfigError(f"data.prompts: no usable prompt in {self.prompts_path} ({stats.as_dict()}).")
+        self._check_pool_size(len(kept), "prompts after dropping empty, duplicate and too-long ones")
+        random.Random(self.seed).shuffle(kept)
+        return kept
+
+    def prompts_for_round(self, r: int) -> list[dict]:
+        """Round r's slice of the pool: disjoint across rounds unless reuse is allowed."""
+        n, size = self.prompts_per_round, len(self.pool)
+        return [self.pool[(r * n + i) % size] for i in range(min(n, size))]
+
+    # ---- training data ------------------------------------------------------------------------
+
+    def use_round(self, store: RoundStore, r: int) -> None:
+        """Build the training set from round r's kept records (called by the bootstrap callback)."""
+        examples = []
+        for rec in store.read_records(r):
+            if rec.get("kept", True):
+                ex = self.encode_pair(rec["id"], rec["prompt"], rec["response"], rec.get("finish_reason") == "stop")
+                if ex is not None:
+                    examples.append(ex)
+        self.train_examples = self.order_examples(examples, r)
+        self.current_round = r
+
+    def encode_pair(self, id_: str, prompt: str, response: str, finished: bool) -> TrainExample | None:
+        """Token ids with labels -100 on the context, so the loss covers the response only."""
+        context, target = self.format_pair(prompt, response, finished)
+        ctx = self.tokenizer(context, add_special_tokens=False).input_ids
+        tgt = self.tokenizer(target, add_special_tokens=False).input_ids
+        tgt = tgt[: max(0, self.max_length - len(ctx))]
+        if not tgt:
+            return None
+        return TrainExample(id_, ctx + tgt, [-100] * len(ctx) + tgt)
+
+    def format_pair(self, prompt: str, response: str, finished: bool = True) -> tuple[str, str]:
+        self.tokenizer  # noqa: B018 - builds self.format
+        return self.format.training_pair(prompt, response, finished=finished)
+
+    def order_examples(self, examples: list[TrainExample], r: int) -> list[TrainExample]:
+        """The training order of a round (the curriculum's seam): here a seeded shuffle."""
+        order = list(examples)
+        random.Random(stable_seed(self.seed, "train-order", r)).shuffle(order)
+        return order
+
+    def train_dataloader(self):
+        if self.current_round is None:
+            raise RuntimeError("no round is loaded yet; the BootstrapCallback must be among the trainer's callbacks.")
+        if not self.train_examples:
+            raise RuntimeError(f"round {self.current_round} kept no trainable example; see its manifest.json.")
+        return DataLoader(
+            self.train_examples, batch_size=self.batch_size, shuffle=False,
+            collate_fn=self.collate, num_workers=self.num_workers,
+        )
+
+    def collate(self, batch: list[TrainExample]) -> dict[str, torch.Tensor]:
+        width = max(len(ex.input_ids) for ex in batch)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, ex in enumerate(batch):
+            n = len(ex.input_ids)
+            ids[i, :n] = torch.tensor(ex.input_ids)
+            labels[i, :n] = torch.tensor(ex.labels)
+            mask[i, :n] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    # ---- validation ---------------------------------------------------------------------------
+
+    def _read_val(self) -> list[dict]:
+        rows = read_records(self.val_path, key="data.val_path",
+                            required={"question": str, "choices": list, "label": int})
+        for row in rows:
+            if len(row["choices"]) < 2 or not all(isinstance(c, str) and c.strip() for c in row["choices"]):
+                raise ConfigError(f"data.val_path: {self.val_path} line {row['_line']}: 'choices' must hold 2+ non-empty strings.")
+            if not 0 <= row["label"] < len(row["choices"]):
+                raise ConfigError(
+                    f"data.val_path: {self.val_path} line {row['_line']}: label {row['label']} is out of range "
+                    f"for {len(row['choices'])} choices."
+                )
+        if not rows:
+            raise ConfigError(f"data.val_path: {self.val_path} holds no items.")
+        return rows[: self.val_limit] if self.val_limit else rows
+
+    def _tokenize_val(self, rows: list[dict]) -> list[dict]:
+        items = []
+        for row in rows:
+            choices = [self.encode_pair("", row["question"], c, finished=False) for c in row["choices"]]
+            items.append({"choices": choices, "label": row["label"]})
+        return items
+
+    def val_dataloader(self):
+        if not self.val_items:
+            return []
+        return DataLoader(self.val_items, batch_size=self.val_batch_items, shuffle=False,
+                          collate_fn=self.collate_mc, num_workers=self.num_workers)
+
+    def collate_mc(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        """Flatten items' choices into rows; `item_index`/`choice_index` map rows back."""
+        rows, item_index, choice_index = [], [], []
+        for i, item in enumerate(items):
+            for j, ex in enumerate(item["choices"]):
+                rows.append(ex)
+                item_index.append(i)
+                choice_index.append(j)
+        batch = self.collate(rows)
+        batch["item_index"] = torch.tensor(item_index)
+        batch["choice_index"] = torch.tensor(choice_index)
+        batch["item_label"] = torch.tensor([item["label"] for item in items])
+        return batch
+
+    # ---- checkpoint state ---------------------------------------------------------------------
+
+    def state_dict(self):
+        return {"current_round": self.current_round}
+
+    def load_state_dict(self, state_dict):
+        self.current_round = state_dict.get("current_round")

@@ -1,0 +1,94 @@
+"""Reading user record files (JSONL, JSON, Parquet) with errors that name the file and line,
+and writing JSON files atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from soft_lightning.errors import ConfigError
+
+SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def read_records(path: str | Path, *, key: str, required: dict[str, type | tuple[type, ...]]) -> list[dict]:
+    """Rows of a JSONL/JSON/Parquet file, each checked for the required fields and their types.
+
+    Every row gets `_line` (1-based line or row number) so later checks can point at it.
+    `key` is the config key the file came from, quoted in errors.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{key}: file {file} does not exist.")
+    if file.suffix not in SUFFIXES:
+        raise ConfigError(f"{key}: {file} has suffix '{file.suffix}'; use one of {', '.join(SUFFIXES)}.")
+    where = "row" if file.suffix == ".parquet" else "line"
+    rows = list(_iter_rows(file, key))
+    for row in rows:
+        for field, types in required.items():
+            if field not in row:
+                raise ConfigError(f"{key}: {file} {where} {row['_line']}: missing required field '{field}'.")
+            if not isinstance(row[field], types) or isinstance(row[field], bool) and types is not bool:
+                want = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
+                raise ConfigError(
+                    f"{key}: {file} {where} {row['_line']}: field '{field}' must be {want}, "
+                    f"got {type(row[field]).__name__}."
+                )
+    return rows
+
+
+def _iter_rows(file: Path, key: str):
+    if file.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ConfigError(f"{key}: reading {file} needs pyarrow; `pip install pyarrow`.") from None
+        for i, row in enumerate(pq.read_table(file).to_pylist(), 1):
+            yield {**row, "_line": i}
+        return
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        line = file.read_bytes()[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{key}: {file} line {line}: not valid UTF-8; re-encode the file as UTF-8.") from None
+    if file.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{key}: {file} line {err.lineno}: invalid JSON ({err.msg}).") from None
+        if not isinstance(data, list):
+            raise ConfigError(f"{key}: {file} must hold a JSON list of objects.")
+        for i, row in enumerate(data, 1):
+            if not isinstance(row, dict):
+                raise ConfigError(f"{key}: {file} item {i} is not a JSON object.")
+            yield {**row, "_line": i}
+        return
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{key}: {file} line {i}: invalid JSON ({err.msg}); fix or remove that line.") from None
+        if not isinstance(row, dict):
+            raise ConfigError(f"{key}: {file} line {i}: expected a JSON object, got {type(row).__name__}.")
+        yield {**row, "_line": i}
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temp file beside `path`, fsync it, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, ensure_ascii=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

