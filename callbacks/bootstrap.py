@@ -45,6 +45,8 @@ class BootstrapCallback(L.Callback):
         principles: JSON {preamble, principles} or a text file; `default` is bundled.
         icl_pool: JSONL of {id, prompt, response} exemplars; `default` is bundled.
         icl_examples: in-context examples drawn per prompt.
+        icl: `random` draws examples per prompt (SOFT); `fixed` uses the same ones for all
+            prompts (the Dromedary-2 style baseline).
         seed: drives ICL draws and sampling (same seed, same data).
         sampling: temperature, top_p, max_new_tokens.
         vllm: engine settings for the vLLM backend.
@@ -61,6 +63,7 @@ class BootstrapCallback(L.Callback):
         principles: str = "default",
         icl_pool: str = "default",
         icl_examples: int = 3,
+        icl: Literal["random", "fixed"] = "random",
         seed: int = 0,
         sampling: SamplingConfig = SamplingConfig(),
         vllm: VLLMOptions = VLLMOptions(),
@@ -81,8 +84,9 @@ class BootstrapCallback(L.Callback):
         # Small files, read now so a missing or malformed one fails before any model loads.
         self.principles = load_principles(principles)
         self.icl_pool = load_icl_pool(icl_pool)
-        self.icl_examples = icl_examples
+        self.icl_examples, self.icl = icl_examples, icl
         self.sampler = None
+        self._engine_seconds = 0.0
         self.round = 0  # the round being trained
         self.summary: list[dict] = []
 
@@ -98,6 +102,7 @@ class BootstrapCallback(L.Callback):
         dm = trainer.datamodule
         if self.sampler is None:
             self.sampler = self._make_sampler(pl_module, dm)
+            self._engine_seconds = self.sampler.start()  # reported in the next round's manifest
         if not self.store.is_generated(self.round):
             adapter = self.store.adapter_dir(self.round - 1) if self.round > 0 else None
             self._generate(trainer, pl_module, self.round, adapter)
@@ -150,7 +155,8 @@ class BootstrapCallback(L.Callback):
     def build_requests(self, prompts: list[dict], r: int, fmt: PromptFormat) -> list[GenerationRequest]:
         requests = []
         for p in prompts:
-            examples = draw_examples(self.icl_pool, self.icl_examples, seed=self.seed, round_index=r, prompt_id=p["id"])
+            examples = draw_examples(self.icl_pool, self.icl_examples, seed=self.seed, round_index=r,
+                                     prompt_id=p["id"], strategy=self.icl)
             text = fmt.generation_prompt(self.principles, examples, p["prompt"])
             requests.append(GenerationRequest(p["id"], p["prompt"], text, [e.id for e in examples]))
         return requests
@@ -171,6 +177,7 @@ class BootstrapCallback(L.Callback):
                     rec["drop_reason"] = reason
                     dropped[reason] = dropped.get(reason, 0) + 1
             seconds = time.perf_counter() - t0
+            engine_seconds, self._engine_seconds = self._engine_seconds, 0.0
             n_tokens = sum(rec["n_tokens"] for rec in records)
             self.store.write_round(r, records, {
                 "prompts": len(records),
@@ -181,11 +188,12 @@ class BootstrapCallback(L.Callback):
                 "sampler": self.sampler.describe(),
                 "adapter": str(adapter) if adapter else None,
                 "seed": self.seed,
+                "icl": self.icl,
                 "icl_examples": self.icl_examples,
                 "icl_pool_size": len(self.icl_pool),
                 "pool": dm.pool_stats.as_dict(),
                 "timings": {"generation_seconds": round(seconds, 3),
-                            "engine_start_seconds": round(getattr(self.sampler, "engine_start_seconds", 0.0), 3),
+                            "engine_start_seconds": round(engine_seconds, 3),
                             "tokens_per_second": round(n_tokens / max(seconds, 1e-9), 1)},
             })
         trainer.strategy.barrier()

@@ -98,6 +98,7 @@ class SoftModule(L.LightningModule):
             task_type="CAUSAL_LM",
         )
         self.model = get_peft_model(base, config)
+        self.model.train()  # from_pretrained returns eval mode; Lightning keeps modes as found
 
     @property
     def tokenizer(self):

@@ -77,10 +77,15 @@ def stable_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "big")
 
 
-def draw_examples(pool: list[Example], k: int, *, seed: int, round_index: int, prompt_id: str) -> list[Example]:
-    """k distinct exemplars for one prompt, reproducible from (run seed, round, prompt id)."""
-    rng = random.Random(stable_seed(seed, round_index, prompt_id))
-    return rng.sample(pool, min(k, len(pool)))
+def draw_examples(pool: list[Example], k: int, *, seed: int, round_index: int, prompt_id: str,
+                  strategy: str = "random") -> list[Example]:
+    """k distinct exemplars for one prompt.
+
+    `random` (SOFT) draws per prompt, reproducible from (run seed, round, prompt id); `fixed`
+    (the Dromedary-2 baseline) gives every prompt of every round the same k, chosen by the seed.
+    """
+    parts = (seed,) if strategy == "fixed" else (seed, round_index, prompt_id)
+    return random.Random(stable_seed(*parts)).sample(pool, min(k, len(pool)))
 
 
 class PromptFormat:

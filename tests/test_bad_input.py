@@ -1,0 +1,70 @@
+"""Each bad input fails with one clear sentence naming the file/key, before any model loads,
+and leaves no round directory behind."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from soft_lightning.cli import main
+from tests.conftest import run_cli, tiny_run_args
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def fails(capsys, args: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    message = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(message) == 1, err[-2000:]
+    return message[0]
+
+
+CASES = {
+    "missing prompts file": (["--data.prompts", "{tmp}/nope.jsonl"], "data.prompts: file {tmp}/nope.jsonl does not exist"),
+    "malformed JSONL line": (["--data.prompts", "{tmp}/bad.jsonl"], "bad.jsonl line 2: invalid JSON"),
+    "missing required field": (["--data.prompts", "{tmp}/nofield.jsonl"], "nofield.jsonl line 1: missing required field 'prompt'"),
+    "wrong field type": (["--data.prompts", "{tmp}/wrongtype.jsonl"], "field 'prompt' must be str, got int"),
+    "empty pool": (["--data.prompts", "{tmp}/empty.jsonl"], "empty.jsonl holds no prompts"),
+    "pool too small": (["--data.prompts_per_round", "300"], "needs 600"),
+    "unknown model path": (["--model.model_name_or_path", "{tmp}/no-such-model"], "is not an existing folder or .gguf file"),
+    "LoRA rank above vLLM's": (["--model.lora_r", "1024", "--bootstrap.sampler", "vllm"], "above the largest LoRA rank vLLM serves (512)"),
+    "MC label out of range": (["--data.val_path", "{tmp}/mc.jsonl"], "mc.jsonl line 1: label 7 is out of range for 2 choices"),
+    "duplicate prompt ids": (["--data.prompts", "{tmp}/dups.jsonl"], "duplicate id 'a'"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_clear_error_and_writes_nothing(case, tmp_path, capsys, tiny_model):
+    write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "fine"}, '{"prompt": "broken'])
+    write_jsonl(tmp_path / "nofield.jsonl", [{"text": "no prompt key"}])
+    write_jsonl(tmp_path / "wrongtype.jsonl", [{"prompt": 5}])
+    (tmp_path / "empty.jsonl").write_text("\n")
+    write_jsonl(tmp_path / "mc.jsonl", [{"question": "q", "choices": ["a", "b"], "label": 7}])
+    write_jsonl(tmp_path / "dups.jsonl", [{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}])
+    extra, expected = CASES[case]
+    out = tmp_path / "out"
+    args = tiny_run_args(tiny_model, out, "hf", *[a.format(tmp=tmp_path) for a in extra])
+    message = fails(capsys, args)
+    assert expected.format(tmp=tmp_path) in message
+    assert not out.exists() or not any(out.glob("round_*")), "a bad input left a round directory behind"
+
+
+def test_bad_input_exit_code_and_message_from_a_real_process(tmp_path, tiny_model):
+    out = tmp_path / "out"
+    result = run_cli(*tiny_run_args(tiny_model, out, "hf", "--data.prompts", str(tmp_path / "missing.jsonl")))
+    assert result.returncode == 2
+    assert f"error: data.prompts: file {tmp_path}/missing.jsonl does not exist." in result.stderr
+    assert "Traceback" not in result.stderr and "Loading weights" not in result.stderr
+    assert not out.exists()
+
+
+def test_unknown_config_key_is_refused(capsys, tiny_model, tmp_path):
+    with pytest.raises(SystemExit):
+        main(tiny_run_args(tiny_model, tmp_path, "hf", "--data.prompt_per_round", "3"))
+    assert "prompt_per_round" in capsys.readouterr().err

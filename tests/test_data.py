@@ -1,0 +1,76 @@
+"""Prompt pool reading, cleaning and round slicing; the round store's atomic files."""
+
+import json
+
+import pytest
+
+from soft_lightning.data import SoftDataModule
+from soft_lightning.errors import ConfigError
+from soft_lightning.store import RoundStore
+
+
+def pool_file(tmp_path, rows, name="pool.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_pool_is_deduplicated_filtered_and_split_disjointly(tmp_path, tiny_model):
+    rows = [{"id": f"p{i}", "prompt": f"Question number {i}?"} for i in range(12)]
+    rows += [{"id": "dup", "prompt": "  question NUMBER 3? "}, {"id": "blank", "prompt": "   "},
+             {"id": "long", "prompt": "word " * 200}]
+    dm = SoftDataModule(prompts=pool_file(tmp_path, rows), prompts_per_round=4, rounds=3, val_path=None,
+                        max_prompt_tokens=50, tokenizer=tiny_model)
+    dm.setup("fit")
+    assert dm.pool_stats.as_dict() == {"rows": 15, "duplicates": 1, "too_long": 1, "empty": 1, "kept": 12}
+    slices = [{p["id"] for p in dm.prompts_for_round(r)} for r in range(3)]
+    assert all(len(s) == 4 for s in slices)
+    assert set().union(*slices) == {f"p{i}" for i in range(12)}
+
+
+def test_pool_too_small_after_cleaning_unless_reuse(tmp_path, tiny_model):
+    rows = [{"prompt": f"Prompt {i}"} for i in range(5)] + [{"prompt": "Prompt 1"}]
+    path = pool_file(tmp_path, rows)
+    dm = SoftDataModule(prompts=path, prompts_per_round=3, rounds=2, val_path=None, tokenizer=tiny_model)
+    with pytest.raises(ConfigError, match="has 5 usable prompts after dropping"):
+        dm.setup("fit")
+    dm = SoftDataModule(prompts=path, prompts_per_round=3, rounds=2, val_path=None, tokenizer=tiny_model,
+                        allow_prompt_reuse=True)
+    dm.setup("fit")
+    assert len(dm.prompts_for_round(1)) == 3
+
+
+def test_json_and_parquet_pools_read_like_jsonl(tmp_path, tiny_model):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"id": f"p{i}", "prompt": f"Tell me fact {i}."} for i in range(4)]
+    (tmp_path / "pool.json").write_text(json.dumps(rows))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pool.parquet")
+    for name in ("pool.json", "pool.parquet"):
+        dm = SoftDataModule(prompts=str(tmp_path / name), prompts_per_round=2, rounds=2, val_path=None,
+                            tokenizer=tiny_model)
+        dm.setup("fit")
+        assert sorted(p["id"] for p in dm.pool) == [f"p{i}" for i in range(4)]
+
+
+def test_round_store_checksums_the_data(tmp_path):
+    store = RoundStore(tmp_path)
+    store.write_round(0, [{"id": "a", "response": "x"}], {"prompts": 1})
+    assert store.is_generated(0) and store.read_manifest(0)["round"] == 0
+    with open(store.data_path(0), "a") as fh:
+        fh.write('{"id": "b"}\n')
+    assert not store.is_generated(0), "a data file that no longer matches its manifest must not count"
+    assert not list(tmp_path.glob("round_0/.*")), "temp files must not be left behind"
+
+
+def test_adapter_save_failure_leaves_no_adapter(tmp_path):
+    store = RoundStore(tmp_path)
+
+    def broken_save(directory):
+        (directory / "adapter_config.json").write_text("{}")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        store.save_adapter(0, broken_save)
+    assert not store.adapter_dir(0).exists() and not list((tmp_path / "round_0").iterdir())

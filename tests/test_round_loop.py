@@ -1,0 +1,71 @@
+"""The two-round CLI run, end to end, with each sampler backend (real subprocesses)."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from soft_lightning.store import RoundStore, sha256_file
+from tests.conftest import run_cli, tiny_run_args
+
+RECORD_FIELDS = {"id", "prompt", "response", "icl_ids", "n_tokens", "finish_reason", "mean_logprob", "kept"}
+
+
+@pytest.fixture(scope="module", params=["hf", "vllm"])
+def finished_run(request, tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"run-{request.param}")
+    result = run_cli(*tiny_run_args(tiny_model, out, request.param))
+    assert result.returncode == 0, result.stderr[-4000:]
+    return request.param, out, result
+
+
+def test_store_layout_and_disjoint_rounds(finished_run):
+    sampler, out, result = finished_run
+    store = RoundStore(out)
+    ids_per_round = []
+    for r in (0, 1):
+        assert store.is_generated(r), f"round {r} has no valid manifest"
+        manifest = store.read_manifest(r)
+        assert manifest["round"] == r and manifest["data_sha256"] == sha256_file(store.data_path(r))
+        assert manifest["sampler"]["backend"] == sampler
+        assert manifest["prompts"] == 6 and manifest["kept"] + sum(manifest["dropped"].values()) == 6
+        assert manifest["adapter"] == (None if r == 0 else str(store.adapter_dir(0)))
+        records = store.read_records(r)
+        assert len(records) == 6 and all(RECORD_FIELDS <= set(rec) for rec in records)
+        assert all(rec["n_tokens"] > 0 and rec["mean_logprob"] <= 0 for rec in records)
+        assert all(len(rec["icl_ids"]) == 3 for rec in records)
+        assert (store.adapter_dir(r) / "adapter_model.safetensors").is_file()
+        ids_per_round.append({rec["id"] for rec in records})
+    assert not ids_per_round[0] & ids_per_round[1], "rounds must use disjoint prompt slices"
+    assert not (out / "round_2").exists()
+    assert "per-round summary" in result.stderr + result.stdout
+
+
+def test_adapters_change_and_load_with_peft(finished_run, tiny_model):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    _, out, _ = finished_run
+    store = RoundStore(out)
+    w0 = load_file(store.adapter_dir(0) / "adapter_model.safetensors")
+    w1 = load_file(store.adapter_dir(1) / "adapter_model.safetensors")
+    assert w0.keys() == w1.keys() and any("lora_B" in k for k in w0)
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0), "round 1 training did not change the adapter"
+    assert any(w0[k].abs().sum() > 0 for k in w0 if "lora_B" in k), "round 0 adapter is still the init"
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model = PeftModel.from_pretrained(base, str(store.adapter_dir(1)))
+    loaded = {k: v for k, v in model.state_dict().items() if "lora_B" in k}
+    key = next(k for k in w1 if "lora_B" in k)
+    match = [v for k, v in loaded.items() if k.replace(".default", "").endswith(key.split("base_model.model.", 1)[1])]
+    assert match and torch.allclose(match[0].float(), w1[key].float())
+
+
+def test_checkpoint_knows_the_round(finished_run):
+    _, out, _ = finished_run
+    ckpts = sorted((out / "logs").rglob("*.ckpt"))
+    assert ckpts
+    state = torch.load(ckpts[-1], map_location="cpu", weights_only=True)
+    callback_state = next(v for k, v in state["callbacks"].items() if "BootstrapCallback" in k)
+    assert callback_state["round"] == 1
+    assert all("lora_" in k for k in state["state_dict"]), "checkpoint should hold only LoRA weights"

@@ -1,0 +1,74 @@
+"""QLoRA numerics: loss on response tokens only, and 4-bit gradients that match a reference."""
+
+import bitsandbytes as bnb
+import bitsandbytes.functional as bnbf
+import pytest
+import torch
+
+from soft_lightning.data import SoftDataModule
+from soft_lightning.module import SoftModule
+
+
+@pytest.fixture(scope="module")
+def datamodule(tiny_model):
+    return SoftDataModule(tokenizer=tiny_model, val_path=None, max_length=64)
+
+
+def test_labels_cover_exactly_the_response(datamodule):
+    tok = datamodule.tokenizer
+    ex = datamodule.encode_pair("x", "Name a primary colour.", "Red.", finished=True)
+    context, target = datamodule.format_pair("Name a primary colour.", "Red.")
+    n_ctx = len(tok(context, add_special_tokens=False).input_ids)
+    assert ex.labels[:n_ctx] == [-100] * n_ctx
+    assert ex.labels[n_ctx:] == ex.input_ids[n_ctx:]
+    assert tok.decode(ex.input_ids[n_ctx:]) == "Red.<|im_end|>"
+
+
+def test_loss_ignores_prompt_tokens(datamodule, tiny_model):
+    module = SoftModule(tiny_model, quantization="none", compute_dtype="float32", lora_r=8)
+    module.configure_model()
+    batch = datamodule.collate([
+        datamodule.encode_pair("a", "Name a primary colour.", "Red.", True),
+        datamodule.encode_pair("b", "What is two plus two? Answer briefly please.", "Four.", True),
+    ])
+    loss = module(**batch).loss
+    logits = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    shift_logits, shift_labels = logits[:, :-1], batch["labels"][:, 1:]
+    keep = shift_labels != -100
+    manual = torch.nn.functional.cross_entropy(shift_logits[keep], shift_labels[keep])
+    assert torch.allclose(loss, manual, atol=1e-5)
+    # Changing the prompt's labels to train on them must change the loss: the mask matters.
+    full = dict(batch, labels=torch.where(batch["attention_mask"].bool(), batch["input_ids"], -100))
+    assert not torch.allclose(module(**full).loss, loss)
+
+
+def test_nf4_lora_gradients_match_a_dequantised_reference(tiny_model):
+    torch.manual_seed(0)
+    q = SoftModule(tiny_model, quantization="nf4", compute_dtype="float32", lora_r=8)
+    r = SoftModule(tiny_model, quantization="none", compute_dtype="float32", lora_r=8)
+    q.configure_model()
+    r.configure_model()
+    q_modules = dict(q.model.named_modules())
+    q_params = dict(q.model.named_parameters())
+    n_4bit = 0
+    with torch.no_grad():
+        for name, mod in r.model.named_modules():
+            base = getattr(q_modules.get(name), "base_layer", None)
+            if isinstance(base, bnb.nn.Linear4bit):
+                mod.base_layer.weight.copy_(bnbf.dequantize_4bit(base.weight.data, base.weight.quant_state))
+                n_4bit += 1
+        for n, p in r.model.named_parameters():
+            if "lora_" in n:
+                p.copy_(torch.randn_like(p) * 0.05)
+                q_params[n].copy_(p)
+    assert n_4bit >= 7 * 2, "every linear layer of the tiny Llama should be 4-bit"
+    ids = torch.randint(0, 1000, (2, 12))
+    labels = ids.clone()
+    labels[:, :5] = -100
+    for m in (q, r):
+        m(ids, torch.ones_like(ids), labels).loss.backward()
+    worst = max(
+        ((q_params[n].grad - p.grad).norm() / p.grad.norm()).item()
+        for n, p in r.model.named_parameters() if p.grad is not None
+    )
+    assert worst < 2e-2
