@@ -15,6 +15,7 @@ from callbacks.bootstrap import BootstrapCallback
 from soft_lightning.data import SoftDataModule
 from soft_lightning.errors import ConfigError
 from soft_lightning.module import SoftModule
+from soft_lightning.sampler import vllm_lora_rank
 
 
 class SoftCLI(LightningCLI):
@@ -28,6 +29,12 @@ class SoftCLI(LightningCLI):
         parser.link_arguments("bootstrap.rounds", "data.rounds")
         parser.link_arguments("bootstrap.seed", "data.seed")
         parser.link_arguments("model.model_name_or_path", "data.tokenizer")
+
+    def before_instantiate_classes(self) -> None:
+        # The one check that needs two sections; it must fail before anything is built.
+        config = self.config.get(self.subcommand, self.config)
+        if config.bootstrap.sampler == "vllm":
+            vllm_lora_rank(config.model.lora_r)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -50,7 +50,8 @@ class SoftDataModule(L.LightningDataModule):
     """Prompt pool -> round slices; round store -> training set; MC file -> validation set.
 
     Args:
-        prompts: JSONL/JSON/Parquet of {prompt, id?}; `demo` is the bundled pool.
+        prompts: JSONL/JSON/Parquet of {prompt, id?}; `demo` is the bundled pool (null for
+            `validate`, which needs none).
         prompts_per_round: fresh prompts each round answers (rounds use disjoint slices).
         rounds: number of rounds (linked from `bootstrap.rounds`).
         allow_prompt_reuse: let rounds wrap around the pool when it is too small.
@@ -66,7 +67,7 @@ class SoftDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        prompts: str = "demo",
+        prompts: str | None = "demo",
         prompts_per_round: int = 64,
         rounds: int = 1,
         allow_prompt_reuse: bool = False,
@@ -96,6 +97,10 @@ class SoftDataModule(L.LightningDataModule):
         self.train_examples: list[TrainExample] = []
         self.current_round: int | None = None
         self.val_items: list[dict] | None = None
+        # Read and check the files now, before the Trainer exists or anything is written; the
+        # tokenizer-dependent work waits for setup().
+        self._pool_rows = self._read_pool() if prompts is not None else None
+        self._val_rows = self._read_val() if self.val_path else None
 
     # ---- set-up -------------------------------------------------------------------------------
 
@@ -107,14 +112,12 @@ class SoftDataModule(L.LightningDataModule):
         return self._tokenizer
 
     def setup(self, stage: str) -> None:
-        # File checks run before the tokenizer (and any model) is touched.
         if stage == "fit" and self.pool is None:
-            rows = self._read_pool()
-            if self.val_path:
-                self._read_val()
-            self.pool = self._filter_pool(rows)
-        if stage in ("fit", "validate") and self.val_path and self.val_items is None:
-            self.val_items = self._tokenize_val(self._read_val())
+            if self._pool_rows is None:
+                raise ConfigError("data.prompts is null; fitting needs a prompt pool file.")
+            self.pool = self._filter_pool(self._pool_rows)
+        if stage in ("fit", "validate") and self._val_rows and self.val_items is None:
+            self.val_items = self._tokenize_val(self._val_rows)
 
     def _read_pool(self) -> list[dict]:
         rows = read_records(self.prompts_path, key="data.prompts", required={"prompt": str})

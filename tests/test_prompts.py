@@ -40,8 +40,9 @@ def test_generation_prompt_has_principles_and_examples_training_pair_has_neither
     examples = load_icl_pool("default")[:2]
     text = fmt.generation_prompt(principles, examples, "How do magnets work?")
     assert principles in text and all(e.prompt in text and e.response in text for e in examples)
-    assert text.rstrip().endswith(fmt.render([], add_generation_prompt=True).strip()) or "Assistant" in text[-30:]
     context, target = fmt.training_pair("How do magnets work?", "They align tiny domains.")
+    assistant_header = context.split("How do magnets work?")[-1]
+    assert text.endswith("How do magnets work?" + assistant_header), "the prompt must end where the answer starts"
     assert "How do magnets work?" in context and principles not in context
     assert not any(e.response in context for e in examples)
     assert target.startswith("They align tiny domains.") and target.endswith(fmt.end_of_turn)
