@@ -1,0 +1,47 @@
+"""Model sources: short name, .gguf file, HF folder, hub id; and the `validate` subcommand."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from soft_lightning.errors import ConfigError
+from soft_lightning.models import SHORT_NAMES, _packaged_file, check_model_source, resolve_model
+from tests.conftest import ROOT, run_cli
+
+
+def test_short_name_and_its_gguf_file_resolve_to_one_converted_folder(smollm2_dir):
+    gguf = _packaged_file(*SHORT_NAMES["smollm2-135m-instruct"])
+    assert resolve_model(str(gguf)) == smollm2_dir
+    config = json.loads((Path(smollm2_dir) / "config.json").read_text())
+    assert "quantization_config" not in config, "vLLM would try to re-quantise the dequantised weights"
+    assert config["model_type"] == "llama"
+    assert (Path(smollm2_dir) / "model.safetensors").is_file()
+
+
+def test_folder_and_hub_id_pass_through(tiny_model):
+    assert resolve_model(tiny_model) == str(Path(tiny_model).resolve())
+    assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@pytest.mark.parametrize("bad", ["./missing-model", "/nowhere/model.gguf", "just-a-word"])
+def test_unknown_sources_are_refused_without_loading(bad):
+    with pytest.raises(ConfigError, match="model.model_name_or_path"):
+        check_model_source(bad)
+
+
+def test_folder_without_config_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="has no config.json"):
+        check_model_source(str(tmp_path))
+
+
+def test_validate_subcommand_reports_mc_accuracy(tiny_model, tmp_path):
+    result = run_cli(
+        "validate", "--config", str(ROOT / "configs" / "demo.yaml"),
+        "--model.model_name_or_path", tiny_model, "--model.lora_r", "8",
+        "--data.val_limit", "8", "--trainer.default_root_dir", str(tmp_path),
+        "--bootstrap.out_dir", str(tmp_path / "store"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "val/mc_acc" in result.stdout
+    assert not (tmp_path / "store").exists(), "validate must not generate rounds"
