@@ -67,6 +67,13 @@ class SoftModule(L.LightningModule):
         """The HF folder (or hub id) vLLM and peft load; a `.gguf` is converted once on first use."""
         return resolve_model(self.hparams.model_name_or_path)
 
+    def setup(self, stage: str) -> None:
+        if self.hparams.optimizer != "adamw" and self.trainer.strategy.root_device.type != "cuda":
+            raise ConfigError(
+                f"model.optimizer={self.hparams.optimizer} needs a CUDA device (bitsandbytes paged "
+                "optimizers); use model.optimizer=adamw on this machine."
+            )
+
     def configure_model(self) -> None:
         """Load the base + LoRA here (not in __init__) so strategies like FSDP can shard it."""
         if self.model is not None:
