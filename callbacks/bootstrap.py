@@ -3,12 +3,12 @@
 A round is `epochs_per_round` epochs. Round 0's data is generated before the first training
 epoch; at the end of round r the adapter just trained is saved and answers round r+1's prompts.
 The callback orchestrates only: prompts come from the DataModule, responses from the sampler,
-files go through the RoundStore, and the DataModule rebuilds the training set from the store.
+difficulty from the curriculum's scorers, files go through the RoundStore, and the DataModule
+rebuilds the training set from the store.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -17,20 +17,17 @@ from typing import Literal
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
+from soft_lightning import curriculum
+from soft_lightning.curriculum import Ordering
 from soft_lightning.errors import ConfigError
 from soft_lightning.filters import drop_reason
-from soft_lightning.prompts import PromptFormat, draw_examples, load_icl_pool, load_principles
+from soft_lightning.prompts import (
+    ICL_STRATEGIES, PromptFormat, SelfExamples, draw_examples, load_icl_pool, load_principles, self_examples,
+)
 from soft_lightning.sampler import (
-    GenerationRequest,
-    HFSampler,
-    SamplingConfig,
-    VLLMOptions,
-    VLLMSampler,
-    vllm_lora_rank,
+    GenerationRequest, HFSampler, SamplingConfig, VLLMOptions, VLLMSampler, vllm_lora_rank,
 )
 from soft_lightning.store import RoundStore
-
-log = logging.getLogger(__name__)
 
 
 class BootstrapCallback(L.Callback):
@@ -44,10 +41,18 @@ class BootstrapCallback(L.Callback):
             model being trained).
         principles: JSON {preamble, principles} or a text file; `default` is bundled.
         icl_pool: JSONL of {id, prompt, response} exemplars; `default` is bundled.
-        icl_examples: in-context examples drawn per prompt.
-        icl: `random` draws examples per prompt (SOFT); `fixed` uses the same ones for all
-            prompts (the Dromedary-2 style baseline).
-        seed: drives ICL draws and sampling (same seed, same data).
+        icl: `random` draws examples per prompt (SOFT); `fixed` gives every prompt the same ones
+            (the Dromedary-2 baseline); `random+self` also draws from the best self-generated
+            pairs of earlier rounds (see `icl_self`).
+        icl_examples: in-context examples per prompt.
+        icl_self: how many self-generated examples each round adds, their length cap, and
+            what picks them (for `icl: random+self`).
+        within_round: scorer and order of each round's training data (SOFT+: perplexity,
+            easy_to_hard).
+        across_rounds: scorer and order that split the prompt pool over rounds (a prompt-only
+            scorer: prompt_perplexity or prompt_length).
+        score_batch_size: sequences per forward pass when scoring perplexity.
+        seed: drives ICL draws, orders and sampling (same seed, same data).
         sampling: temperature, top_p, max_new_tokens.
         vllm: engine settings for the vLLM backend.
         hf_batch_size: prompts per `generate` call for the hf backend.
@@ -62,8 +67,12 @@ class BootstrapCallback(L.Callback):
         sampler: Literal["vllm", "hf"] = "vllm",
         principles: str = "default",
         icl_pool: str = "default",
+        icl: Literal["random", "fixed", "random+self"] = "random",
         icl_examples: int = 3,
-        icl: Literal["random", "fixed"] = "random",
+        icl_self: SelfExamples = SelfExamples(),
+        within_round: Ordering = Ordering(),
+        across_rounds: Ordering = Ordering(),
+        score_batch_size: int = 8,
         seed: int = 0,
         sampling: SamplingConfig = SamplingConfig(),
         vllm: VLLMOptions = VLLMOptions(),
@@ -76,6 +85,12 @@ class BootstrapCallback(L.Callback):
             raise ConfigError(f"bootstrap.epochs_per_round must be at least 1, got {epochs_per_round}.")
         if icl_examples < 0:
             raise ConfigError(f"bootstrap.icl_examples must be 0 or more, got {icl_examples}.")
+        if icl not in ICL_STRATEGIES:
+            raise ConfigError(f"bootstrap.icl: unknown strategy '{icl}'; choose one of {', '.join(ICL_STRATEGIES)}.")
+        if sampler not in ("vllm", "hf"):
+            raise ConfigError(f"bootstrap.sampler: unknown sampler '{sampler}'; choose vllm or hf.")
+        curriculum.check_ordering(within_round, "bootstrap.within_round", prompts_only=False)
+        curriculum.check_ordering(across_rounds, "bootstrap.across_rounds", prompts_only=True)
         self.rounds, self.epochs_per_round = rounds, epochs_per_round
         self.store = RoundStore(out_dir)
         self.sampler_name, self.seed = sampler, seed
@@ -84,7 +99,8 @@ class BootstrapCallback(L.Callback):
         # Small files, read now so a missing or malformed one fails before any model loads.
         self.principles = load_principles(principles)
         self.icl_pool = load_icl_pool(icl_pool)
-        self.icl_examples, self.icl = icl_examples, icl
+        self.icl, self.icl_examples, self.icl_self = icl, icl_examples, icl_self
+        self.within_round, self.across_rounds, self.score_batch_size = within_round, across_rounds, score_batch_size
         self.sampler = None
         self._engine_seconds = 0.0
         self.round = 0  # the round being trained
@@ -93,16 +109,16 @@ class BootstrapCallback(L.Callback):
     # ---- Lightning hooks ----------------------------------------------------------------------
 
     def setup(self, trainer, pl_module, stage):
-        if stage != "fit":
-            return
-        if self.sampler_name == "vllm":
-            vllm_lora_rank(pl_module.hparams.lora_r)  # fails fast on a rank vLLM cannot serve
+        if stage == "fit" and self.sampler_name == "vllm":
+            vllm_lora_rank(pl_module.hparams.lora_r)  # for Python users; the CLI checks earlier
 
     def on_fit_start(self, trainer, pl_module):
         dm = trainer.datamodule
         if self.sampler is None:
             self.sampler = self._make_sampler(pl_module, dm)
             self._engine_seconds = self.sampler.start()  # reported in the next round's manifest
+        if self.across_rounds.scorer and dm.pool_order is None:
+            self._order_pool(dm, pl_module)
         if not self.store.is_generated(self.round):
             adapter = self.store.adapter_dir(self.round - 1) if self.round > 0 else None
             self._generate(trainer, pl_module, self.round, adapter)
@@ -141,6 +157,39 @@ class BootstrapCallback(L.Callback):
         self.round = state_dict["round"]
         self.summary = state_dict.get("summary", [])
 
+    # ---- curriculum and prompts ---------------------------------------------------------------
+
+    def _order_pool(self, dm, pl_module) -> None:
+        """Score the whole pool once so that round 0 gets the easiest slice (or the hardest)."""
+        scores, cost = curriculum.score(dm.pool, self.across_rounds.scorer, encoder=dm, model=pl_module.model,
+                                        batch_size=self.score_batch_size)
+        positions = curriculum.order_positions(scores, self.across_rounds.order, n=len(scores), seed=self.seed,
+                                               salt="pool")
+        dm.reorder_pool(positions, scores)
+        self._pool_scoring_cost = cost
+        rank_zero_info(f"[soft] pool ordered {self.across_rounds.order} by {self.across_rounds.scorer} "
+                       f"({cost['seconds']} s, {cost['tokens_per_second']} tok/s)")
+
+    def icl_pool_for_round(self, r: int) -> list:
+        """The bundled pool, plus (for `random+self`) the best pairs of rounds before r."""
+        if self.icl != "random+self":
+            return self.icl_pool
+        extra = []
+        for earlier in range(r):
+            extra += self_examples(self.store.read_records(earlier), earlier, self.icl_self)
+        return self.icl_pool + extra
+
+    def build_requests(self, prompts: list[dict], r: int, fmt: PromptFormat) -> list[GenerationRequest]:
+        pool = self.icl_pool_for_round(r)
+        strategy = "fixed" if self.icl == "fixed" else "random"
+        requests = []
+        for p in prompts:
+            examples = draw_examples(pool, self.icl_examples, seed=self.seed, round_index=r, prompt_id=p["id"],
+                                     strategy=strategy)
+            text = fmt.generation_prompt(self.principles, examples, p["prompt"])
+            requests.append(GenerationRequest(p["id"], p["prompt"], text, [e.id for e in examples]))
+        return requests
+
     # ---- a round's generation -----------------------------------------------------------------
 
     def _make_sampler(self, pl_module, dm):
@@ -152,31 +201,21 @@ class BootstrapCallback(L.Callback):
             self.vllm_options, pl_module.hparams.trust_remote_code,
         )
 
-    def build_requests(self, prompts: list[dict], r: int, fmt: PromptFormat) -> list[GenerationRequest]:
-        requests = []
-        for p in prompts:
-            examples = draw_examples(self.icl_pool, self.icl_examples, seed=self.seed, round_index=r,
-                                     prompt_id=p["id"], strategy=self.icl)
-            text = fmt.generation_prompt(self.principles, examples, p["prompt"])
-            requests.append(GenerationRequest(p["id"], p["prompt"], text, [e.id for e in examples]))
-        return requests
-
     def _generate(self, trainer, pl_module, r: int, adapter: Path | None) -> None:
         dm = trainer.datamodule
-        t0 = time.perf_counter()
-        requests = self.build_requests(dm.prompts_for_round(r), r, PromptFormat(dm.tokenizer))
         if trainer.is_global_zero:
+            t0 = time.perf_counter()
+            prompts = dm.prompts_for_round(r)
+            requests = self.build_requests(prompts, r, PromptFormat(dm.tokenizer))
             rank_zero_info(f"[soft] round {r}: generating {len(requests)} responses with {self.sampler.name}"
                            + (f" and adapter {adapter}" if adapter else " (base model)"))
             records = self.sampler.generate(requests, round_index=r, adapter=adapter, model=pl_module.model)
-            dropped: dict[str, int] = {}
-            for rec in records:
-                reason = drop_reason(rec["response"], self.min_response_chars)
-                rec["kept"] = reason is None
-                if reason:
-                    rec["drop_reason"] = reason
-                    dropped[reason] = dropped.get(reason, 0) + 1
             seconds = time.perf_counter() - t0
+            dropped = self._mark_dropped(records)
+            scoring = self._order_round(records, r, dm, pl_module)
+            for rec, prompt in zip(records, prompts):
+                if "difficulty" in prompt:
+                    rec["pool_difficulty"] = prompt["difficulty"]
             engine_seconds, self._engine_seconds = self._engine_seconds, 0.0
             n_tokens = sum(rec["n_tokens"] for rec in records)
             self.store.write_round(r, records, {
@@ -188,27 +227,56 @@ class BootstrapCallback(L.Callback):
                 "sampler": self.sampler.describe(),
                 "adapter": str(adapter) if adapter else None,
                 "seed": self.seed,
-                "icl": self.icl,
-                "icl_examples": self.icl_examples,
-                "icl_pool_size": len(self.icl_pool),
+                "icl": {"strategy": self.icl, "examples": self.icl_examples,
+                        "pool_size": len(self.icl_pool_for_round(r)), **asdict(self.icl_self)},
+                "curriculum": {
+                    "within_round": {**asdict(self.within_round), "scoring": scoring},
+                    "across_rounds": {**asdict(self.across_rounds),
+                                      "scoring": getattr(self, "_pool_scoring_cost", None)},
+                },
                 "pool": dm.pool_stats.as_dict(),
                 "timings": {"generation_seconds": round(seconds, 3),
                             "engine_start_seconds": round(engine_seconds, 3),
+                            "scoring_seconds": scoring["seconds"] if scoring else 0.0,
                             "tokens_per_second": round(n_tokens / max(seconds, 1e-9), 1)},
             })
         trainer.strategy.barrier()
 
+    def _mark_dropped(self, records: list[dict]) -> dict[str, int]:
+        dropped: dict[str, int] = {}
+        for rec in records:
+            reason = drop_reason(rec["response"], self.min_response_chars)
+            rec["kept"] = reason is None
+            if reason:
+                rec["drop_reason"] = reason
+                dropped[reason] = dropped.get(reason, 0) + 1
+        return dropped
+
+    def _order_round(self, records: list[dict], r: int, dm, pl_module) -> dict | None:
+        """Give every kept record its `difficulty` and its `position` in the training order."""
+        kept = [rec for rec in records if rec["kept"]]
+        scores, cost = None, None
+        if self.within_round.scorer:
+            scores, cost = curriculum.score(kept, self.within_round.scorer, encoder=dm, model=pl_module.model,
+                                            batch_size=self.score_batch_size)
+        order = curriculum.order_positions(scores, self.within_round.order, n=len(kept), seed=self.seed, salt=r)
+        for position, i in enumerate(order):
+            kept[i]["position"] = position
+            kept[i]["difficulty"] = scores[i] if scores else None
+        return cost
+
     def _record_training(self, trainer, r: int, train_seconds: float) -> None:
         metrics = trainer.callback_metrics
         manifest = self.store.read_manifest(r) or {}
+        timings = manifest.get("timings", {})
         row = {
             "round": r,
             "prompts": manifest.get("prompts"),
             "kept": manifest.get("kept"),
             "tokens_generated": manifest.get("tokens_generated"),
-            "generation_s": manifest.get("timings", {}).get("generation_seconds"),
-            "train_loss": float(metrics["train/loss_epoch"]) if "train/loss_epoch" in metrics else
-            (float(metrics["train/loss"]) if "train/loss" in metrics else None),
+            "generation_s": timings.get("generation_seconds"),
+            "scoring_s": timings.get("scoring_seconds"),
+            "train_loss": float(metrics["train/loss_epoch"]) if "train/loss_epoch" in metrics else None,
             "train_s": round(train_seconds, 2),
             "val_mc_acc": float(metrics["val/mc_acc"]) if "val/mc_acc" in metrics else None,
         }
@@ -217,11 +285,12 @@ class BootstrapCallback(L.Callback):
             self.store.update_manifest(r, training={k: row[k] for k in ("train_loss", "train_s", "val_mc_acc")})
 
     def _print_summary(self) -> None:
-        cols = ["round", "prompts", "kept", "tokens_generated", "generation_s", "train_s", "train_loss", "val_mc_acc"]
+        cols = ["round", "prompts", "kept", "tokens_generated", "generation_s", "scoring_s", "train_s",
+                "train_loss", "val_mc_acc"]
         lines = ["  ".join(f"{c:>14}" for c in cols)]
         for row in self.summary:
             lines.append("  ".join(f"{_fmt(row.get(c)):>14}" for c in cols))
-        rank_zero_info("[soft] per-round summary\n" + "\n".join(lines))
+        rank_zero_info("[soft] per-round summary (train_s includes validation)\n" + "\n".join(lines))
 
 
 def _fmt(value) -> str:

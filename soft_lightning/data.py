@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from soft_lightning.errors import ConfigError
 from soft_lightning.jsonl import read_records
 from soft_lightning.models import load_tokenizer, resolve_model
-from soft_lightning.prompts import PromptFormat, asset_path, stable_seed
+from soft_lightning.prompts import PromptFormat, asset_path
 from soft_lightning.store import RoundStore
 
 BUNDLED = {"prompts": "demo_prompts.jsonl", "val_path": "demo_mc.jsonl"}
@@ -62,7 +62,7 @@ class SoftDataModule(L.LightningDataModule):
             null disables validation.
         val_limit: score only the first N validation items (quick runs).
         tokenizer: model source whose tokenizer is used (linked from `model.model_name_or_path`).
-        seed: shuffles the pool and the training order (linked from `bootstrap.seed`).
+        seed: shuffles the pool before it is split (linked from `bootstrap.seed`).
     """
 
     def __init__(
@@ -96,6 +96,7 @@ class SoftDataModule(L.LightningDataModule):
         self.pool_stats = PoolStats()
         self.train_examples: list[TrainExample] = []
         self.current_round: int | None = None
+        self.pool_order: list[list] | None = None  # [[id, difficulty], ...] once the curriculum ordered it
         self.val_items: list[dict] | None = None
         # Read and check the files now, before the Trainer exists or anything is written; the
         # tokenizer-dependent work waits for setup().
@@ -116,6 +117,9 @@ class SoftDataModule(L.LightningDataModule):
             if self._pool_rows is None:
                 raise ConfigError("data.prompts is null; fitting needs a prompt pool file.")
             self.pool = self._filter_pool(self._pool_rows)
+            if self.pool_order is not None:  # resumed: restore the curriculum's order
+                by_id = {p["id"]: p for p in self.pool}
+                self.pool = [{**by_id[i], "difficulty": d} for i, d in self.pool_order]
         if stage in ("fit", "validate") and self._val_rows and self.val_items is None:
             self.val_items = self._tokenize_val(self._val_rows)
 
@@ -167,6 +171,11 @@ class SoftDataModule(L.LightningDataModule):
         random.Random(self.seed).shuffle(kept)
         return kept
 
+    def reorder_pool(self, positions: list[int], scores: list[float]) -> None:
+        """Put the pool in curriculum order (round 0 takes the first slice)."""
+        self.pool = [{**self.pool[i], "difficulty": scores[i]} for i in positions]
+        self.pool_order = [[p["id"], p["difficulty"]] for p in self.pool]
+
     def prompts_for_round(self, r: int) -> list[dict]:
         """Round r's slice of the pool: disjoint across rounds unless reuse is allowed."""
         n, size = self.prompts_per_round, len(self.pool)
@@ -175,14 +184,14 @@ class SoftDataModule(L.LightningDataModule):
     # ---- training data ------------------------------------------------------------------------
 
     def use_round(self, store: RoundStore, r: int) -> None:
-        """Build the training set from round r's kept records (called by the bootstrap callback)."""
-        examples = []
-        for rec in store.read_records(r):
-            if rec.get("kept", True):
-                ex = self.encode_pair(rec["id"], rec["prompt"], rec["response"], rec.get("finish_reason") == "stop")
-                if ex is not None:
-                    examples.append(ex)
-        self.train_examples = self.order_examples(examples, r)
+        """Build the training set from round r's kept records, in their recorded `position`
+        order (the curriculum's); every epoch of the round replays that order."""
+        kept = sorted((rec for rec in store.read_records(r) if rec.get("kept")), key=lambda rec: rec["position"])
+        examples = [
+            self.encode_pair(rec["id"], rec["prompt"], rec["response"], rec.get("finish_reason") == "stop")
+            for rec in kept
+        ]
+        self.train_examples = [ex for ex in examples if ex is not None]
         self.current_round = r
 
     def encode_pair(self, id_: str, prompt: str, response: str, finished: bool) -> TrainExample | None:
@@ -199,11 +208,10 @@ class SoftDataModule(L.LightningDataModule):
         self.tokenizer  # noqa: B018 - builds self.format
         return self.format.training_pair(prompt, response, finished=finished)
 
-    def order_examples(self, examples: list[TrainExample], r: int) -> list[TrainExample]:
-        """The training order of a round (the curriculum's seam): here a seeded shuffle."""
-        order = list(examples)
-        random.Random(stable_seed(self.seed, "train-order", r)).shuffle(order)
-        return order
+    def encode_text(self, text: str) -> TrainExample:
+        """Plain text with every token labelled (for scoring a prompt on its own)."""
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids[: self.max_length]
+        return TrainExample("", ids, list(ids))
 
     def train_dataloader(self):
         if self.current_round is None:
@@ -275,7 +283,8 @@ class SoftDataModule(L.LightningDataModule):
     # ---- checkpoint state ---------------------------------------------------------------------
 
     def state_dict(self):
-        return {"current_round": self.current_round}
+        return {"current_round": self.current_round, "pool_order": self.pool_order}
 
     def load_state_dict(self, state_dict):
         self.current_round = state_dict.get("current_round")
+        self.pool_order = state_dict.get("pool_order")

@@ -15,6 +15,7 @@ import lightning as L
 import torch
 
 from soft_lightning.errors import ConfigError
+from soft_lightning.evaluation import labelled_logprobs
 from soft_lightning.models import check_model_source, load_tokenizer, resolve_model
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -135,14 +136,9 @@ class SoftModule(L.LightningModule):
         correct = (pick == batch["item_label"].to(pick.device)).float()
         self.log("val/mc_acc", correct.mean(), batch_size=n_items, prog_bar=True, sync_dist=True)
 
-    @torch.no_grad()
     def choice_logprobs(self, input_ids, attention_mask, labels) -> torch.Tensor:
-        """Summed log-probability of the labelled tokens of each row (one forward pass)."""
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
-        targets = labels[:, 1:]
-        mask = targets != -100
-        token_lp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        return (token_lp * mask).sum(-1)
+        """Summed log-probability of each row's choice tokens (one forward pass)."""
+        return labelled_logprobs(self.model, input_ids, attention_mask, labels)[0]
 
     def configure_optimizers(self):
         hp = self.hparams

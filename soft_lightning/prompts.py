@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 from soft_lightning.errors import ConfigError
 from soft_lightning.jsonl import read_records
@@ -70,6 +71,33 @@ def load_icl_pool(path: str | None) -> list[Example]:
     if not pool:
         raise ConfigError(f"bootstrap.icl_pool: {file} holds no examples.")
     return pool
+
+
+ICL_STRATEGIES = ("random", "fixed", "random+self")
+
+
+@dataclass
+class SelfExamples:
+    """For `icl: random+self`: each finished round adds its `per_round` best pairs (by the
+    sampler's `mean_logprob`, or lowest `difficulty`) of at most `max_chars` to the pool."""
+
+    per_round: int = 4
+    max_chars: int = 1200
+    by: Literal["mean_logprob", "difficulty"] = "mean_logprob"
+
+
+def self_examples(records: list[dict], round_index: int, cfg: SelfExamples) -> list[Example]:
+    """The best finished, kept, short-enough pairs of one earlier round, as exemplars."""
+    pool = [
+        r for r in records
+        if r.get("kept") and r.get("finish_reason") == "stop" and len(r["response"]) <= cfg.max_chars
+        and (cfg.by != "difficulty" or r.get("difficulty") is not None)
+    ]
+    if cfg.by == "difficulty":
+        pool.sort(key=lambda r: (r["difficulty"], r["id"]))
+    else:
+        pool.sort(key=lambda r: (-r["mean_logprob"], r["id"]))
+    return [Example(f"self-r{round_index}-{r['id']}", r["prompt"], r["response"]) for r in pool[: cfg.per_round]]
 
 
 def stable_seed(*parts: object) -> int:

@@ -1,0 +1,137 @@
+"""Difficulty scorers and training orders (SOFT+: easy-to-hard beats random).
+
+A scorer maps items ({prompt, response?}) to one number each, higher = harder. An order turns
+scores into positions. Both granularities use the same parts:
+- across rounds: the prompt pool is scored once, so round 0 gets the easiest slice;
+- within a round: the round's generated pairs are scored and trained on in that order.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+
+from soft_lightning.errors import ConfigError
+from soft_lightning.evaluation import labelled_logprobs
+from soft_lightning.prompts import stable_seed
+
+ORDERS = ("random", "easy_to_hard", "hard_to_easy")
+
+
+@dataclass
+class Ordering:
+    """One granularity's curriculum: a difficulty scorer (null = none) and an order."""
+
+    scorer: str | None = None
+    order: Literal["random", "easy_to_hard", "hard_to_easy"] = "random"
+
+
+@dataclass
+class Scorer:
+    fn: Callable[..., list[float]]
+    needs_response: bool
+    needs_model: bool
+
+
+def _perplexities(examples, encoder, model, batch_size: int) -> tuple[list[float], int]:
+    """exp(mean NLL of labelled tokens) per example, in length-sorted batches (little padding)."""
+    scores = [math.inf] * len(examples)
+    live = [i for i, ex in enumerate(examples) if ex is not None]
+    live.sort(key=lambda i: len(examples[i].input_ids))
+    device = next(model.parameters()).device
+    tokens = 0
+    with _eval_mode(model):
+        for start in range(0, len(live), batch_size):
+            idx = live[start : start + batch_size]
+            batch = encoder.collate([examples[i] for i in idx])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            lp, n = labelled_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+            tokens += int(batch["attention_mask"].sum())
+            for i, total, count in zip(idx, lp.tolist(), n.tolist()):
+                scores[i] = math.exp(-total / count) if count else math.inf
+    return scores, tokens
+
+
+@contextmanager
+def _eval_mode(model):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def response_perplexity(items, *, encoder, model, batch_size=8):
+    """The current model's perplexity of each response in the training format (no principles)."""
+    examples = [encoder.encode_pair("", it["prompt"], it["response"], it.get("finish_reason") == "stop") for it in items]
+    return _perplexities(examples, encoder, model, batch_size)
+
+
+def prompt_perplexity(items, *, encoder, model, batch_size=8):
+    """The base model's perplexity of the prompt text alone (adapter switched off)."""
+    examples = [encoder.encode_text(it["prompt"]) for it in items]
+    base = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+    with base:
+        return _perplexities(examples, encoder, model, batch_size)
+
+
+def response_length(items, *, encoder, model=None, batch_size=8):
+    lengths = [len(encoder.tokenizer(it["response"], add_special_tokens=False).input_ids) for it in items]
+    return [float(n) for n in lengths], sum(lengths)
+
+
+def prompt_length(items, *, encoder, model=None, batch_size=8):
+    lengths = [len(encoder.tokenizer(it["prompt"], add_special_tokens=False).input_ids) for it in items]
+    return [float(n) for n in lengths], sum(lengths)
+
+
+SCORERS: dict[str, Scorer] = {
+    "perplexity": Scorer(response_perplexity, needs_response=True, needs_model=True),
+    "prompt_perplexity": Scorer(prompt_perplexity, needs_response=False, needs_model=True),
+    "response_length": Scorer(response_length, needs_response=True, needs_model=False),
+    "prompt_length": Scorer(prompt_length, needs_response=False, needs_model=False),
+}
+
+
+def check_ordering(ordering: Ordering, key: str, *, prompts_only: bool) -> None:
+    """Fail fast on an unknown scorer or order, or a response scorer where there is no response."""
+    if ordering.order not in ORDERS:
+        raise ConfigError(f"{key}.order: unknown order '{ordering.order}'; choose one of {', '.join(ORDERS)}.")
+    if ordering.scorer is None:
+        if ordering.order != "random":
+            raise ConfigError(f"{key}: order '{ordering.order}' needs a scorer; choose one of {', '.join(SCORERS)}.")
+        return
+    if ordering.scorer not in SCORERS:
+        raise ConfigError(f"{key}.scorer: unknown scorer '{ordering.scorer}'; choose one of {', '.join(SCORERS)}.")
+    if prompts_only and SCORERS[ordering.scorer].needs_response:
+        usable = [name for name, s in SCORERS.items() if not s.needs_response]
+        raise ConfigError(
+            f"{key}.scorer: '{ordering.scorer}' needs responses, which do not exist before generation; "
+            f"use one of {', '.join(usable)}."
+        )
+
+
+def score(items: list[dict], scorer: str, *, encoder, model, batch_size: int) -> tuple[list[float], dict]:
+    """Scores plus their cost ({scorer, seconds, tokens, tokens_per_second}) for the manifest."""
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        scores, tokens = SCORERS[scorer].fn(items, encoder=encoder, model=model, batch_size=batch_size)
+    seconds = time.perf_counter() - t0
+    return scores, {"scorer": scorer, "seconds": round(seconds, 3), "tokens": tokens,
+                    "tokens_per_second": round(tokens / max(seconds, 1e-9), 1)}
+
+
+def order_positions(scores: list[float] | None, order: str, *, n: int, seed: int, salt: object) -> list[int]:
+    """Item indices in training order. Ties keep their input order, so orders are stable."""
+    if order == "random" or scores is None:
+        idx = list(range(n))
+        random.Random(stable_seed(seed, "order", salt)).shuffle(idx)
+        return idx
+    return sorted(range(n), key=lambda i: scores[i], reverse=(order == "hard_to_easy"))
