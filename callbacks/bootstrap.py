@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.utilities import rank_zero_info
 
-from soft_lightning import curriculum
+from soft_lightning import curriculum, report
 from soft_lightning.curriculum import Ordering
 from soft_lightning.errors import ConfigError
+from soft_lightning.evaluation import generation_diagnostics
 from soft_lightning.filters import drop_reason
 from soft_lightning.prompts import (
     ICL_STRATEGIES, PromptFormat, SelfExamples, draw_examples, load_icl_pool, load_principles, self_examples,
@@ -104,13 +106,25 @@ class BootstrapCallback(L.Callback):
         self.sampler = None
         self._engine_seconds = 0.0
         self.round = 0  # the round being trained
-        self.summary: list[dict] = []
+        self.summary: list[dict] = []  # one row per finished round (rounds.csv)
+        self.best: dict = {}  # round, monitor, mode, value of the best round so far
 
     # ---- Lightning hooks ----------------------------------------------------------------------
 
     def setup(self, trainer, pl_module, stage):
-        if stage == "fit" and self.sampler_name == "vllm":
+        if stage != "fit":
+            return
+        if self.sampler_name == "vllm":
             vllm_lora_rank(pl_module.hparams.lora_r)  # for Python users; the CLI checks earlier
+        for cb in trainer.callbacks:
+            # Left to itself, EarlyStopping may decide after this callback has already generated
+            # the next round; deciding right after validation avoids wasting a round.
+            if isinstance(cb, EarlyStopping) and cb._check_on_train_epoch_end is not False:
+                raise ConfigError(
+                    f"trainer.callbacks: EarlyStopping(monitor={cb.monitor}) needs "
+                    "check_on_train_epoch_end: false, so it stops right after a round's validation, "
+                    "before the next round is generated."
+                )
 
     def on_fit_start(self, trainer, pl_module):
         dm = trainer.datamodule
@@ -136,7 +150,13 @@ class BootstrapCallback(L.Callback):
         if trainer.is_global_zero:
             self.store.save_adapter(finished, pl_module.save_adapter)
         trainer.strategy.barrier()
-        self._record_training(trainer, finished, train_seconds)
+        manifest = self.store.read_manifest(finished) or {}
+        for name, value in manifest.get("diagnostics", {}).items():
+            pl_module.log(name, float(value), on_epoch=True)  # the same file on every rank
+        self._record_round(trainer, finished, manifest, train_seconds)
+        if trainer.should_stop:  # EarlyStopping (or max_time) ended bootstrapping
+            rank_zero_info(f"[soft] stopping after round {finished}; round {finished + 1} is not generated")
+            return
         if finished + 1 < self.rounds:
             self.round = finished + 1
             self._generate(trainer, pl_module, self.round, self.store.adapter_dir(finished))
@@ -151,11 +171,12 @@ class BootstrapCallback(L.Callback):
             self.sampler.close()
 
     def state_dict(self):
-        return {"round": self.round, "summary": self.summary}
+        return {"round": self.round, "summary": self.summary, "best": self.best}
 
     def load_state_dict(self, state_dict):
         self.round = state_dict["round"]
         self.summary = state_dict.get("summary", [])
+        self.best = state_dict.get("best", {})
 
     # ---- curriculum and prompts ---------------------------------------------------------------
 
@@ -213,6 +234,10 @@ class BootstrapCallback(L.Callback):
             seconds = time.perf_counter() - t0
             dropped = self._mark_dropped(records)
             scoring = self._order_round(records, r, dm, pl_module)
+            t1 = time.perf_counter()
+            diagnostics = generation_diagnostics(records, encoder=dm, model=pl_module.model,
+                                                 batch_size=self.score_batch_size)
+            diagnostics_seconds = time.perf_counter() - t1
             for rec, prompt in zip(records, prompts):
                 if "difficulty" in prompt:
                     rec["pool_difficulty"] = prompt["difficulty"]
@@ -235,9 +260,11 @@ class BootstrapCallback(L.Callback):
                                       "scoring": getattr(self, "_pool_scoring_cost", None)},
                 },
                 "pool": dm.pool_stats.as_dict(),
+                "diagnostics": diagnostics,
                 "timings": {"generation_seconds": round(seconds, 3),
                             "engine_start_seconds": round(engine_seconds, 3),
                             "scoring_seconds": scoring["seconds"] if scoring else 0.0,
+                            "diagnostics_seconds": round(diagnostics_seconds, 3),
                             "tokens_per_second": round(n_tokens / max(seconds, 1e-9), 1)},
             })
         trainer.strategy.barrier()
@@ -265,9 +292,9 @@ class BootstrapCallback(L.Callback):
             kept[i]["difficulty"] = scores[i] if scores else None
         return cost
 
-    def _record_training(self, trainer, r: int, train_seconds: float) -> None:
-        metrics = trainer.callback_metrics
-        manifest = self.store.read_manifest(r) or {}
+    def _record_round(self, trainer, r: int, manifest: dict, train_seconds: float) -> None:
+        """One row of rounds.csv: counts, phase timings, train/val metrics, generation diagnostics."""
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         timings = manifest.get("timings", {})
         row = {
             "round": r,
@@ -276,24 +303,46 @@ class BootstrapCallback(L.Callback):
             "tokens_generated": manifest.get("tokens_generated"),
             "generation_s": timings.get("generation_seconds"),
             "scoring_s": timings.get("scoring_seconds"),
-            "train_loss": float(metrics["train/loss_epoch"]) if "train/loss_epoch" in metrics else None,
+            "diagnostics_s": timings.get("diagnostics_seconds"),
             "train_s": round(train_seconds, 2),
-            "val_mc_acc": float(metrics["val/mc_acc"]) if "val/mc_acc" in metrics else None,
+            "train/loss": metrics.get("train/loss_epoch"),
+            **{k: v for k, v in metrics.items() if k.startswith("val/")},
+            **manifest.get("diagnostics", {}),
         }
         self.summary.append(row)
+        self._update_best(trainer, row)
         if trainer.is_global_zero:
-            self.store.update_manifest(r, training={k: row[k] for k in ("train_loss", "train_s", "val_mc_acc")})
+            self.store.update_manifest(r, training={k: v for k, v in row.items() if k.startswith(("train", "val/"))})
+            report.write_csv(self.summary, self.store.root / "rounds.csv")
+            report.write_plot(self.summary, self.store.root / "rounds.png", self._monitor(trainer)[0],
+                              self.best.get("round"))
+
+    @staticmethod
+    def _monitor(trainer) -> tuple[str | None, str]:
+        """The metric and mode that pick the best round: those of the user's ModelCheckpoint
+        (or EarlyStopping), so there is one place to configure it."""
+        for cb in trainer.checkpoint_callbacks + [c for c in trainer.callbacks if isinstance(c, EarlyStopping)]:
+            if getattr(cb, "monitor", None):
+                return cb.monitor, cb.mode
+        return None, "max"
+
+    def _update_best(self, trainer, row: dict) -> None:
+        monitor, mode = self._monitor(trainer)
+        value = row.get(monitor) if monitor else None
+        if value is None:
+            return
+        best = self.best.get("value")
+        if best is not None and not (value > best if mode == "max" else value < best):
+            return
+        self.best = {"round": row["round"], "monitor": monitor, "mode": mode, "value": value}
+        if trainer.is_global_zero:
+            history = [(r["round"], r.get(monitor)) for r in self.summary]
+            self.store.save_best(row["round"], {**self.best, "history": history,
+                                               "why": f"{'highest' if mode == 'max' else 'lowest'} {monitor} "
+                                                      f"over rounds 0..{row['round']}"})
 
     def _print_summary(self) -> None:
-        cols = ["round", "prompts", "kept", "tokens_generated", "generation_s", "scoring_s", "train_s",
-                "train_loss", "val_mc_acc"]
-        lines = ["  ".join(f"{c:>14}" for c in cols)]
-        for row in self.summary:
-            lines.append("  ".join(f"{_fmt(row.get(c)):>14}" for c in cols))
-        rank_zero_info("[soft] per-round summary (train_s includes validation)\n" + "\n".join(lines))
+        rank_zero_info("[soft] per-round summary (train_s includes validation)\n"
+                       + report.format_table(self.summary, self.best.get("round")))
 
 
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)

@@ -26,6 +26,8 @@ class SoftCLI(LightningCLI):
             compute_fn=lambda rounds, epochs: rounds * epochs,
         )
         parser.link_arguments("bootstrap.epochs_per_round", "trainer.reload_dataloaders_every_n_epochs")
+        # Validate once per round, so EarlyStopping's patience counts rounds.
+        parser.link_arguments("bootstrap.epochs_per_round", "trainer.check_val_every_n_epoch")
         parser.link_arguments("bootstrap.rounds", "data.rounds")
         parser.link_arguments("bootstrap.seed", "data.seed")
         parser.link_arguments("model.model_name_or_path", "data.tokenizer")

@@ -11,14 +11,14 @@ from __future__ import annotations
 import math
 import random
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Literal
 
 import torch
 
 from soft_lightning.errors import ConfigError
-from soft_lightning.evaluation import labelled_logprobs
+from soft_lightning.evaluation import labelled_logprobs, per_example_means
 from soft_lightning.prompts import stable_seed
 
 ORDERS = ("random", "easy_to_hard", "hard_to_easy")
@@ -40,32 +40,9 @@ class Scorer:
 
 
 def _perplexities(examples, encoder, model, batch_size: int) -> tuple[list[float], int]:
-    """exp(mean NLL of labelled tokens) per example, in length-sorted batches (little padding)."""
-    scores = [math.inf] * len(examples)
-    live = [i for i, ex in enumerate(examples) if ex is not None]
-    live.sort(key=lambda i: len(examples[i].input_ids))
-    device = next(model.parameters()).device
-    tokens = 0
-    with _eval_mode(model):
-        for start in range(0, len(live), batch_size):
-            idx = live[start : start + batch_size]
-            batch = encoder.collate([examples[i] for i in idx])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            lp, n = labelled_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-            tokens += int(batch["attention_mask"].sum())
-            for i, total, count in zip(idx, lp.tolist(), n.tolist()):
-                scores[i] = math.exp(-total / count) if count else math.inf
-    return scores, tokens
-
-
-@contextmanager
-def _eval_mode(model):
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
+    """exp(mean NLL of the labelled tokens) per example; inf where nothing is labelled."""
+    means, tokens = per_example_means(labelled_logprobs, examples, encoder.collate, model, batch_size)
+    return [math.inf if math.isnan(m) else math.exp(-m) for m in means], tokens
 
 
 def response_perplexity(items, *, encoder, model, batch_size=8):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
+from typing import Literal
 
 import lightning as L
 import torch
@@ -15,7 +16,8 @@ from torch.utils.data import DataLoader
 from soft_lightning.errors import ConfigError
 from soft_lightning.jsonl import read_records
 from soft_lightning.models import load_tokenizer, resolve_model
-from soft_lightning.prompts import PromptFormat, asset_path
+from soft_lightning.evaluation import qa_pair
+from soft_lightning.prompts import PromptFormat, asset_path, stable_seed
 from soft_lightning.store import RoundStore
 
 BUNDLED = {"prompts": "demo_prompts.jsonl", "val_path": "demo_mc.jsonl"}
@@ -61,6 +63,10 @@ class SoftDataModule(L.LightningDataModule):
         val_path: multiple-choice JSONL {question, choices, label}; `demo` is the bundled set,
             null disables validation.
         val_limit: score only the first N validation items (quick runs).
+        val_format: `chat` scores each choice as the answer in the training chat format; `qa`
+            uses the plain `Q: {question}\nA: {choice}` format of common harnesses.
+        val_batch_items: validation items per batch (all choices of an item stay together).
+        val_holdout: share of each round's kept pairs held out of training for `val/loss`.
         tokenizer: model source whose tokenizer is used (linked from `model.model_name_or_path`).
         seed: shuffles the pool before it is split (linked from `bootstrap.seed`).
     """
@@ -76,7 +82,9 @@ class SoftDataModule(L.LightningDataModule):
         batch_size: int = 4,
         val_path: str | None = "demo",
         val_limit: int | None = None,
+        val_format: Literal["chat", "qa"] = "chat",
         val_batch_items: int = 4,
+        val_holdout: float = 0.1,
         num_workers: int = 0,
         tokenizer: str = "smollm2-135m-instruct",
         seed: int = 0,
@@ -90,7 +98,11 @@ class SoftDataModule(L.LightningDataModule):
         self.val_path = _bundled("val_path", val_path)
         self.prompts_per_round, self.rounds, self.allow_prompt_reuse = prompts_per_round, rounds, allow_prompt_reuse
         self.max_prompt_tokens, self.max_length, self.batch_size = max_prompt_tokens, max_length, batch_size
+        if not 0 <= val_holdout < 1:
+            raise ConfigError(f"data.val_holdout must be in [0, 1), got {val_holdout}.")
         self.val_limit, self.val_batch_items, self.num_workers = val_limit, val_batch_items, num_workers
+        self.val_format, self.val_holdout = val_format, val_holdout
+        self.heldout_examples: list[TrainExample] = []
         self.tokenizer_source, self.seed = tokenizer, seed
         self.pool: list[dict] | None = None
         self.pool_stats = PoolStats()
@@ -191,8 +203,16 @@ class SoftDataModule(L.LightningDataModule):
             self.encode_pair(rec["id"], rec["prompt"], rec["response"], rec.get("finish_reason") == "stop")
             for rec in kept
         ]
-        self.train_examples = [ex for ex in examples if ex is not None]
+        examples = [ex for ex in examples if ex is not None]
+        held = [ex for ex in examples if self._is_heldout(ex.id)] if len(examples) > 1 else []
+        self.heldout_examples = held
+        held_ids = {ex.id for ex in held}
+        self.train_examples = [ex for ex in examples if ex.id not in held_ids]
         self.current_round = r
+
+    def _is_heldout(self, id_: str) -> bool:
+        # By a hash of the id, so the split is the same after a resume and on every rank.
+        return stable_seed(self.seed, "holdout", id_) % 10_000 < self.val_holdout * 10_000
 
     def encode_pair(self, id_: str, prompt: str, response: str, finished: bool) -> TrainExample | None:
         """Token ids with labels -100 on the context, so the loss covers the response only."""
@@ -253,18 +273,36 @@ class SoftDataModule(L.LightningDataModule):
             raise ConfigError(f"data.val_path: {self.val_path} holds no items.")
         return rows[: self.val_limit] if self.val_limit else rows
 
+    def mc_pair(self, question: str, choice: str) -> tuple[str, str]:
+        """(context, choice text) of one multiple-choice option in the configured format."""
+        return qa_pair(question, choice) if self.val_format == "qa" else self.format_pair(question, choice, False)
+
     def _tokenize_val(self, rows: list[dict]) -> list[dict]:
         items = []
         for row in rows:
-            choices = [self.encode_pair("", row["question"], c, finished=False) for c in row["choices"]]
-            items.append({"choices": choices, "label": row["label"]})
+            choices, chars = [], []
+            for choice in row["choices"]:
+                context, target = self.mc_pair(row["question"], choice)
+                ctx = self.tokenizer(context, add_special_tokens=False).input_ids
+                tgt = self.tokenizer(target, add_special_tokens=False).input_ids
+                choices.append(TrainExample("", ctx + tgt, [-100] * len(ctx) + tgt))
+                chars.append(len(target))
+            items.append({"choices": choices, "chars": chars, "label": row["label"]})
         return items
 
     def val_dataloader(self):
-        if not self.val_items:
-            return []
-        return DataLoader(self.val_items, batch_size=self.val_batch_items, shuffle=False,
-                          collate_fn=self.collate_mc, num_workers=self.num_workers)
+        """One loader whose batches are either MC items or this round's held-out generated
+        pairs, never mixed. One loader (not two) keeps metric names stable across rounds."""
+        units = [("mc", self.val_items[i : i + self.val_batch_items])
+                 for i in range(0, len(self.val_items or []), self.val_batch_items)]
+        units += [("heldout", self.heldout_examples[i : i + self.batch_size])
+                  for i in range(0, len(self.heldout_examples), self.batch_size)]
+        return DataLoader(units, batch_size=None, shuffle=False, collate_fn=self._collate_val,
+                          num_workers=self.num_workers)
+
+    def _collate_val(self, unit: tuple[str, list]) -> dict[str, torch.Tensor]:
+        kind, rows = unit
+        return self.collate_mc(rows) if kind == "mc" else self.collate(rows)
 
     def collate_mc(self, items: list[dict]) -> dict[str, torch.Tensor]:
         """Flatten items' choices into rows; `item_index`/`choice_index` map rows back."""
@@ -278,6 +316,7 @@ class SoftDataModule(L.LightningDataModule):
         batch["item_index"] = torch.tensor(item_index)
         batch["choice_index"] = torch.tensor(choice_index)
         batch["item_label"] = torch.tensor([item["label"] for item in items])
+        batch["choice_chars"] = torch.tensor([c for item in items for c in item["chars"]])
         return batch
 
     # ---- checkpoint state ---------------------------------------------------------------------

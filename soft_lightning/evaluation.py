@@ -1,7 +1,10 @@
-"""Log-likelihood of labelled tokens: the one piece of model math shared by multiple-choice
-validation and the perplexity difficulty scorers."""
+"""Evaluation math: log-likelihood and entropy of labelled tokens (shared by multiple-choice
+validation, the perplexity scorers and the collapse diagnostics), plus text diversity."""
 
 from __future__ import annotations
+
+import math
+from contextlib import contextmanager
 
 import torch
 
@@ -17,3 +20,86 @@ def labelled_logprobs(model, input_ids, attention_mask, labels) -> tuple[torch.T
     mask = targets != -100
     token_lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (token_lp * mask).sum(-1), mask.sum(-1)
+
+
+@torch.no_grad()
+def token_entropy(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: summed entropy (nats) of the model's next-token distribution at labelled positions,
+    and their count. Low entropy = a sharp, collapsing output distribution."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+    mask = labels[:, 1:].to(logits.device) != -100
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    return (entropy * mask).sum(-1), mask.sum(-1)
+
+
+def pick_choices(scores: torch.Tensor, item_index: torch.Tensor, n_items: int, norm: torch.Tensor | None = None) -> torch.Tensor:
+    """For each item, the index (within its rows) of its highest-scoring choice row.
+
+    `norm` divides each row's score first (acc_norm: log-likelihood per character).
+    """
+    values = scores / norm if norm is not None else scores
+    picks = torch.empty(n_items, dtype=torch.long)
+    for item in range(n_items):
+        rows = (item_index == item).nonzero().flatten()
+        picks[item] = int(values[rows].argmax())
+    return picks
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Corpus-level distinct-n: unique word n-grams / all word n-grams (Li et al. 2016)."""
+    grams = [tuple(words[i : i + n]) for t in texts for words in [t.lower().split()] for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def qa_pair(question: str, choice: str) -> tuple[str, str]:
+    """The zero-shot `Q:/A:` format of common evaluation harnesses, so numbers compare."""
+    return f"Q: {question}\nA:", f" {choice}"
+
+
+@contextmanager
+def eval_mode(model):
+    """Dropout off while scoring; the previous mode comes back afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def per_example_means(stat, examples, collate, model, batch_size: int) -> tuple[list[float], int]:
+    """`stat`'s per-token mean for each example (NaN for None), in length-sorted batches so
+    padding stays small; also the number of tokens processed."""
+    means = [math.nan] * len(examples)
+    live = sorted((i for i, ex in enumerate(examples) if ex is not None), key=lambda i: len(examples[i].input_ids))
+    device = next(model.parameters()).device
+    tokens = 0
+    with eval_mode(model), torch.no_grad():
+        for start in range(0, len(live), batch_size):
+            idx = live[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx]).items()}
+            sums, counts = stat(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+            tokens += int(batch["attention_mask"].sum())
+            for i, total, count in zip(idx, sums.tolist(), counts.tolist()):
+                means[i] = total / count if count else math.nan
+    return means, tokens
+
+
+def generation_diagnostics(records: list[dict], *, encoder, model, batch_size: int) -> dict[str, float]:
+    """Collapse signs of one round's generated data: sharpness (mean token entropy of the model's
+    output distribution over the kept responses), diversity (distinct-1/2), lengths, drop rate."""
+    kept = [r for r in records if r.get("kept")]
+    lengths = sorted(r["n_tokens"] for r in records)
+    stats = {
+        "gen/distinct1": distinct_n([r["response"] for r in kept], 1),
+        "gen/distinct2": distinct_n([r["response"] for r in kept], 2),
+        "gen/len_mean": sum(lengths) / len(lengths) if lengths else 0.0,
+        "gen/len_p95": float(lengths[min(len(lengths) - 1, math.ceil(0.95 * len(lengths)) - 1)]) if lengths else 0.0,
+        "gen/drop_rate": 1 - len(kept) / len(records) if records else 0.0,
+    }
+    examples = [encoder.encode_pair("", r["prompt"], r["response"], r.get("finish_reason") == "stop") for r in kept]
+    entropies, _ = per_example_means(token_entropy, examples, encoder.collate, model, batch_size)
+    finite = [e for e in entropies if not math.isnan(e)]
+    stats["gen/entropy"] = sum(finite) / len(finite) if finite else math.nan
+    return stats

@@ -13,9 +13,10 @@ from typing import Literal
 
 import lightning as L
 import torch
+from torchmetrics import MeanMetric
 
 from soft_lightning.errors import ConfigError
-from soft_lightning.evaluation import labelled_logprobs
+from soft_lightning.evaluation import labelled_logprobs, pick_choices
 from soft_lightning.models import check_model_source, load_tokenizer, resolve_model
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -35,6 +36,8 @@ class SoftModule(L.LightningModule):
         warmup_steps: linear warmup, then cosine decay to `min_lr_ratio` over the whole fit.
         gradient_checkpointing: trade compute for activation memory (worth it on GPUs for 7B).
         trust_remote_code: run model code shipped with a checkpoint (off unless you trust it).
+        adapter: start from a saved LoRA adapter (e.g. `runs/x/round_1/adapter` or `runs/x/best/adapter`)
+            instead of a fresh one; `validate` then scores that round.
     """
 
     def __init__(
@@ -54,13 +57,18 @@ class SoftModule(L.LightningModule):
         optimizer: Literal["adamw", "paged_adamw_8bit", "paged_adamw_32bit"] = "adamw",
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
+        adapter: str | None = None,
     ):
         super().__init__()
         if lora_r < 1:
             raise ConfigError(f"model.lora_r must be a positive integer, got {lora_r}.")
         check_model_source(model_name_or_path)
+        if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+            raise ConfigError(f"model.adapter: {adapter} is not a PEFT adapter folder (no adapter_config.json).")
         self.save_hyperparameters()
         self.model = None
+        # Accuracy over items, synced across ranks by torchmetrics.
+        self.mc_acc, self.mc_acc_norm = MeanMetric(), MeanMetric()
         self._total_steps: int | None = None
 
     @cached_property
@@ -98,14 +106,19 @@ class SoftModule(L.LightningModule):
             base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=hp.gradient_checkpointing)
         elif hp.gradient_checkpointing:
             base.gradient_checkpointing_enable()
-        config = LoraConfig(
-            r=hp.lora_r,
-            lora_alpha=hp.lora_alpha,
-            lora_dropout=hp.lora_dropout,
-            target_modules=hp.target_modules,
-            task_type="CAUSAL_LM",
-        )
-        self.model = get_peft_model(base, config)
+        if hp.adapter:
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(base, hp.adapter, is_trainable=True)
+        else:
+            config = LoraConfig(
+                r=hp.lora_r,
+                lora_alpha=hp.lora_alpha,
+                lora_dropout=hp.lora_dropout,
+                target_modules=hp.target_modules,
+                task_type="CAUSAL_LM",
+            )
+            self.model = get_peft_model(base, config)
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps modes as found
 
     @property
@@ -125,16 +138,21 @@ class SoftModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        """Multiple-choice accuracy: the choice with the highest summed log-likelihood wins."""
-        scores = self.choice_logprobs(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        """Multiple-choice items (`item_index` in the batch) or held-out generated pairs (loss)."""
+        if "item_index" not in batch:
+            out = self(batch["input_ids"], batch["attention_mask"], batch["labels"])
+            self.log("val/loss", out.loss, batch_size=len(batch["input_ids"]), sync_dist=True)
+            return
+        scores = self.choice_logprobs(batch["input_ids"], batch["attention_mask"], batch["labels"]).cpu()
         n_items = len(batch["item_label"])
-        best = torch.full((n_items,), -math.inf, device=scores.device)
-        pick = torch.zeros(n_items, dtype=torch.long, device=scores.device)
-        for score, item, choice in zip(scores, batch["item_index"], batch["choice_index"]):
-            if score > best[item]:
-                best[item], pick[item] = score, choice
-        correct = (pick == batch["item_label"].to(pick.device)).float()
-        self.log("val/mc_acc", correct.mean(), batch_size=n_items, prog_bar=True, sync_dist=True)
+        labels = batch["item_label"].cpu()
+        item_index = batch["item_index"].cpu()
+        acc = pick_choices(scores, item_index, n_items) == labels
+        acc_norm = pick_choices(scores, item_index, n_items, norm=batch["choice_chars"].cpu().float()) == labels
+        self.mc_acc.update(acc.float())
+        self.mc_acc_norm.update(acc_norm.float())
+        self.log("val/mc_acc", self.mc_acc, batch_size=n_items, prog_bar=True)
+        self.log("val/mc_acc_norm", self.mc_acc_norm, batch_size=n_items)
 
     def choice_logprobs(self, input_ids, attention_mask, labels) -> torch.Tensor:
         """Summed log-probability of each row's choice tokens (one forward pass)."""

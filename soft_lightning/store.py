@@ -3,6 +3,7 @@
     <out_dir>/round_<r>/data.jsonl     one record per prompt of round r (kept and dropped)
     <out_dir>/round_<r>/manifest.json  counts, sampler settings, seeds, timings, sha256 of data.jsonl
     <out_dir>/round_<r>/adapter/       the PEFT adapter after training on round r
+    <out_dir>/best/adapter/, best.json the best round's adapter, and which round and why
 
 Every file is written to a temp name and renamed into place, and the manifest comes last: a
 round counts as generated only when its manifest exists and its checksum matches the data.
@@ -92,6 +93,25 @@ class RoundStore:
             if target.exists():
                 shutil.rmtree(target)
             os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    def save_best(self, r: int, note: dict[str, Any]) -> Path:
+        """Copy round r's adapter to best/adapter with best/best.json, replacing any older best."""
+        target = self.root / "best"
+        tmp = Path(tempfile.mkdtemp(prefix=".best.", dir=self.root))
+        try:
+            shutil.copytree(self.adapter_dir(r), tmp / "adapter")
+            write_json_atomic(tmp / "best.json", note)
+            old = None
+            if target.exists():
+                old = Path(tempfile.mkdtemp(prefix=".best-old.", dir=self.root))
+                os.replace(target, old / "best")
+            os.replace(tmp, target)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -63,9 +63,9 @@ def test_adapters_change_and_load_with_peft(finished_run, tiny_model):
 
 def test_checkpoint_knows_the_round(finished_run):
     _, out, _ = finished_run
-    ckpts = sorted((out / "logs").rglob("*.ckpt"))
-    assert ckpts
-    state = torch.load(ckpts[-1], map_location="cpu", weights_only=True)
+    last = list((out / "logs").rglob("last.ckpt"))
+    assert len(last) == 1
+    state = torch.load(last[0], map_location="cpu", weights_only=True)
     callback_state = next(v for k, v in state["callbacks"].items() if "BootstrapCallback" in k)
     assert callback_state["round"] == 1
     assert all("lora_" in k for k in state["state_dict"]), "checkpoint should hold only LoRA weights"
