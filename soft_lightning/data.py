@@ -204,13 +204,13 @@ class SoftDataModule(L.LightningDataModule):
             for rec in kept
         ]
         examples = [ex for ex in examples if ex is not None]
-        held = [ex for ex in examples if self._is_heldout(ex.id)] if len(examples) > 1 else []
+        held = [ex for ex in examples if self.is_heldout(ex.id)] if len(examples) > 1 else []
         self.heldout_examples = held
         held_ids = {ex.id for ex in held}
         self.train_examples = [ex for ex in examples if ex.id not in held_ids]
         self.current_round = r
 
-    def _is_heldout(self, id_: str) -> bool:
+    def is_heldout(self, id_: str) -> bool:
         # By a hash of the id, so the split is the same after a resume and on every rank.
         return stable_seed(self.seed, "holdout", id_) % 10_000 < self.val_holdout * 10_000
 

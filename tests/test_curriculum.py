@@ -116,7 +116,8 @@ def test_training_order_is_the_recorded_position_order(ordered_run, tiny_model):
         for _epoch in range(2):  # repeated epochs replay the same order
             seen = [row for batch in dm.train_dataloader() for row in batch["input_ids"].tolist()]
             expected = [dm.collate([dm.encode_pair(rec["id"], rec["prompt"], rec["response"], rec["finish_reason"] == "stop")])["input_ids"][0].tolist()
-                        for rec in by_position]
+                        for rec in by_position if not dm.is_heldout(rec["id"])]
+            assert len(seen) == len(expected)
             assert [row[: len(e)] for row, e in zip(seen, expected)] == expected
         manifest = store.read_manifest(r)["curriculum"]
         assert manifest["within_round"]["scorer"] == "perplexity" and manifest["within_round"]["order"] == order

@@ -1,0 +1,139 @@
+"""Collapse guard: the MC evaluator against a per-item reference, early stop + best round on a
+real Trainer, the round report, and the diagnostics against hand-computed values."""
+
+import filecmp
+import json
+import math
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+from callbacks.bootstrap import BootstrapCallback
+from soft_lightning.data import SoftDataModule
+from soft_lightning.evaluation import distinct_n, token_entropy
+from soft_lightning.module import SoftModule
+from soft_lightning.sampler import SamplingConfig
+from tests.conftest import ROOT, SHARED_DATA, run_cli
+
+TRUTHFULQA = SHARED_DATA / "truthfulqa_mc.jsonl"
+
+
+def small_mc_file(tmp_path, n=24):
+    rows = [json.loads(line) for line in TRUTHFULQA.read_text().splitlines()[:n]]
+    path = tmp_path / "tqa.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path, rows
+
+
+def reference_accuracy(model, tokenizer, rows, pair) -> tuple[float, float]:
+    """One forward pass per choice, no batching, no padding: the straightforward computation."""
+    acc = acc_norm = 0
+    for row in rows:
+        scores, norms = [], []
+        for choice in row["choices"]:
+            context, target = pair(row["question"], choice)
+            ctx = tokenizer(context, add_special_tokens=False).input_ids
+            tgt = tokenizer(target, add_special_tokens=False).input_ids
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=torch.tensor([ctx + tgt])).logits[0].float(), -1)
+            total = sum(logp[len(ctx) + j - 1, t].item() for j, t in enumerate(tgt))
+            scores.append(total)
+            norms.append(total / len(target))
+        acc += max(range(len(scores)), key=scores.__getitem__) == row["label"]
+        acc_norm += max(range(len(norms)), key=norms.__getitem__) == row["label"]
+    return acc / len(rows), acc_norm / len(rows)
+
+
+@pytest.mark.parametrize("val_format", ["chat", "qa"])
+def test_mc_accuracy_equals_a_per_item_reference(val_format, tiny_model, tmp_path):
+    path, rows = small_mc_file(tmp_path)
+    dm = SoftDataModule(prompts=None, val_path=str(path), val_format=val_format, val_batch_items=5,
+                        tokenizer=tiny_model)
+    module = SoftModule(tiny_model, quantization="none", compute_dtype="float32", lora_r=8)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    metrics = trainer.validate(module, datamodule=dm, verbose=False)[0]
+    acc, acc_norm = reference_accuracy(module.model, dm.tokenizer, rows, dm.mc_pair)
+    assert metrics["val/mc_acc"] == pytest.approx(acc, abs=1e-7)
+    assert metrics["val/mc_acc_norm"] == pytest.approx(acc_norm, abs=1e-7)
+
+
+def test_qa_format_reproduces_the_harness_prompt(tiny_model):
+    dm = SoftDataModule(prompts=None, val_path=None, val_format="qa", tokenizer=tiny_model)
+    assert dm.mc_pair("What colour is the sky?", "Blue.") == ("Q: What colour is the sky?\nA:", " Blue.")
+
+
+def test_distinct_n_by_hand():
+    texts = ["a b a b", "A c"]
+    assert distinct_n(texts, 1) == pytest.approx(3 / 6)  # a b c out of a b a b a c
+    assert distinct_n(texts, 2) == pytest.approx(3 / 4)  # (a b) (b a) (a b) (a c)
+    assert distinct_n(["one"], 2) == 0.0
+
+
+def test_token_entropy_by_hand():
+    probs = torch.tensor([0.5, 0.25, 0.25])
+    logits = torch.log(probs).expand(1, 3, 3).clone()
+
+    def fixed_distribution(input_ids, attention_mask):
+        return SimpleNamespace(logits=logits)
+
+    labels = torch.tensor([[-100, 1, 2]])  # positions 1 and 2 are predicted from 0 and 1
+    total, count = token_entropy(fixed_distribution, torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3), labels)
+    expected = -(probs * probs.log()).sum().item()  # 1.0397 nats
+    assert count.item() == 2 and total.item() == pytest.approx(2 * expected, rel=1e-6)
+    assert expected == pytest.approx(1.5 * math.log(2), rel=1e-6)
+
+
+class ScriptedValidation(SoftModule):
+    """The real QLoRA module, with its validation metric set per round to a falling sequence
+    so that early stopping has something to detect."""
+
+    SCRIPT = [0.5, 0.7, 0.6, 0.4]
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/mc_acc", self.SCRIPT[self.current_epoch], batch_size=1)
+
+
+def test_early_stop_keeps_the_best_round_and_reports_every_round(tiny_model, tmp_path):
+    out = tmp_path / "store"
+    bootstrap = BootstrapCallback(rounds=4, out_dir=str(out), sampler="hf", icl_examples=2,
+                                  sampling=SamplingConfig(max_new_tokens=8))
+    dm = SoftDataModule(prompts_per_round=6, rounds=4, val_limit=2, tokenizer=tiny_model, batch_size=3)
+    module = ScriptedValidation(tiny_model, quantization="none", compute_dtype="float32", lora_r=8)
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=4, reload_dataloaders_every_n_epochs=1, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
+        callbacks=[bootstrap, EarlyStopping("val/mc_acc", mode="max", patience=1, check_on_train_epoch_end=False),
+                   ModelCheckpoint(monitor="val/mc_acc", mode="max", save_last=True)],
+    )
+    trainer.fit(module, datamodule=dm)
+    assert trainer.current_epoch == 3 and not (out / "round_3").exists(), "round 3 must not be generated"
+    note = json.loads((out / "best" / "best.json").read_text())
+    assert note["round"] == 1 and note["value"] == pytest.approx(0.7) and note["monitor"] == "val/mc_acc"
+    assert filecmp.cmp(out / "best" / "adapter" / "adapter_model.safetensors",
+                       out / "round_1" / "adapter" / "adapter_model.safetensors", shallow=False)
+    rows = (out / "rounds.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3 and rows[0].startswith("round,")
+    assert {"gen/entropy", "gen/distinct2", "val/mc_acc", "generation_s", "train_s"} <= set(rows[0].split(","))
+    assert (out / "rounds.png").stat().st_size > 1000
+
+    # `validate` scores any round's adapter.
+    result = run_cli("validate", "--config", str(ROOT / "configs" / "demo.yaml"),
+                     "--model.model_name_or_path", tiny_model, "--model.lora_r", "8",
+                     "--model.adapter", str(out / "best" / "adapter"), "--data.val_limit", "4",
+                     "--trainer.default_root_dir", str(tmp_path / "val"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "val/mc_acc" in result.stdout and "val/mc_acc_norm" in result.stdout
+
+
+def test_early_stopping_must_decide_after_validation(tiny_model, tmp_path, capsys):
+    from soft_lightning.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--model.model_name_or_path", tiny_model,
+              "--bootstrap.sampler", "hf", "--trainer.default_root_dir", str(tmp_path),
+              "--bootstrap.out_dir", str(tmp_path / "store"),
+              "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val/loss"])
+    assert "needs check_on_train_epoch_end: false" in capsys.readouterr().err
