@@ -9,6 +9,8 @@ rebuilds the training set from the store.
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -23,11 +25,13 @@ from soft_lightning.curriculum import Ordering
 from soft_lightning.errors import ConfigError
 from soft_lightning.evaluation import generation_diagnostics
 from soft_lightning.filters import drop_reason
+from soft_lightning.jsonl import write_json_atomic
 from soft_lightning.prompts import (
     ICL_STRATEGIES, PromptFormat, SelfExamples, draw_examples, load_icl_pool, load_principles, self_examples,
 )
+from soft_lightning.faults import kill_point
 from soft_lightning.sampler import (
-    GenerationRequest, HFSampler, SamplingConfig, VLLMOptions, VLLMSampler, vllm_lora_rank,
+    SAMPLER_FIELDS, GenerationRequest, HFSampler, SamplingConfig, VLLMOptions, VLLMSampler, vllm_lora_rank,
 )
 from soft_lightning.store import RoundStore
 
@@ -59,6 +63,8 @@ class BootstrapCallback(L.Callback):
         vllm: engine settings for the vLLM backend.
         hf_batch_size: prompts per `generate` call for the hf backend.
         min_response_chars: shorter responses count as degenerate and are dropped.
+        generation_chunk: prompts per sampler call; each chunk is on disk before the next
+            starts, so a crash loses at most one chunk.
     """
 
     def __init__(
@@ -80,6 +86,7 @@ class BootstrapCallback(L.Callback):
         vllm: VLLMOptions = VLLMOptions(),
         hf_batch_size: int = 8,
         min_response_chars: int = 2,
+        generation_chunk: int = 64,
     ):
         if rounds < 1:
             raise ConfigError(f"bootstrap.rounds must be at least 1, got {rounds}.")
@@ -97,7 +104,7 @@ class BootstrapCallback(L.Callback):
         self.store = RoundStore(out_dir)
         self.sampler_name, self.seed = sampler, seed
         self.sampling, self.vllm_options, self.hf_batch_size = sampling, vllm, hf_batch_size
-        self.min_response_chars = min_response_chars
+        self.min_response_chars, self.generation_chunk = min_response_chars, generation_chunk
         # Small files, read now so a missing or malformed one fails before any model loads.
         self.principles = load_principles(principles)
         self.icl_pool = load_icl_pool(icl_pool)
@@ -116,6 +123,7 @@ class BootstrapCallback(L.Callback):
             return
         if self.sampler_name == "vllm":
             vllm_lora_rank(pl_module.hparams.lora_r)  # for Python users; the CLI checks earlier
+        self._check_out_dir(trainer, pl_module)
         for cb in trainer.callbacks:
             # Left to itself, EarlyStopping may decide after this callback has already generated
             # the next round; deciding right after validation avoids wasting a round.
@@ -125,6 +133,33 @@ class BootstrapCallback(L.Callback):
                     "check_on_train_epoch_end: false, so it stops right after a round's validation, "
                     "before the next round is generated."
                 )
+
+    def _check_out_dir(self, trainer, pl_module) -> None:
+        """Refuse to start a fresh run over another run's store; resuming must be the same run."""
+        identity = self._identity(trainer, pl_module)
+        marker = self.store.root / "run.json"
+        if marker.is_file():
+            before = json.loads(marker.read_text(encoding="utf-8"))
+            if trainer.ckpt_path is None:
+                raise ConfigError(
+                    f"bootstrap.out_dir: {self.store.root} already holds a run; resume it with "
+                    "--ckpt_path last, or choose another --bootstrap.out_dir."
+                )
+            if before != identity:
+                changed = ", ".join(k for k in identity if before.get(k) != identity[k])
+                raise ConfigError(
+                    f"bootstrap.out_dir: {self.store.root} holds a different run (its {changed} differ from "
+                    "this config); resume with the original settings or choose another --bootstrap.out_dir."
+                )
+
+    def _identity(self, trainer, pl_module) -> dict:
+        """What makes two runs the same run: written to <out_dir>/run.json with round 0's data."""
+        dm = trainer.datamodule
+        return {"model": pl_module.hparams.model_name_or_path, "prompts": dm.prompts_path,
+                "prompts_per_round": dm.prompts_per_round, "seed": self.seed}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        kill_point(f"train_step:{trainer.global_step}")
 
     def on_fit_start(self, trainer, pl_module):
         dm = trainer.datamodule
@@ -137,30 +172,50 @@ class BootstrapCallback(L.Callback):
             adapter = self.store.adapter_dir(self.round - 1) if self.round > 0 else None
             self._generate(trainer, pl_module, self.round, adapter)
         dm.use_round(self.store, self.round)
+        if self._round_trained_before_restart(trainer):
+            self._finish_round(trainer, pl_module)
 
     def on_train_epoch_start(self, trainer, pl_module):
         if trainer.current_epoch % self.epochs_per_round == 0:
             self._train_started = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module):
-        if (trainer.current_epoch + 1) % self.epochs_per_round:
-            return
+        if (trainer.current_epoch + 1) % self.epochs_per_round == 0:
+            self._finish_round(trainer, pl_module)
+
+    def _finish_round(self, trainer, pl_module) -> None:
+        """Save the adapter just trained, report the round, and generate the next one."""
         train_seconds = time.perf_counter() - getattr(self, "_train_started", time.perf_counter())
         finished = self.round
         if trainer.is_global_zero:
             self.store.save_adapter(finished, pl_module.save_adapter)
+            kill_point(f"adapter_saved:{finished}")
         trainer.strategy.barrier()
         manifest = self.store.read_manifest(finished) or {}
         for name, value in manifest.get("diagnostics", {}).items():
             pl_module.log(name, float(value), on_epoch=True)  # the same file on every rank
         self._record_round(trainer, finished, manifest, train_seconds)
+        if finished + 1 >= self.rounds:
+            return
         if trainer.should_stop:  # EarlyStopping (or max_time) ended bootstrapping
             rank_zero_info(f"[soft] stopping after round {finished}; round {finished + 1} is not generated")
             return
-        if finished + 1 < self.rounds:
-            self.round = finished + 1
+        self.round = finished + 1
+        if not self.store.is_generated(self.round):
             self._generate(trainer, pl_module, self.round, self.store.adapter_dir(finished))
-            trainer.datamodule.use_round(self.store, self.round)
+        trainer.datamodule.use_round(self.store, self.round)
+
+    def _round_trained_before_restart(self, trainer) -> bool:
+        """True when the checkpoint was written after the last batch of a round but before the
+        round was finished (a kill in between): Lightning will not call on_train_epoch_end
+        for that epoch again, so the round is finished on resume instead."""
+        loop = trainer.fit_loop
+        if not loop.restarting:
+            return False
+        epoch = loop.epoch_progress.current.completed
+        batches = math.ceil(len(trainer.datamodule.train_examples) / trainer.datamodule.batch_size)
+        return (loop.epoch_loop.batch_progress.current.processed >= batches
+                and (epoch + 1) % self.epochs_per_round == 0 and self.round == epoch // self.epochs_per_round)
 
     def on_fit_end(self, trainer, pl_module):
         if trainer.is_global_zero:
@@ -223,14 +278,28 @@ class BootstrapCallback(L.Callback):
         )
 
     def _generate(self, trainer, pl_module, r: int, adapter: Path | None) -> None:
+        """Generate round r in chunks appended to its data.jsonl, so a killed run resumes with
+        the prompts it had not answered yet; then drop, score, order and seal the round."""
         dm = trainer.datamodule
         if trainer.is_global_zero:
             t0 = time.perf_counter()
             prompts = dm.prompts_for_round(r)
             requests = self.build_requests(prompts, r, PromptFormat(dm.tokenizer))
-            rank_zero_info(f"[soft] round {r}: generating {len(requests)} responses with {self.sampler.name}"
-                           + (f" and adapter {adapter}" if adapter else " (base model)"))
-            records = self.sampler.generate(requests, round_index=r, adapter=adapter, model=pl_module.model)
+            done = {rec["id"]: rec for rec in self.store.partial_records(r)}
+            todo = [req for req in requests if req.id not in done]
+            rank_zero_info(f"[soft] round {r}: generating {len(todo)} responses with {self.sampler.name}"
+                           + (f" and adapter {adapter}" if adapter else " (base model)")
+                           + (f"; {len(done)} kept from before a restart" if done else ""))
+            if not (self.store.root / "run.json").is_file():
+                write_json_atomic(self.store.root / "run.json", self._identity(trainer, pl_module))
+            for i in range(0, len(todo), self.generation_chunk):
+                chunk = self.sampler.generate(todo[i : i + self.generation_chunk], round_index=r, adapter=adapter,
+                                              model=pl_module.model)
+                self.store.append_records(r, chunk)
+                done.update((rec["id"], rec) for rec in chunk)
+                kill_point(f"generated:{r}:{i // self.generation_chunk}")
+            # Fields a previous attempt may have added are recomputed from scratch.
+            records = [{k: v for k, v in done[req.id].items() if k in SAMPLER_FIELDS} for req in requests]
             seconds = time.perf_counter() - t0
             dropped = self._mark_dropped(records)
             scoring = self._order_round(records, r, dm, pl_module)
@@ -244,6 +313,8 @@ class BootstrapCallback(L.Callback):
             engine_seconds, self._engine_seconds = self._engine_seconds, 0.0
             n_tokens = sum(rec["n_tokens"] for rec in records)
             self.store.write_round(r, records, {
+                "generated_now": len(todo),
+                "resumed_with": len(requests) - len(todo),
                 "prompts": len(records),
                 "kept": len(records) - sum(dropped.values()),
                 "dropped": dropped,

@@ -8,6 +8,7 @@ shuffle, ICL draws and sampling.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -32,11 +33,28 @@ class SoftCLI(LightningCLI):
         parser.link_arguments("bootstrap.seed", "data.seed")
         parser.link_arguments("model.model_name_or_path", "data.tokenizer")
 
+
     def before_instantiate_classes(self) -> None:
-        # The one check that needs two sections; it must fail before anything is built.
+        # Checks that span sections; they fail before anything is built.
         config = self.config.get(self.subcommand, self.config)
         if config.bootstrap.sampler == "vllm":
             vllm_lora_rank(config.model.lora_r)
+        if "weights_only" in config and config.weights_only is None:
+            # Checkpoints hold only tensors and plain values: load them without unpickling code.
+            config.weights_only = True
+        ckpt = config.get("ckpt_path")
+        if ckpt and ckpt not in ("last", "best", "hpc") and not Path(ckpt).is_file():
+            raise ConfigError(f"--ckpt_path: {ckpt} does not exist; pass an existing .ckpt file or 'last'.")
+
+    def instantiate_trainer(self, **kwargs):
+        """Keep checkpoints in <bootstrap.out_dir>/checkpoints (unless a dirpath is given), so
+        `--ckpt_path last` finds them: the logger's folder gets a new version every run."""
+        trainer = super().instantiate_trainer(**kwargs)
+        bootstrap = next(cb for cb in trainer.callbacks if isinstance(cb, BootstrapCallback))
+        for cb in trainer.checkpoint_callbacks:
+            if cb.dirpath is None:
+                cb.dirpath = str((bootstrap.store.root / "checkpoints").resolve())
+        return trainer
 
 
 def main(args: list[str] | None = None) -> None:

@@ -4,6 +4,7 @@ from the round store (Lightning reloads the train dataloader every `epochs_per_r
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from typing import Literal
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from soft_lightning.errors import ConfigError
 from soft_lightning.jsonl import read_records
@@ -42,6 +43,25 @@ class TrainExample:
     id: str
     input_ids: list[int]
     labels: list[int] = field(repr=False)
+
+
+class ResumableBatches(Sampler):
+    """Consecutive batches in the given order (no shuffle: the curriculum decided the order).
+
+    The first `skip` batches are left out once, while `len()` stays the full count, so
+    Lightning's restored batch counter and the data line up after a mid-epoch resume.
+    """
+
+    def __init__(self, n_items: int, batch_size: int, skip: int = 0):
+        self.n_items, self.batch_size, self.skip = n_items, batch_size, skip
+
+    def __len__(self) -> int:
+        return math.ceil(self.n_items / self.batch_size)
+
+    def __iter__(self):
+        start, self.skip = self.skip, 0
+        for b in range(start, len(self)):
+            yield list(range(b * self.batch_size, min(self.n_items, (b + 1) * self.batch_size)))
 
 
 def _bundled(key: str, value: str | None) -> str | None:
@@ -108,6 +128,7 @@ class SoftDataModule(L.LightningDataModule):
         self.pool_stats = PoolStats()
         self.train_examples: list[TrainExample] = []
         self.current_round: int | None = None
+        self._restored_round: int | None = None  # the round the checkpoint was training
         self.pool_order: list[list] | None = None  # [[id, difficulty], ...] once the curriculum ordered it
         self.val_items: list[dict] | None = None
         # Read and check the files now, before the Trainer exists or anything is written; the
@@ -239,9 +260,23 @@ class SoftDataModule(L.LightningDataModule):
         if not self.train_examples:
             raise RuntimeError(f"round {self.current_round} kept no trainable example; see its manifest.json.")
         return DataLoader(
-            self.train_examples, batch_size=self.batch_size, shuffle=False,
+            self.train_examples, batch_sampler=ResumableBatches(len(self.train_examples), self.batch_size,
+                                                                skip=self._batches_already_trained()),
             collate_fn=self.collate, num_workers=self.num_workers,
         )
+
+    def _batches_already_trained(self) -> int:
+        """On a resume from a mid-epoch checkpoint, the batches of this epoch already trained.
+
+        Lightning restores its counters but replays a plain DataLoader from the first batch,
+        which would train some pairs twice and others never; the order is fixed, so skipping
+        the first `processed` batches continues exactly where the run stopped.
+        """
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or not trainer.fit_loop.restarting or self.current_round != self._restored_round:
+            return 0
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return done if done < math.ceil(len(self.train_examples) / self.batch_size) else 0
 
     def collate(self, batch: list[TrainExample]) -> dict[str, torch.Tensor]:
         width = max(len(ex.input_ids) for ex in batch)
@@ -325,5 +360,5 @@ class SoftDataModule(L.LightningDataModule):
         return {"current_round": self.current_round, "pool_order": self.pool_order}
 
     def load_state_dict(self, state_dict):
-        self.current_round = state_dict.get("current_round")
+        self.current_round = self._restored_round = state_dict.get("current_round")
         self.pool_order = state_dict.get("pool_order")

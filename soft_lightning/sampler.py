@@ -56,6 +56,9 @@ class GenerationRequest:
     icl_ids: list[str]
 
 
+SAMPLER_FIELDS = ("id", "prompt", "response", "icl_ids", "n_tokens", "finish_reason", "mean_logprob")
+
+
 def make_record(req: GenerationRequest, response: str, n_tokens: int, finish_reason: str, mean_logprob: float) -> dict:
     return {
         "id": req.id,

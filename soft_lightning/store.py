@@ -65,6 +65,37 @@ class RoundStore:
         write_json_atomic(self.manifest_path(r), manifest)
         return manifest
 
+    def append_records(self, r: int, records: list[dict]) -> None:
+        """Append a chunk of freshly generated records; each line is complete and on disk
+        before this returns, so a kill loses at most the chunk in flight."""
+        path = self.data_path(r)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write("".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def partial_records(self, r: int) -> list[dict]:
+        """Records of an unfinished round, for resuming it. A torn last line (the process died
+        mid-write) is cut off the file and not returned."""
+        path = self.data_path(r)
+        if not path.is_file():
+            return []
+        records, good_bytes = [], 0
+        with open(path, "rb") as fh:
+            for raw in fh:
+                try:
+                    if not raw.endswith(b"\n"):
+                        raise ValueError("no newline")
+                    records.append(json.loads(raw))
+                except ValueError:
+                    break
+                good_bytes += len(raw)
+        if good_bytes < path.stat().st_size:
+            with open(path, "r+b") as fh:
+                fh.truncate(good_bytes)
+        return records
+
     def is_generated(self, r: int) -> bool:
         manifest = self.read_manifest(r)
         return manifest is not None and manifest.get("data_sha256") == sha256_file(self.data_path(r))
