@@ -111,10 +111,12 @@ class BootstrapCallback(L.Callback):
         self.icl, self.icl_examples, self.icl_self = icl, icl_examples, icl_self
         self.within_round, self.across_rounds, self.score_batch_size = within_round, across_rounds, score_batch_size
         self.sampler = None
+        self.resume_requested: bool | None = None  # the CLI sets it from --ckpt_path (None: not known)
         self._engine_seconds = 0.0
         self.round = 0  # the round being trained
         self.summary: list[dict] = []  # one row per finished round (rounds.csv)
         self.best: dict = {}  # round, monitor, mode, value of the best round so far
+        self.progress = {"epoch": -1, "batches": 0}  # batches trained in the current epoch
 
     # ---- Lightning hooks ----------------------------------------------------------------------
 
@@ -123,7 +125,7 @@ class BootstrapCallback(L.Callback):
             return
         if self.sampler_name == "vllm":
             vllm_lora_rank(pl_module.hparams.lora_r)  # for Python users; the CLI checks earlier
-        self._check_out_dir(trainer, pl_module)
+        self._check_out_dir(trainer, pl_module, self.resume_requested)
         for cb in trainer.callbacks:
             # Left to itself, EarlyStopping may decide after this callback has already generated
             # the next round; deciding right after validation avoids wasting a round.
@@ -134,23 +136,27 @@ class BootstrapCallback(L.Callback):
                     "before the next round is generated."
                 )
 
-    def _check_out_dir(self, trainer, pl_module) -> None:
-        """Refuse to start a fresh run over another run's store; resuming must be the same run."""
-        identity = self._identity(trainer, pl_module)
+    def _check_out_dir(self, trainer, pl_module, resuming: bool | None) -> None:
+        """Refuse to start a fresh run over another run's store; a resume must be the same run.
+
+        `resuming` is None where it is not known yet (Lightning names the checkpoint only after
+        setup); the CLI knows from `--ckpt_path`, so its users get the error before any load.
+        """
         marker = self.store.root / "run.json"
-        if marker.is_file():
-            before = json.loads(marker.read_text(encoding="utf-8"))
-            if trainer.ckpt_path is None:
-                raise ConfigError(
-                    f"bootstrap.out_dir: {self.store.root} already holds a run; resume it with "
-                    "--ckpt_path last, or choose another --bootstrap.out_dir."
-                )
-            if before != identity:
-                changed = ", ".join(k for k in identity if before.get(k) != identity[k])
-                raise ConfigError(
-                    f"bootstrap.out_dir: {self.store.root} holds a different run (its {changed} differ from "
-                    "this config); resume with the original settings or choose another --bootstrap.out_dir."
-                )
+        if not marker.is_file():
+            return
+        if resuming is False:
+            raise ConfigError(
+                f"bootstrap.out_dir: {self.store.root} already holds a run; resume it with "
+                "--ckpt_path last, or choose another --bootstrap.out_dir."
+            )
+        before, identity = json.loads(marker.read_text(encoding="utf-8")), self._identity(trainer, pl_module)
+        if before != identity:
+            changed = ", ".join(k for k in identity if before.get(k) != identity[k])
+            raise ConfigError(
+                f"bootstrap.out_dir: {self.store.root} holds a different run ({changed} changed since it started); "
+                "resume with the original settings or choose another --bootstrap.out_dir."
+            )
 
     def _identity(self, trainer, pl_module) -> dict:
         """What makes two runs the same run: written to <out_dir>/run.json with round 0's data."""
@@ -159,9 +165,14 @@ class BootstrapCallback(L.Callback):
                 "prompts_per_round": dm.prompts_per_round, "seed": self.seed}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.progress["epoch"] != trainer.current_epoch:
+            self.progress = {"epoch": trainer.current_epoch, "batches": 0}
+        self.progress["batches"] += 1
         kill_point(f"train_step:{trainer.global_step}")
 
     def on_fit_start(self, trainer, pl_module):
+        if self.resume_requested is None:
+            self._check_out_dir(trainer, pl_module, resuming=trainer.ckpt_path is not None)
         dm = trainer.datamodule
         if self.sampler is None:
             self.sampler = self._make_sampler(pl_module, dm)
@@ -173,7 +184,7 @@ class BootstrapCallback(L.Callback):
             self._generate(trainer, pl_module, self.round, adapter)
         dm.use_round(self.store, self.round)
         if self._round_trained_before_restart(trainer):
-            self._finish_round(trainer, pl_module)
+            self._finish_round(trainer, pl_module, resuming=True)
 
     def on_train_epoch_start(self, trainer, pl_module):
         if trainer.current_epoch % self.epochs_per_round == 0:
@@ -183,17 +194,22 @@ class BootstrapCallback(L.Callback):
         if (trainer.current_epoch + 1) % self.epochs_per_round == 0:
             self._finish_round(trainer, pl_module)
 
-    def _finish_round(self, trainer, pl_module) -> None:
+    def _finish_round(self, trainer, pl_module, resuming: bool = False) -> None:
         """Save the adapter just trained, report the round, and generate the next one."""
-        train_seconds = time.perf_counter() - getattr(self, "_train_started", time.perf_counter())
+        started = getattr(self, "_train_started", None)  # unknown when the round ended before a restart
+        train_seconds = time.perf_counter() - started if started is not None and not resuming else None
         finished = self.round
         if trainer.is_global_zero:
             self.store.save_adapter(finished, pl_module.save_adapter)
             kill_point(f"adapter_saved:{finished}")
         trainer.strategy.barrier()
         manifest = self.store.read_manifest(finished) or {}
-        for name, value in manifest.get("diagnostics", {}).items():
-            pl_module.log(name, float(value), on_epoch=True)  # the same file on every rank
+        diagnostics = {name: float(value) for name, value in manifest.get("diagnostics", {}).items()}
+        if resuming:  # self.log is not allowed in on_fit_start; the loggers still get the row
+            for logger in trainer.loggers:
+                logger.log_metrics(diagnostics, step=trainer.global_step)
+        for name, value in ({} if resuming else diagnostics).items():
+            pl_module.log(name, value, on_epoch=True)  # the same file on every rank
         self._record_round(trainer, finished, manifest, train_seconds)
         if finished + 1 >= self.rounds:
             return
@@ -207,15 +223,13 @@ class BootstrapCallback(L.Callback):
 
     def _round_trained_before_restart(self, trainer) -> bool:
         """True when the checkpoint was written after the last batch of a round but before the
-        round was finished (a kill in between): Lightning will not call on_train_epoch_end
-        for that epoch again, so the round is finished on resume instead."""
-        loop = trainer.fit_loop
-        if not loop.restarting:
-            return False
-        epoch = loop.epoch_progress.current.completed
+        round was finished (a kill in between): Lightning will not call on_train_epoch_end for
+        that epoch again, so the round is finished on resume instead. Lightning restores its
+        loop counters only after on_fit_start, hence this callback's own count."""
+        epoch, done = self.progress["epoch"], self.progress["batches"]
         batches = math.ceil(len(trainer.datamodule.train_examples) / trainer.datamodule.batch_size)
-        return (loop.epoch_loop.batch_progress.current.processed >= batches
-                and (epoch + 1) % self.epochs_per_round == 0 and self.round == epoch // self.epochs_per_round)
+        return (epoch >= 0 and done >= batches and (epoch + 1) % self.epochs_per_round == 0
+                and self.round == epoch // self.epochs_per_round)
 
     def on_fit_end(self, trainer, pl_module):
         if trainer.is_global_zero:
@@ -226,10 +240,11 @@ class BootstrapCallback(L.Callback):
             self.sampler.close()
 
     def state_dict(self):
-        return {"round": self.round, "summary": self.summary, "best": self.best}
+        return {"round": self.round, "summary": self.summary, "best": self.best, "progress": self.progress}
 
     def load_state_dict(self, state_dict):
         self.round = state_dict["round"]
+        self.progress = state_dict.get("progress", self.progress)
         self.summary = state_dict.get("summary", [])
         self.best = state_dict.get("best", {})
 
@@ -363,7 +378,7 @@ class BootstrapCallback(L.Callback):
             kept[i]["difficulty"] = scores[i] if scores else None
         return cost
 
-    def _record_round(self, trainer, r: int, manifest: dict, train_seconds: float) -> None:
+    def _record_round(self, trainer, r: int, manifest: dict, train_seconds: float | None) -> None:
         """One row of rounds.csv: counts, phase timings, train/val metrics, generation diagnostics."""
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         timings = manifest.get("timings", {})
@@ -375,7 +390,7 @@ class BootstrapCallback(L.Callback):
             "generation_s": timings.get("generation_seconds"),
             "scoring_s": timings.get("scoring_seconds"),
             "diagnostics_s": timings.get("diagnostics_seconds"),
-            "train_s": round(train_seconds, 2),
+            "train_s": round(train_seconds, 2) if train_seconds is not None else None,
             "train/loss": metrics.get("train/loss_epoch"),
             **{k: v for k, v in metrics.items() if k.startswith("val/")},
             **manifest.get("diagnostics", {}),

@@ -51,6 +51,8 @@ class SoftCLI(LightningCLI):
         `--ckpt_path last` finds them: the logger's folder gets a new version every run."""
         trainer = super().instantiate_trainer(**kwargs)
         bootstrap = next(cb for cb in trainer.callbacks if isinstance(cb, BootstrapCallback))
+        # `--ckpt_path last` also resumes a run killed before its first checkpoint.
+        bootstrap.resume_requested = bool(self.config.get(self.subcommand, self.config).get("ckpt_path"))
         for cb in trainer.checkpoint_callbacks:
             if cb.dirpath is None:
                 cb.dirpath = str((bootstrap.store.root / "checkpoints").resolve())

@@ -24,9 +24,10 @@ def tiny_model(tmp_path_factory, smollm2_dir) -> str:
     return str(build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama", smollm2_dir))
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600,
+            env_extra: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m soft_lightning ...` in a real subprocess, the way users run it."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
     return subprocess.run(
         [sys.executable, "-m", "soft_lightning", *args],
         cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout,

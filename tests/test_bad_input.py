@@ -36,6 +36,15 @@ CASES = {
     "LoRA rank above vLLM's": (["--model.lora_r", "1024", "--bootstrap.sampler", "vllm"], "above the largest LoRA rank vLLM serves (512)"),
     "MC label out of range": (["--data.val_path", "{tmp}/mc.jsonl"], "mc.jsonl line 1: label 7 is out of range for 2 choices"),
     "paged optimizer on CPU": (["--model.optimizer", "paged_adamw_8bit"], "model.optimizer=paged_adamw_8bit needs a CUDA device"),
+    "non-UTF-8 bytes": (["--data.prompts", "{tmp}/latin1.jsonl"], "latin1.jsonl line 2: not valid UTF-8"),
+    "missing ICL pool": (["--bootstrap.icl_pool", "{tmp}/no-pool.jsonl"], "bootstrap.icl_pool: file {tmp}/no-pool.jsonl does not exist"),
+    "ICL example without response": (["--bootstrap.icl_pool", "{tmp}/icl.jsonl"], "example 'x' has an empty response"),
+    "missing principles": (["--bootstrap.principles", "{tmp}/no-rules.json"], "bootstrap.principles: file {tmp}/no-rules.json does not exist"),
+    "missing validation file": (["--data.val_path", "{tmp}/no-mc.jsonl"], "data.val_path: file {tmp}/no-mc.jsonl does not exist"),
+    "unknown scorer": (["--bootstrap.within_round.scorer", "ppl", "--bootstrap.within_round.order", "easy_to_hard"],
+                       "unknown scorer 'ppl'; choose one of perplexity, prompt_perplexity, response_length, prompt_length"),
+    "zero rounds": (["--bootstrap.rounds", "0"], "bootstrap.rounds must be at least 1, got 0"),
+    "missing checkpoint": (["--ckpt_path", "{tmp}/none.ckpt"], "--ckpt_path: {tmp}/none.ckpt does not exist"),
     "duplicate prompt ids": (["--data.prompts", "{tmp}/dups.jsonl"], "duplicate id 'a'"),
 }
 
@@ -48,6 +57,8 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(case, tmp_path, capsys,
     (tmp_path / "empty.jsonl").write_text("\n")
     write_jsonl(tmp_path / "mc.jsonl", [{"question": "q", "choices": ["a", "b"], "label": 7}])
     write_jsonl(tmp_path / "dups.jsonl", [{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}])
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"prompt": "fine"}\n{"prompt": "caf\xe9"}\n')
+    write_jsonl(tmp_path / "icl.jsonl", [{"id": "x", "prompt": "q", "response": "  "}])
     extra, expected = CASES[case]
     out = tmp_path / "out"
     args = tiny_run_args(tiny_model, out, "hf", *[a.format(tmp=tmp_path) for a in extra])
@@ -70,3 +81,14 @@ def test_unknown_config_key_is_refused(capsys, tiny_model, tmp_path):
     with pytest.raises(SystemExit):
         main(tiny_run_args(tiny_model, tmp_path, "hf", "--data.prompt_per_round", "3"))
     assert "prompt_per_round" in capsys.readouterr().err
+
+
+def test_out_dir_of_another_run_is_refused_unless_resumed(tmp_path, tiny_model, capsys):
+    out = tmp_path / "out"
+    first = run_cli(*tiny_run_args(tiny_model, out, "hf", "--bootstrap.rounds", "1"))
+    assert first.returncode == 0, first.stderr[-2000:]
+    message = fails(capsys, tiny_run_args(tiny_model, out, "hf", "--bootstrap.rounds", "1"))
+    assert f"bootstrap.out_dir: {out} already holds a run; resume it with --ckpt_path last" in message
+    other = fails(capsys, tiny_run_args(tiny_model, out, "hf", "--bootstrap.rounds", "1", "--bootstrap.seed", "7",
+                                        "--ckpt_path", "last"))
+    assert "holds a different run (seed changed since it started)" in other

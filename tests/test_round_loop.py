@@ -63,7 +63,7 @@ def test_adapters_change_and_load_with_peft(finished_run, tiny_model):
 
 def test_checkpoint_knows_the_round(finished_run):
     _, out, _ = finished_run
-    last = list((out / "logs").rglob("last.ckpt"))
+    last = list((out / "checkpoints").glob("last.ckpt"))
     assert len(last) == 1
     state = torch.load(last[0], map_location="cpu", weights_only=True)
     callback_state = next(v for k, v in state["callbacks"].items() if "BootstrapCallback" in k)
