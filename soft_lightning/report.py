@@ -5,23 +5,12 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from pathlib import Path
+
+from soft_lightning.jsonl import write_bytes_atomic
 
 TABLE_COLUMNS = ["round", "kept", "tokens_generated", "generation_s", "scoring_s", "train_s", "train/loss",
                  "val/loss", "val/mc_acc", "val/mc_acc_norm", "gen/entropy", "gen/distinct2"]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -30,7 +19,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(path, buf.getvalue().encode())
+    write_bytes_atomic(path, buf.getvalue().encode())
 
 
 def write_plot(rows: list[dict], path: Path, monitor: str | None, best_round: int | None) -> None:
@@ -57,7 +46,7 @@ def write_plot(rows: list[dict], path: Path, monitor: str | None, best_round: in
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    _atomic_write(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def format_table(rows: list[dict], best_round: int | None) -> str:

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from soft_lightning.jsonl import write_json_atomic
+from soft_lightning.jsonl import write_bytes_atomic, write_json_atomic
 
 
 def sha256_file(path: Path) -> str:
@@ -49,18 +49,7 @@ class RoundStore:
     def write_round(self, r: int, records: list[dict], manifest: dict[str, Any]) -> dict[str, Any]:
         """Write data.jsonl, then the manifest (with the data's sha256) last; returns the manifest."""
         path = self.data_path(r)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".data.jsonl.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                for record in records:
-                    fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_bytes_atomic(path, "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records).encode("utf-8"))
         manifest = {**manifest, "round": r, "data_sha256": sha256_file(path)}
         write_json_atomic(self.manifest_path(r), manifest)
         return manifest
