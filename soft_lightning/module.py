@@ -137,6 +137,11 @@ class SoftModule(L.LightningModule):
         self.log("train/tokens", float(tokens), reduce_fx="sum", on_step=False, on_epoch=True)
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        # bf16-true precision casts metric states with the module; counts must stay exact.
+        for metric in (self.mc_acc, self.mc_acc_norm):
+            metric.set_dtype(torch.float64)
+
     def validation_step(self, batch, batch_idx):
         """Multiple-choice items (`item_index` in the batch) or held-out generated pairs (loss)."""
         if "item_index" not in batch:

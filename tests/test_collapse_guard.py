@@ -60,6 +60,19 @@ def test_mc_accuracy_equals_a_per_item_reference(val_format, tiny_model, tmp_pat
     assert metrics["val/mc_acc_norm"] == pytest.approx(acc_norm, abs=1e-7)
 
 
+def test_mc_accuracy_is_an_exact_fraction_under_bf16(tiny_model, tmp_path):
+    """bf16-true casts metric states with the module; accuracy must still be k/n exactly."""
+    path, rows = small_mc_file(tmp_path, n=24)
+    dm = SoftDataModule(prompts=None, val_path=str(path), val_batch_items=5, tokenizer=tiny_model)
+    module = SoftModule(tiny_model, lora_r=8)  # nf4 base, bf16 compute, like the demo
+    trainer = L.Trainer(accelerator="cpu", precision="bf16-true", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    metrics = trainer.validate(module, datamodule=dm, verbose=False)[0]
+    for name in ("val/mc_acc", "val/mc_acc_norm"):
+        k = metrics[name] * len(rows)
+        assert abs(k - round(k)) < 1e-6, f"{name}={metrics[name]!r} is not a count out of {len(rows)}"
+
+
 def test_qa_format_reproduces_the_harness_prompt(tiny_model):
     dm = SoftDataModule(prompts=None, val_path=None, val_format="qa", tokenizer=tiny_model)
     assert dm.mc_pair("What colour is the sky?", "Blue.") == ("Q: What colour is the sky?\nA:", " Blue.")
