@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -126,6 +127,11 @@ class BootstrapCallback(L.Callback):
         if self.sampler_name == "vllm":
             vllm_lora_rank(pl_module.hparams.lora_r)  # for Python users; the CLI checks earlier
         self._check_out_dir(trainer, pl_module, self.resume_requested)
+        if trainer.world_size > 1 and trainer._accelerator_connector.use_distributed_sampler:
+            raise ConfigError(
+                "trainer.use_distributed_sampler must be false with several devices: the DataModule deals "
+                "the curriculum-ordered batches to the ranks itself (see configs/ddp.yaml)."
+            )
         for cb in trainer.callbacks:
             # Left to itself, EarlyStopping may decide after this callback has already generated
             # the next round; deciding right after validation avoids wasting a round.
@@ -227,7 +233,7 @@ class BootstrapCallback(L.Callback):
         that epoch again, so the round is finished on resume instead. Lightning restores its
         loop counters only after on_fit_start, hence this callback's own count."""
         epoch, done = self.progress["epoch"], self.progress["batches"]
-        batches = math.ceil(len(trainer.datamodule.train_examples) / trainer.datamodule.batch_size)
+        batches = len(trainer.datamodule.train_dataloader().batch_sampler)
         return (epoch >= 0 and done >= batches and (epoch + 1) % self.epochs_per_round == 0
                 and self.round == epoch // self.epochs_per_round)
 
@@ -293,28 +299,33 @@ class BootstrapCallback(L.Callback):
         )
 
     def _generate(self, trainer, pl_module, r: int, adapter: Path | None) -> None:
-        """Generate round r in chunks appended to its data.jsonl, so a killed run resumes with
-        the prompts it had not answered yet; then drop, score, order and seal the round."""
-        dm = trainer.datamodule
+        """Generate round r: every rank answers its share of the prompts in chunks appended to
+        its shard (a killed run resumes with the prompts not answered yet); then rank 0 merges
+        the shards, drops, scores and orders the pairs, and seals the round."""
+        dm, rank, world = trainer.datamodule, trainer.global_rank, trainer.world_size
+        t0 = time.perf_counter()
+        prompts = dm.prompts_for_round(r)
+        requests = self.build_requests(prompts, r, PromptFormat(dm.tokenizer))
+        if trainer.is_global_zero and not (self.store.root / "run.json").is_file():
+            write_json_atomic(self.store.root / "run.json", self._identity(trainer, pl_module))
+        shard = self.store.shard_path(r, rank, world)
+        done = {rec["id"] for rec in self.store.partial_records(shard)}
+        todo = [req for req in requests[rank::world] if req.id not in done]
+        rank_zero_info(f"[soft] round {r}: generating {len(requests)} responses on {world} rank(s) with "
+                       f"{self.sampler.name}" + (f" and adapter {adapter}" if adapter else " (base model)"))
+        for i in range(0, len(todo), self.generation_chunk):
+            chunk = self.sampler.generate(todo[i : i + self.generation_chunk], round_index=r, adapter=adapter,
+                                          model=pl_module.model)
+            self.store.append_records(shard, chunk)
+            kill_point(f"generated:{r}:{i // self.generation_chunk}")
+        generated_now = int(trainer.strategy.reduce(torch.tensor(float(len(todo))), reduce_op="sum"))
+        trainer.strategy.barrier()
         if trainer.is_global_zero:
-            t0 = time.perf_counter()
-            prompts = dm.prompts_for_round(r)
-            requests = self.build_requests(prompts, r, PromptFormat(dm.tokenizer))
-            done = {rec["id"]: rec for rec in self.store.partial_records(r)}
-            todo = [req for req in requests if req.id not in done]
-            rank_zero_info(f"[soft] round {r}: generating {len(todo)} responses with {self.sampler.name}"
-                           + (f" and adapter {adapter}" if adapter else " (base model)")
-                           + (f"; {len(done)} kept from before a restart" if done else ""))
-            if not (self.store.root / "run.json").is_file():
-                write_json_atomic(self.store.root / "run.json", self._identity(trainer, pl_module))
-            for i in range(0, len(todo), self.generation_chunk):
-                chunk = self.sampler.generate(todo[i : i + self.generation_chunk], round_index=r, adapter=adapter,
-                                              model=pl_module.model)
-                self.store.append_records(r, chunk)
-                done.update((rec["id"], rec) for rec in chunk)
-                kill_point(f"generated:{r}:{i // self.generation_chunk}")
+            merged = {}
+            for k in range(world):
+                merged.update((rec["id"], rec) for rec in self.store.partial_records(self.store.shard_path(r, k, world)))
             # Fields a previous attempt may have added are recomputed from scratch.
-            records = [{k: v for k, v in done[req.id].items() if k in SAMPLER_FIELDS} for req in requests]
+            records = [{k: v for k, v in merged[req.id].items() if k in SAMPLER_FIELDS} for req in requests]
             seconds = time.perf_counter() - t0
             dropped = self._mark_dropped(records)
             scoring = self._order_round(records, r, dm, pl_module)
@@ -328,8 +339,9 @@ class BootstrapCallback(L.Callback):
             engine_seconds, self._engine_seconds = self._engine_seconds, 0.0
             n_tokens = sum(rec["n_tokens"] for rec in records)
             self.store.write_round(r, records, {
-                "generated_now": len(todo),
-                "resumed_with": len(requests) - len(todo),
+                "generated_now": generated_now,
+                "resumed_with": len(requests) - generated_now,
+                "ranks": world,
                 "prompts": len(records),
                 "kept": len(records) - sum(dropped.values()),
                 "dropped": dropped,
@@ -353,6 +365,9 @@ class BootstrapCallback(L.Callback):
                             "diagnostics_seconds": round(diagnostics_seconds, 3),
                             "tokens_per_second": round(n_tokens / max(seconds, 1e-9), 1)},
             })
+            if world > 1:  # merged and sealed: the shards are no longer needed
+                for k in range(world):
+                    self.store.shard_path(r, k, world).unlink(missing_ok=True)
         trainer.strategy.barrier()
 
     def _mark_dropped(self, records: list[dict]) -> dict[str, int]:

@@ -48,19 +48,24 @@ class TrainExample:
 class ResumableBatches(Sampler):
     """Consecutive batches in the given order (no shuffle: the curriculum decided the order).
 
-    The first `skip` batches are left out once, while `len()` stays the full count, so
-    Lightning's restored batch counter and the data line up after a mid-epoch resume.
+    Under DDP, rank k takes batches k, k+world, ...: at every step the ranks together train the
+    next `world` batches of the order. Ranks must take equal steps, so the last ones wrap around
+    to the first batches (as DistributedSampler pads). The first `skip` batches of this rank
+    are left out once, while `len()` stays the full count, so Lightning's restored batch counter
+    and the data line up after a mid-epoch resume.
     """
 
-    def __init__(self, n_items: int, batch_size: int, skip: int = 0):
-        self.n_items, self.batch_size, self.skip = n_items, batch_size, skip
+    def __init__(self, n_items: int, batch_size: int, skip: int = 0, rank: int = 0, world: int = 1):
+        self.n_items, self.batch_size, self.skip, self.rank, self.world = n_items, batch_size, skip, rank, world
+        self.n_batches = math.ceil(n_items / batch_size)
 
     def __len__(self) -> int:
-        return math.ceil(self.n_items / self.batch_size)
+        return math.ceil(self.n_batches / self.world)
 
     def __iter__(self):
         start, self.skip = self.skip, 0
-        for b in range(start, len(self)):
+        for i in range(start, len(self)):
+            b = (i * self.world + self.rank) % self.n_batches
             yield list(range(b * self.batch_size, min(self.n_items, (b + 1) * self.batch_size)))
 
 
@@ -259,11 +264,12 @@ class SoftDataModule(L.LightningDataModule):
             raise RuntimeError("no round is loaded yet; the BootstrapCallback must be among the trainer's callbacks.")
         if not self.train_examples:
             raise RuntimeError(f"round {self.current_round} kept no trainable example; see its manifest.json.")
-        return DataLoader(
-            self.train_examples, batch_sampler=ResumableBatches(len(self.train_examples), self.batch_size,
-                                                                skip=self._batches_already_trained()),
-            collate_fn=self.collate, num_workers=self.num_workers,
-        )
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        batches = ResumableBatches(len(self.train_examples), self.batch_size, skip=self._batches_already_trained(),
+                                   rank=rank, world=world)
+        return DataLoader(self.train_examples, batch_sampler=batches, collate_fn=self.collate,
+                          num_workers=self.num_workers)
 
     def _batches_already_trained(self) -> int:
         """On a resume from a mid-epoch checkpoint, the batches of this epoch already trained.
@@ -276,7 +282,8 @@ class SoftDataModule(L.LightningDataModule):
         if trainer is None or not trainer.fit_loop.restarting or self.current_round != self._restored_round:
             return 0
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return done if done < math.ceil(len(self.train_examples) / self.batch_size) else 0
+        per_rank = math.ceil(math.ceil(len(self.train_examples) / self.batch_size) / trainer.world_size)
+        return done if done < per_rank else 0
 
     def collate(self, batch: list[TrainExample]) -> dict[str, torch.Tensor]:
         width = max(len(ex.input_ids) for ex in batch)

@@ -54,20 +54,22 @@ class RoundStore:
         write_json_atomic(self.manifest_path(r), manifest)
         return manifest
 
-    def append_records(self, r: int, records: list[dict]) -> None:
+    def shard_path(self, r: int, rank: int, world: int) -> Path:
+        """Where one rank appends its share of round r while generating (data.jsonl alone)."""
+        return self.data_path(r) if world == 1 else self.round_dir(r) / f"data.rank{rank}.jsonl"
+
+    def append_records(self, path: Path, records: list[dict]) -> None:
         """Append a chunk of freshly generated records; each line is complete and on disk
         before this returns, so a kill loses at most the chunk in flight."""
-        path = self.data_path(r)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as fh:
             fh.write("".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
             fh.flush()
             os.fsync(fh.fileno())
 
-    def partial_records(self, r: int) -> list[dict]:
-        """Records of an unfinished round, for resuming it. A torn last line (the process died
-        mid-write) is cut off the file and not returned."""
-        path = self.data_path(r)
+    def partial_records(self, path: Path) -> list[dict]:
+        """Records of an unfinished round (or shard), for resuming it. A torn last line (the
+        process died mid-write) is cut off the file and not returned."""
         if not path.is_file():
             return []
         records, good_bytes = [], 0

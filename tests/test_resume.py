@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from soft_lightning.store import RoundStore
-from tests.conftest import run_cli, tiny_run_args
+from tests.conftest import ROOT, run_cli, tiny_run_args
 
 # Every optimizer step checkpoints, so a kill mid-epoch has a mid-epoch checkpoint to resume.
 EVERY_STEP = json.dumps([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
@@ -95,3 +95,38 @@ def test_resumed_weights_and_optimizer_equal_the_checkpoint(tiny_model, tmp_path
     opt_now = trainer.optimizers[0].state_dict()["state"]
     assert opt_saved.keys() == opt_now.keys()
     assert all(torch.equal(opt_saved[i]["exp_avg"], opt_now[i]["exp_avg"]) for i in opt_saved)
+
+
+DDP = ("--config", str(ROOT / "configs" / "ddp.yaml"), "--trainer.accelerator", "cpu")
+
+
+def test_two_process_ddp_covers_each_prompt_once_like_one_process(uninterrupted, tiny_model, tmp_path):
+    out = tmp_path / "ddp"
+    result = run_cli(*args(tiny_model, out, *DDP))
+    assert result.returncode == 0, result.stderr[-3000:]
+    store, reference = RoundStore(out), RoundStore(uninterrupted)
+    for r in (0, 1):
+        ids = [rec["id"] for rec in store.read_records(r)]
+        assert len(ids) == len(set(ids)) == 10
+        assert sorted(ids) == sorted(rec["id"] for rec in reference.read_records(r))
+        assert store.read_manifest(r)["ranks"] == 2
+        assert not list(store.round_dir(r).glob("data.rank*.jsonl")), "shards are removed once merged"
+        assert not list(store.round_dir(r).glob(".adapter.*")), "an adapter save was interrupted or doubled"
+    assert result.stderr.count("per-round summary") + result.stdout.count("per-round summary") == 1, \
+        "reports happen on rank 0 only"
+    assert store_files(out) == store_files(uninterrupted)
+
+
+def test_ddp_kill_and_resume(uninterrupted, tiny_model, tmp_path):
+    out = tmp_path / "ddp"
+    killed = run_cli(*args(tiny_model, out, *DDP), env_extra={"SOFT_LIGHTNING_KILL_AT": "generated:1:0"})
+    assert killed.returncode != 0
+    resumed = run_cli(*args(tiny_model, out, *DDP, "--ckpt_path", "last"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    store = RoundStore(out)
+    for r in (0, 1):
+        ids = [rec["id"] for rec in store.read_records(r)]
+        assert len(ids) == len(set(ids)) == 10 and store.is_generated(r)
+    manifest = store.read_manifest(1)
+    assert manifest["resumed_with"] == 6, "each rank had one chunk of 3 on disk before the kill"
+    assert store_files(out) == store_files(uninterrupted)
