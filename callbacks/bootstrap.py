@@ -32,7 +32,8 @@ from soft_lightning.prompts import (
 )
 from soft_lightning.faults import kill_point
 from soft_lightning.sampler import (
-    SAMPLER_FIELDS, GenerationRequest, HFSampler, SamplingConfig, VLLMOptions, VLLMSampler, vllm_lora_rank,
+    SAMPLER_FIELDS, GenerationRequest, HFSampler, SamplingConfig, VLLMOptions, VLLMSampler, check_vllm_options,
+    vllm_lora_rank,
 )
 from soft_lightning.store import RoundStore
 
@@ -126,6 +127,7 @@ class BootstrapCallback(L.Callback):
             return
         if self.sampler_name == "vllm":
             vllm_lora_rank(pl_module.hparams.lora_r)  # for Python users; the CLI checks earlier
+            check_vllm_options(self.vllm_options)
         self._check_out_dir(trainer, pl_module, self.resume_requested)
         if trainer.world_size > 1 and trainer._accelerator_connector.use_distributed_sampler:
             raise ConfigError(
@@ -318,6 +320,7 @@ class BootstrapCallback(L.Callback):
                                           model=pl_module.model)
             self.store.append_records(shard, chunk)
             kill_point(f"generated:{r}:{i // self.generation_chunk}")
+        self.sampler.pause()
         generated_now = int(trainer.strategy.reduce(torch.tensor(float(len(todo))), reduce_op="sum"))
         trainer.strategy.barrier()
         if trainer.is_global_zero:

@@ -44,6 +44,9 @@ class VLLMOptions:
     dtype: str = "auto"
     enforce_eager: bool = True
     tensor_parallel_size: int = 1
+    # Between rounds, offload the engine's weights and drop its KV cache so training on the
+    # same GPU gets the memory back (vLLM sleep mode: CUDA/ROCm only).
+    sleep_between_rounds: bool = False
 
 
 @dataclass
@@ -82,6 +85,18 @@ def vllm_lora_rank(rank: int) -> int:
     )
 
 
+def check_vllm_options(options: VLLMOptions) -> None:
+    """Options the installed vLLM cannot honour, refused before any engine or model loads."""
+    if options.sleep_between_rounds:
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_sleep_mode_available():
+            raise ConfigError(
+                f"bootstrap.vllm.sleep_between_rounds needs vLLM sleep mode, which the "
+                f"{current_platform.device_name} platform lacks; set it to false."
+            )
+
+
 class Sampler:
     """Turns generation requests into records; `model` is the module being trained."""
 
@@ -99,6 +114,9 @@ class Sampler:
     def start(self) -> float:
         """Do one-off start-up work (an engine); returns its seconds so rounds are timed apart."""
         return 0.0
+
+    def pause(self) -> None:
+        """Between rounds: release what generation holds (a no-op unless a backend can)."""
 
     def close(self) -> None:
         pass
@@ -188,6 +206,7 @@ class VLLMSampler(Sampler):
         self.max_lora_rank = vllm_lora_rank(lora_rank)
         self._llm = None
         self._lora_id = 0
+        self._asleep = False
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), **asdict(self.options), "max_lora_rank": self.max_lora_rank}
@@ -209,6 +228,9 @@ class VLLMSampler(Sampler):
                     "bootstrap.sampler=vllm needs vLLM; install the 'cpu' or 'gpu' extra "
                     "(`pip install -e .[cpu]`) or use --bootstrap.sampler hf."
                 ) from None
+            options = asdict(self.options)
+            sleep = options.pop("sleep_between_rounds")
+            check_vllm_options(self.options)
             self._llm = LLM(
                 model=self.model_path,
                 enable_lora=True,
@@ -217,9 +239,16 @@ class VLLMSampler(Sampler):
                 seed=self.seed,
                 logprobs_mode="processed_logprobs",
                 trust_remote_code=self.trust_remote_code,
-                **asdict(self.options),
+                enable_sleep_mode=sleep,
+                **options,
             )
         return self._llm
+
+    def pause(self) -> None:
+        """After a round: with sleep mode, give the GPU memory back to training until the next."""
+        if self.options.sleep_between_rounds and self._llm is not None and not self._asleep:
+            self._llm.sleep(level=1)
+            self._asleep = True
 
     def generate(self, requests, *, round_index, adapter, model) -> list[dict]:
         from vllm import SamplingParams
@@ -239,6 +268,9 @@ class VLLMSampler(Sampler):
             stop=self.stop,
             logprobs=0,
         )
+        if self._asleep:
+            llm.wake_up()
+            self._asleep = False
         outputs = llm.generate([r.text for r in requests], params, lora_request=lora, use_tqdm=False)
         records = []
         for req, out in zip(requests, outputs):

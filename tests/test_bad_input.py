@@ -45,6 +45,8 @@ CASES = {
                        "unknown scorer 'ppl'; choose one of perplexity, prompt_perplexity, response_length, prompt_length"),
     "zero rounds": (["--bootstrap.rounds", "0"], "bootstrap.rounds must be at least 1, got 0"),
     "missing checkpoint": (["--ckpt_path", "{tmp}/none.ckpt"], "--ckpt_path: {tmp}/none.ckpt does not exist"),
+    "vLLM sleep mode on CPU": (["--bootstrap.sampler", "vllm", "--bootstrap.vllm.sleep_between_rounds", "true"],
+                               "bootstrap.vllm.sleep_between_rounds needs vLLM sleep mode, which the cpu platform lacks"),
     "duplicate prompt ids": (["--data.prompts", "{tmp}/dups.jsonl"], "duplicate id 'a'"),
 }
 
