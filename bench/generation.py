@@ -1,0 +1,139 @@
+"""Generation throughput: our samplers against their raw backends, side by side in one run.
+
+The same 64 demo prompts, rendered with our principles + in-context examples, and the same
+sampling settings go to (a) our VLLMSampler and raw `vllm.LLM.generate` on one shared engine,
+(b) our HFSampler and a raw batched, left-padded `model.generate` on one shared model.
+Engine start and model load are excluded; each pair alternates twice so drift hits both.
+
+    python bench/generation.py [--model smollm2-135m-instruct] [--prompts 64] [--max-new-tokens 128]
+
+Prints a table and writes bench/results/generation.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from soft_lightning.models import load_tokenizer, resolve_model
+from soft_lightning.jsonl import read_records
+from soft_lightning.prompts import PromptFormat, asset_path, draw_examples, load_icl_pool, load_principles
+from soft_lightning.sampler import GenerationRequest, HFSampler, SamplingConfig, VLLMOptions, VLLMSampler
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def requests_for(n: int, tokenizer) -> list[GenerationRequest]:
+    rows = read_records(asset_path("demo_prompts.jsonl"), key="bench", required={"prompt": str})[:n]
+    fmt, principles, pool = PromptFormat(tokenizer), load_principles(None), load_icl_pool(None)
+    out = []
+    for row in rows:
+        ex = draw_examples(pool, 3, seed=0, round_index=0, prompt_id=row["id"])
+        out.append(GenerationRequest(row["id"], row["prompt"], fmt.generation_prompt(principles, ex, row["prompt"]),
+                                     [e.id for e in ex]))
+    return out
+
+
+def timed(fn) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    tokens = fn()
+    return time.perf_counter() - t0, tokens
+
+
+def bench_vllm(source, requests, sampling, stop, rounds=2) -> dict:
+    from vllm import SamplingParams
+
+    ours = VLLMSampler(sampling, stop, seed=0, model_path=source, lora_rank=8,
+                       options=VLLMOptions(gpu_memory_utilization=0.25, max_model_len=2048))
+    llm = ours.engine()
+    params = SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
+                            max_tokens=sampling.max_new_tokens, stop=stop, logprobs=0)
+
+    def raw():
+        outs = llm.generate([r.text for r in requests], params, use_tqdm=False)
+        return sum(len(o.outputs[0].token_ids) for o in outs)
+
+    def wrapped():
+        return sum(rec["n_tokens"] for rec in ours.generate(requests, round_index=0, adapter=None, model=None))
+
+    return alternate(raw, wrapped, rounds)
+
+
+def bench_hf(source, requests, sampling, stop, tokenizer, batch_size=16, rounds=2) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16).eval()
+    ours = HFSampler(sampling, stop, seed=0, tokenizer=tokenizer, batch_size=batch_size)
+    order = sorted(requests, key=lambda r: -len(r.text))  # ours sorts by length too
+
+    @torch.no_grad()
+    def raw():
+        tokens = 0
+        for i in range(0, len(order), batch_size):
+            enc = tokenizer([r.text for r in order[i : i + batch_size]], return_tensors="pt", padding=True,
+                            padding_side="left", add_special_tokens=False)
+            out = model.generate(**enc, do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
+                                 top_k=0, max_new_tokens=sampling.max_new_tokens, eos_token_id=ours.stop_ids,
+                                 pad_token_id=tokenizer.pad_token_id)
+            new = out[:, enc["input_ids"].shape[1] :]
+            for row in new.tolist():  # count up to the first stop token, as ours does
+                stop_at = next((j + 1 for j, t in enumerate(row) if t in ours.stop_ids), len(row))
+                tokens += stop_at
+        return tokens
+
+    def wrapped():
+        return sum(rec["n_tokens"] for rec in ours.generate(requests, round_index=0, adapter=None, model=model))
+
+    return alternate(raw, wrapped, rounds)
+
+
+def alternate(raw, wrapped, rounds) -> dict:
+    totals = {"raw": [0.0, 0], "ours": [0.0, 0]}
+    for _ in range(rounds):
+        for name, fn in (("raw", raw), ("ours", wrapped)):
+            seconds, tokens = timed(fn)
+            totals[name][0] += seconds
+            totals[name][1] += tokens
+    rates = {name: tokens / seconds for name, (seconds, tokens) in totals.items()}
+    return {"raw_tok_s": round(rates["raw"], 1), "ours_tok_s": round(rates["ours"], 1),
+            "ratio": round(rates["ours"] / rates["raw"], 3),
+            "tokens": {name: t for name, (_, t) in totals.items()}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--backends", default="vllm,hf")
+    args = ap.parse_args()
+    source = resolve_model(args.model)
+    tokenizer = load_tokenizer(source)
+    requests = requests_for(args.prompts, tokenizer)
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens)
+    stop = PromptFormat(tokenizer).stop_strings()
+    rows = {}
+    if "hf" in args.backends:
+        rows["hf"] = bench_hf(source, requests, sampling, stop, tokenizer)
+    if "vllm" in args.backends:
+        rows["vllm"] = bench_vllm(source, requests, sampling, stop)
+    print(f"{'backend':>8} {'raw tok/s':>10} {'ours tok/s':>11} {'ours/raw':>9}")
+    for name, row in rows.items():
+        print(f"{name:>8} {row['raw_tok_s']:>10} {row['ours_tok_s']:>11} {row['ratio']:>9}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "generation.json").write_text(json.dumps({
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                    "device": "cuda" if torch.cuda.is_available() else "cpu"},
+        "model": args.model, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens,
+        "results": rows,
+    }, indent=2) + "\n")
+
+
+if __name__ == "__main__":  # vLLM starts its workers with spawn
+    main()
