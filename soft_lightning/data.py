@@ -266,12 +266,12 @@ class SoftDataModule(L.LightningDataModule):
             raise RuntimeError(f"round {self.current_round} kept no trainable example; see its manifest.json.")
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        batches = ResumableBatches(len(self.train_examples), self.batch_size, skip=self._batches_already_trained(),
-                                   rank=rank, world=world)
+        batches = ResumableBatches(len(self.train_examples), self.batch_size, rank=rank, world=world)
+        batches.skip = self._batches_already_trained(len(batches))
         return DataLoader(self.train_examples, batch_sampler=batches, collate_fn=self.collate,
                           num_workers=self.num_workers)
 
-    def _batches_already_trained(self) -> int:
+    def _batches_already_trained(self, batches_per_epoch: int) -> int:
         """On a resume from a mid-epoch checkpoint, the batches of this epoch already trained.
 
         Lightning restores its counters but replays a plain DataLoader from the first batch,
@@ -282,8 +282,7 @@ class SoftDataModule(L.LightningDataModule):
         if trainer is None or not trainer.fit_loop.restarting or self.current_round != self._restored_round:
             return 0
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        per_rank = math.ceil(math.ceil(len(self.train_examples) / self.batch_size) / trainer.world_size)
-        return done if done < per_rank else 0
+        return done if done < batches_per_epoch else 0
 
     def collate(self, batch: list[TrainExample]) -> dict[str, torch.Tensor]:
         width = max(len(ex.input_ids) for ex in batch)
