@@ -1,0 +1,70 @@
+"""Round overhead: the share of a 3-round demo run's wall time that is neither generation,
+scoring, training nor validation (process start, model loads, adapter saves, data rebuilds,
+engine work between rounds). Target: at most 5%, with the engine started once per run.
+
+    python bench/round_overhead.py [--config configs/demo.yaml] [extra CLI args ...]
+
+Runs `python -m soft_lightning fit` in a subprocess, times it, reads the phases from the round
+manifests, prints a table and writes bench/results/round_overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
+    ap.add_argument("--rounds", type=int, default=3)
+    args, extra = ap.parse_known_args()
+    out = Path(tempfile.mkdtemp(prefix="soft-overhead-"))
+    cmd = [sys.executable, "-m", "soft_lightning", "fit", "--config", args.config,
+           "--bootstrap.rounds", str(args.rounds), "--bootstrap.out_dir", str(out),
+           "--trainer.default_root_dir", str(out / "logs"), "--trainer.callbacks", "[]", *extra]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+
+    phases = {"engine_start": 0.0, "generation": 0.0, "scoring": 0.0, "diagnostics": 0.0, "train_and_validation": 0.0}
+    rounds = 0
+    for manifest_path in sorted(out.glob("round_*/manifest.json")):
+        m = json.loads(manifest_path.read_text())
+        t = m["timings"]
+        phases["engine_start"] += t["engine_start_seconds"]
+        phases["generation"] += t["generation_seconds"] - t["engine_start_seconds"]
+        phases["scoring"] += t["scoring_seconds"]
+        phases["diagnostics"] += t["diagnostics_seconds"]
+        phases["train_and_validation"] += m.get("training", {}).get("train_s") or 0.0
+        rounds += 1
+    work = phases["generation"] + phases["scoring"] + phases["diagnostics"] + phases["train_and_validation"]
+    overhead = wall - work
+    result = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "config": args.config, "rounds": rounds, "wall_seconds": round(wall, 1),
+        "phases_seconds": {k: round(v, 1) for k, v in phases.items()},
+        "overhead_seconds": round(overhead, 1),
+        "round_overhead_fraction": round(overhead / wall, 4),
+        "engine_starts": sum(1 for p in out.glob("round_*/manifest.json")
+                             if json.loads(p.read_text())["timings"]["engine_start_seconds"] > 0),
+    }
+    for name, seconds in {**result["phases_seconds"], "overhead (the rest)": result["overhead_seconds"]}.items():
+        print(f"{name:>22} {seconds:>8.1f} s  {seconds / wall:6.1%}")
+    print(f"{'wall':>22} {wall:>8.1f} s   engine starts: {result['engine_starts']}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "round_overhead.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
