@@ -17,7 +17,7 @@ from torchmetrics import MeanMetric
 
 from soft_lightning.errors import ConfigError
 from soft_lightning.evaluation import labelled_logprobs, pick_choices
-from soft_lightning.models import check_model_source, load_tokenizer, resolve_model
+from soft_lightning.models import check_model_source, resolve_model
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -121,12 +121,6 @@ class SoftModule(L.LightningModule):
             self.model = get_peft_model(base, config)
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps modes as found
 
-    @property
-    def tokenizer(self):
-        if not hasattr(self, "_tokenizer"):
-            self._tokenizer = load_tokenizer(self.source, self.hparams.trust_remote_code)
-        return self._tokenizer
-
     def forward(self, input_ids, attention_mask, labels=None):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
 
@@ -148,7 +142,7 @@ class SoftModule(L.LightningModule):
             out = self(batch["input_ids"], batch["attention_mask"], batch["labels"])
             self.log("val/loss", out.loss, batch_size=len(batch["input_ids"]), sync_dist=True)
             return
-        scores = self.choice_logprobs(batch["input_ids"], batch["attention_mask"], batch["labels"]).cpu()
+        scores = labelled_logprobs(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])[0].cpu()
         n_items = len(batch["item_label"])
         labels = batch["item_label"].cpu()
         item_index = batch["item_index"].cpu()
@@ -158,10 +152,6 @@ class SoftModule(L.LightningModule):
         self.mc_acc_norm.update(acc_norm.float())
         self.log("val/mc_acc", self.mc_acc, batch_size=n_items, prog_bar=True)
         self.log("val/mc_acc_norm", self.mc_acc_norm, batch_size=n_items)
-
-    def choice_logprobs(self, input_ids, attention_mask, labels) -> torch.Tensor:
-        """Summed log-probability of each row's choice tokens (one forward pass)."""
-        return labelled_logprobs(self.model, input_ids, attention_mask, labels)[0]
 
     def configure_optimizers(self):
         hp = self.hparams
