@@ -186,7 +186,7 @@ class BootstrapCallback(L.Callback):
             self.sampler = self._make_sampler(pl_module, dm)
             self._engine_seconds = self.sampler.start()  # reported in the next round's manifest
         if self.across_rounds.scorer and dm.pool_order is None:
-            self._order_pool(dm, pl_module)
+            self._order_pool(trainer, dm, pl_module)
         if not self.store.is_generated(self.round):
             adapter = self.store.adapter_dir(self.round - 1) if self.round > 0 else None
             self._generate(trainer, pl_module, self.round, adapter)
@@ -235,7 +235,7 @@ class BootstrapCallback(L.Callback):
         that epoch again, so the round is finished on resume instead. Lightning restores its
         loop counters only after on_fit_start, hence this callback's own count."""
         epoch, done = self.progress["epoch"], self.progress["batches"]
-        batches = len(trainer.datamodule.train_dataloader().batch_sampler)
+        batches = trainer.datamodule.batches_per_epoch()
         return (epoch >= 0 and done >= batches and (epoch + 1) % self.epochs_per_round == 0
                 and self.round == epoch // self.epochs_per_round)
 
@@ -258,10 +258,14 @@ class BootstrapCallback(L.Callback):
 
     # ---- curriculum and prompts ---------------------------------------------------------------
 
-    def _order_pool(self, dm, pl_module) -> None:
-        """Score the whole pool once so that round 0 gets the easiest slice (or the hardest)."""
-        scores, cost = curriculum.score(dm.pool, self.across_rounds.scorer, encoder=dm, model=pl_module.model,
-                                        batch_size=self.score_batch_size)
+    def _order_pool(self, trainer, dm, pl_module) -> None:
+        """Score the whole pool once so that round 0 gets the easiest slice (or the hardest);
+        rank 0 scores, every rank gets the same order."""
+        scored = None
+        if trainer.is_global_zero:
+            scored = curriculum.score(dm.pool, self.across_rounds.scorer, encoder=dm, model=pl_module.model,
+                                      batch_size=self.score_batch_size)
+        scores, cost = trainer.strategy.broadcast(scored, src=0)
         positions = curriculum.order_positions(scores, self.across_rounds.order, n=len(scores), seed=self.seed,
                                                salt="pool")
         dm.reorder_pool(positions, scores)
@@ -278,8 +282,9 @@ class BootstrapCallback(L.Callback):
             extra += self_examples(self.store.read_records(earlier), earlier, self.icl_self)
         return self.icl_pool + extra
 
-    def build_requests(self, prompts: list[dict], r: int, fmt: PromptFormat) -> list[GenerationRequest]:
-        pool = self.icl_pool_for_round(r)
+    def build_requests(self, prompts: list[dict], r: int, fmt: PromptFormat,
+                       pool: list | None = None) -> list[GenerationRequest]:
+        pool = self.icl_pool_for_round(r) if pool is None else pool
         strategy = "fixed" if self.icl == "fixed" else "random"
         requests = []
         for p in prompts:
@@ -307,7 +312,8 @@ class BootstrapCallback(L.Callback):
         dm, rank, world = trainer.datamodule, trainer.global_rank, trainer.world_size
         t0 = time.perf_counter()
         prompts = dm.prompts_for_round(r)
-        requests = self.build_requests(prompts, r, PromptFormat(dm.tokenizer))
+        icl_pool = self.icl_pool_for_round(r)
+        requests = self.build_requests(prompts, r, PromptFormat(dm.tokenizer), icl_pool)
         if trainer.is_global_zero and not (self.store.root / "run.json").is_file():
             write_json_atomic(self.store.root / "run.json", self._identity(trainer, pl_module))
         shard = self.store.shard_path(r, rank, world)
@@ -354,7 +360,7 @@ class BootstrapCallback(L.Callback):
                 "adapter": str(adapter) if adapter else None,
                 "seed": self.seed,
                 "icl": {"strategy": self.icl, "examples": self.icl_examples,
-                        "pool_size": len(self.icl_pool_for_round(r)), **asdict(self.icl_self)},
+                        "pool_size": len(icl_pool), **asdict(self.icl_self)},
                 "curriculum": {
                     "within_round": {**asdict(self.within_round), "scoring": scoring},
                     "across_rounds": {**asdict(self.across_rounds),

@@ -33,7 +33,6 @@ class SoftCLI(LightningCLI):
         parser.link_arguments("bootstrap.seed", "data.seed")
         parser.link_arguments("model.model_name_or_path", "data.tokenizer")
 
-
     def before_instantiate_classes(self) -> None:
         # Checks that span sections; they fail before anything is built.
         config = self.config.get(self.subcommand, self.config)

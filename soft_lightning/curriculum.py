@@ -15,8 +15,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Literal
 
-import torch
-
 from soft_lightning.errors import ConfigError
 from soft_lightning.evaluation import labelled_logprobs, per_example_means
 from soft_lightning.prompts import stable_seed
@@ -98,8 +96,7 @@ def check_ordering(ordering: Ordering, key: str, *, prompts_only: bool) -> None:
 def score(items: list[dict], scorer: str, *, encoder, model, batch_size: int) -> tuple[list[float], dict]:
     """Scores plus their cost ({scorer, seconds, tokens, tokens_per_second}) for the manifest."""
     t0 = time.perf_counter()
-    with torch.no_grad():
-        scores, tokens = SCORERS[scorer].fn(items, encoder=encoder, model=model, batch_size=batch_size)
+    scores, tokens = SCORERS[scorer].fn(items, encoder=encoder, model=model, batch_size=batch_size)
     seconds = time.perf_counter() - t0
     return scores, {"scorer": scorer, "seconds": round(seconds, 3), "tokens": tokens,
                     "tokens_per_second": round(tokens / max(seconds, 1e-9), 1)}

@@ -264,12 +264,18 @@ class SoftDataModule(L.LightningDataModule):
             raise RuntimeError("no round is loaded yet; the BootstrapCallback must be among the trainer's callbacks.")
         if not self.train_examples:
             raise RuntimeError(f"round {self.current_round} kept no trainable example; see its manifest.json.")
-        trainer = getattr(self, "trainer", None)
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        batches = ResumableBatches(len(self.train_examples), self.batch_size, rank=rank, world=world)
+        batches = ResumableBatches(len(self.train_examples), self.batch_size, **self._rank_and_world())
         batches.skip = self._batches_already_trained(len(batches))
         return DataLoader(self.train_examples, batch_sampler=batches, collate_fn=self.collate,
                           num_workers=self.num_workers)
+
+    def _rank_and_world(self) -> dict[str, int]:
+        trainer = getattr(self, "trainer", None)
+        return {"rank": trainer.global_rank, "world": trainer.world_size} if trainer is not None else {}
+
+    def batches_per_epoch(self) -> int:
+        """Training batches this rank takes from the current round in one epoch."""
+        return len(ResumableBatches(len(self.train_examples), self.batch_size, **self._rank_and_world()))
 
     def _batches_already_trained(self, batches_per_epoch: int) -> int:
         """On a resume from a mid-epoch checkpoint, the batches of this epoch already trained.

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from soft_lightning.errors import ConfigError
+from soft_lightning.evaluation import eval_mode
 from soft_lightning.prompts import stable_seed
 
 # vLLM's accepted `max_lora_rank` values (vllm.config.lora.MaxLoRARanks); checked without
@@ -139,21 +140,17 @@ class HFSampler(Sampler):
 
     @torch.no_grad()
     def generate(self, requests, *, round_index, adapter, model) -> list[dict]:
-        was_training = model.training
-        model.eval()
         # Longest first, so batches hold prompts of similar length and padding stays small.
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i].text))
         out: dict[int, dict] = {}
         device = next(model.parameters()).device
-        try:
+        with eval_mode(model):
             for start in range(0, len(order), self.batch_size):
                 idx = order[start : start + self.batch_size]
                 batch = [requests[i] for i in idx]
                 seed = stable_seed(self.seed, round_index, batch[0].id) % 2**63
                 for i, record in zip(idx, self._generate_batch(model, batch, device, seed)):
                     out[i] = record
-        finally:
-            model.train(was_training)
         return [out[i] for i in range(len(requests))]
 
     def _generate_batch(self, model, batch, device, seed) -> list[dict]:
