@@ -9,28 +9,54 @@ from contextlib import contextmanager
 import torch
 
 
+def labelled_logits(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Next-token logits (float32) at the positions that have a label (not -100), their target
+    ids, and the row each comes from.
+
+    The decoder runs once and the LM head only where a label exists: the head over a large
+    vocabulary is a big share of a small model's compute (SmolLM2: 49k x 576, a fifth of its
+    weights), and prompt, context and pad positions need no logits. Models that transform their
+    logits (soft-capping, scaling) take the plain full-logits path.
+    """
+    targets = labels[:, 1:].to(input_ids.device)
+    keep = targets != -100
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    config = getattr(lm, "config", None)
+    if head is None or any(getattr(config, k, None) for k in ("final_logit_softcapping", "logit_scale")):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][keep]
+    else:
+        hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        logits = head(hidden[:, :-1][keep])
+    return logits.float(), targets[keep], keep.nonzero()[:, 0]
+
+
+def response_loss(model, input_ids, attention_mask, labels) -> torch.Tensor:
+    """Mean cross-entropy over the labelled (response) tokens of the batch, as HF's `labels=` loss."""
+    logits, targets, _ = labelled_logits(model, input_ids, attention_mask, labels)
+    return torch.nn.functional.cross_entropy(logits, targets)
+
+
+def _row_sums(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    sums = torch.zeros(n_rows, dtype=values.dtype, device=values.device).index_add_(0, rows, values)
+    return sums, torch.bincount(rows, minlength=n_rows)
+
+
 @torch.no_grad()
 def labelled_logprobs(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row: summed log-probability of the tokens whose label is not -100, and their count.
-
-    One batched forward pass; log-softmax in float32 so bf16 models score stably.
-    """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
-    targets = labels[:, 1:].to(logits.device)
-    mask = targets != -100
-    token_lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (token_lp * mask).sum(-1), mask.sum(-1)
+    """Per row: summed log-probability of the tokens whose label is not -100, and their count."""
+    logits, targets, rows = labelled_logits(model, input_ids, attention_mask, labels)
+    token_lp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return _row_sums(token_lp, rows, len(input_ids))
 
 
 @torch.no_grad()
 def token_entropy(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: summed entropy (nats) of the model's next-token distribution at labelled positions,
     and their count. Low entropy = a sharp, collapsing output distribution."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
-    mask = labels[:, 1:].to(logits.device) != -100
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    entropy = -(logp.exp() * logp).sum(-1)
-    return (entropy * mask).sum(-1), mask.sum(-1)
+    logits, _, rows = labelled_logits(model, input_ids, attention_mask, labels)
+    logp = torch.log_softmax(logits, dim=-1)
+    return _row_sums(-(logp.exp() * logp).sum(-1), rows, len(input_ids))
 
 
 def pick_choices(scores: torch.Tensor, item_index: torch.Tensor, n_items: int, norm: torch.Tensor | None = None) -> torch.Tensor:

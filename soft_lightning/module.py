@@ -16,7 +16,7 @@ import torch
 from torchmetrics import MeanMetric
 
 from soft_lightning.errors import ConfigError
-from soft_lightning.evaluation import labelled_logprobs, pick_choices
+from soft_lightning.evaluation import labelled_logprobs, pick_choices, response_loss
 from soft_lightning.models import check_model_source, resolve_model
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -121,11 +121,12 @@ class SoftModule(L.LightningModule):
             self.model = get_peft_model(base, config)
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps modes as found
 
-    def forward(self, input_ids, attention_mask, labels=None):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    def forward(self, input_ids, attention_mask, labels):
+        """Mean cross-entropy over the response tokens (labels -100 elsewhere)."""
+        return response_loss(self.model, input_ids, attention_mask, labels)
 
     def training_step(self, batch, batch_idx):
-        loss = self(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
+        loss = self(batch["input_ids"], batch["attention_mask"], batch["labels"])
         tokens = int(batch["attention_mask"].sum())
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["input_ids"]))
         self.log("train/tokens", float(tokens), reduce_fx="sum", on_step=False, on_epoch=True)
@@ -139,8 +140,8 @@ class SoftModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         """Multiple-choice items (`item_index` in the batch) or held-out generated pairs (loss)."""
         if "item_index" not in batch:
-            out = self(batch["input_ids"], batch["attention_mask"], batch["labels"])
-            self.log("val/loss", out.loss, batch_size=len(batch["input_ids"]), sync_dist=True)
+            loss = self(batch["input_ids"], batch["attention_mask"], batch["labels"])
+            self.log("val/loss", loss, batch_size=len(batch["input_ids"]), sync_dist=True)
             return
         scores = labelled_logprobs(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])[0].cpu()
         n_items = len(batch["item_label"])

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from soft_lightning.data import SoftDataModule
+from soft_lightning.evaluation import labelled_logprobs
 from soft_lightning.module import SoftModule
 
 
@@ -31,7 +32,7 @@ def test_loss_ignores_prompt_tokens(datamodule, tiny_model):
         datamodule.encode_pair("a", "Name a primary colour.", "Red.", True),
         datamodule.encode_pair("b", "What is two plus two? Answer briefly please.", "Four.", True),
     ])
-    loss = module(**batch).loss
+    loss = module(**batch)  # logits only at response positions
     logits = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     shift_logits, shift_labels = logits[:, :-1], batch["labels"][:, 1:]
     keep = shift_labels != -100
@@ -39,7 +40,12 @@ def test_loss_ignores_prompt_tokens(datamodule, tiny_model):
     assert torch.allclose(loss, manual, atol=1e-5)
     # Changing the prompt's labels to train on them must change the loss: the mask matters.
     full = dict(batch, labels=torch.where(batch["attention_mask"].bool(), batch["input_ids"], -100))
-    assert not torch.allclose(module(**full).loss, loss)
+    assert not torch.allclose(module(**full), loss)
+    # The per-row scores of validation and the curriculum take the same shortcut.
+    sums, counts = labelled_logprobs(module.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    token_lp = torch.log_softmax(shift_logits, -1).gather(-1, shift_labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(sums, (token_lp * keep).sum(-1), atol=1e-4)
+    assert counts.tolist() == keep.sum(-1).tolist()
 
 
 def test_nf4_lora_gradients_match_a_dequantised_reference(tiny_model):
@@ -66,7 +72,7 @@ def test_nf4_lora_gradients_match_a_dequantised_reference(tiny_model):
     labels = ids.clone()
     labels[:, :5] = -100
     for m in (q, r):
-        m(ids, torch.ones_like(ids), labels).loss.backward()
+        m(ids, torch.ones_like(ids), labels).backward()
     worst = max(
         ((q_params[n].grad - p.grad).norm() / p.grad.norm()).item()
         for n, p in r.model.named_parameters() if p.grad is not None
