@@ -5,8 +5,6 @@ from the round store (Lightning reloads the train dataloader every `epochs_per_r
 from __future__ import annotations
 
 import math
-import random
-import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -16,26 +14,13 @@ from torch.utils.data import DataLoader, Sampler
 
 from soft_lightning.errors import ConfigError
 from soft_lightning.jsonl import read_records
+from soft_lightning.pool import PromptPool
 from soft_lightning.models import load_tokenizer, resolve_model
 from soft_lightning.evaluation import qa_pair
 from soft_lightning.prompts import PromptFormat, asset_path, stable_seed
 from soft_lightning.store import RoundStore
 
 BUNDLED = {"prompts": "demo_prompts.jsonl", "val_path": "demo_mc.jsonl"}
-
-
-@dataclass
-class PoolStats:
-    """What happened to the prompt pool on the way in."""
-
-    rows: int = 0
-    duplicates: int = 0
-    too_long: int = 0
-    empty: int = 0
-    kept: int = 0
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 @dataclass
@@ -78,7 +63,8 @@ class SoftDataModule(L.LightningDataModule):
 
     Args:
         prompts: JSONL/JSON/Parquet of {prompt, id?}; `demo` is the bundled pool (null for
-            `validate`, which needs none).
+            `validate`, which needs none). A JSONL pool is read lazily: only the rows the rounds
+            use are parsed and cleaned, so a pool of millions of prompts costs little.
         prompts_per_round: fresh prompts each round answers (rounds use disjoint slices).
         rounds: number of rounds (linked from `bootstrap.rounds`).
         allow_prompt_reuse: let rounds wrap around the pool when it is too small.
@@ -129,16 +115,18 @@ class SoftDataModule(L.LightningDataModule):
         self.val_format, self.val_holdout = val_format, val_holdout
         self.heldout_examples: list[TrainExample] = []
         self.tokenizer_source, self.seed = tokenizer, seed
-        self.pool: list[dict] | None = None
-        self.pool_stats = PoolStats()
         self.train_examples: list[TrainExample] = []
         self.current_round: int | None = None
         self._restored_round: int | None = None  # the round the checkpoint was training
         self.pool_order: list[list] | None = None  # [[id, difficulty], ...] once the curriculum ordered it
         self.val_items: list[dict] | None = None
-        # Read and check the files now, before the Trainer exists or anything is written; the
+        # Check the files now, before the Trainer exists or anything is written; the
         # tokenizer-dependent work waits for setup().
-        self._pool_rows = self._read_pool() if prompts is not None else None
+        self.pool = PromptPool(self.prompts_path, seed) if prompts is not None else None
+        if self.pool is not None:
+            if len(self.pool) < rounds * prompts_per_round:
+                self.pool.check_rows()  # a malformed row is the more useful error to report first
+            self._check_pool_size(len(self.pool), "rows")
         self._val_rows = self._read_val() if self.val_path else None
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -152,31 +140,23 @@ class SoftDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.pool is None:
-            if self._pool_rows is None:
-                raise ConfigError("data.prompts is null; fitting needs a prompt pool file.")
-            self.pool = self._filter_pool(self._pool_rows)
+            raise ConfigError("data.prompts is null; fitting needs a prompt pool file.")
+        if stage == "fit" and not self.pool.kept:
             if self.pool_order is not None:  # resumed: restore the curriculum's order
-                by_id = {p["id"]: p for p in self.pool}
-                self.pool = [{**by_id[i], "difficulty": d} for i, d in self.pool_order]
+                by_id = {p["id"]: p for p in self.all_prompts()}
+                self.pool.kept = [{**by_id[i], "difficulty": d} for i, d in self.pool_order]
+            self.pool.take(self.rounds * self.prompts_per_round, self._too_long)
+            if self.pool.exhausted:
+                self._check_pool_size(len(self.pool.kept), "prompts after dropping empty, duplicate and too-long ones")
         if stage in ("fit", "validate") and self._val_rows and self.val_items is None:
             self.val_items = self._tokenize_val(self._val_rows)
 
-    def _read_pool(self) -> list[dict]:
-        rows = read_records(self.prompts_path, key="data.prompts", required={"prompt": str})
-        ids = set()
-        for row in rows:
-            if "id" in row and not isinstance(row["id"], (str, int)):
-                raise ConfigError(f"data.prompts: {self.prompts_path} line {row['_line']}: field 'id' must be a string or integer.")
-            row["id"] = str(row.get("id", f"line-{row['_line']}"))
-            if row["id"] in ids:
-                raise ConfigError(
-                    f"data.prompts: {self.prompts_path} line {row['_line']}: duplicate id {row['id']!r}; ids must be unique."
-                )
-            ids.add(row["id"])
-        if not rows:
-            raise ConfigError(f"data.prompts: {self.prompts_path} holds no prompts.")
-        self._check_pool_size(len(rows), "rows")
-        return rows
+    @property
+    def pool_stats(self):
+        return self.pool.stats
+
+    def _too_long(self, prompt: str) -> bool:
+        return len(self.tokenizer(prompt, add_special_tokens=False).input_ids) > self.max_prompt_tokens
 
     def _check_pool_size(self, size: int, what: str) -> None:
         need = self.rounds * self.prompts_per_round
@@ -187,37 +167,20 @@ class SoftDataModule(L.LightningDataModule):
                 "either, add prompts, or set data.allow_prompt_reuse=true."
             )
 
-    def _filter_pool(self, rows: list[dict]) -> list[dict]:
-        stats, seen, kept = PoolStats(rows=len(rows)), set(), []
-        for row in rows:
-            text = row["prompt"].strip()
-            key = re.sub(r"\s+", " ", text).lower()
-            if not text:
-                stats.empty += 1
-            elif key in seen:
-                stats.duplicates += 1
-            elif len(self.tokenizer(text, add_special_tokens=False).input_ids) > self.max_prompt_tokens:
-                stats.too_long += 1
-            else:
-                seen.add(key)
-                kept.append({"id": row["id"], "prompt": text})
-        stats.kept = len(kept)
-        self.pool_stats = stats
-        if not kept:
-            raise ConfigError(f"data.prompts: no usable prompt in {self.prompts_path} ({stats.as_dict()}).")
-        self._check_pool_size(len(kept), "prompts after dropping empty, duplicate and too-long ones")
-        random.Random(self.seed).shuffle(kept)
-        return kept
+    def all_prompts(self) -> list[dict]:
+        """Every usable prompt of the pool (cleans the whole file: for orderings of the whole pool)."""
+        return self.pool.take(len(self.pool), self._too_long)
 
     def reorder_pool(self, positions: list[int], scores: list[float]) -> None:
-        """Put the pool in curriculum order (round 0 takes the first slice)."""
-        self.pool = [{**self.pool[i], "difficulty": scores[i]} for i in positions]
-        self.pool_order = [[p["id"], p["difficulty"]] for p in self.pool]
+        """Put the whole pool in curriculum order (round 0 takes the first slice)."""
+        pool = self.all_prompts()
+        self.pool.kept = [{**pool[i], "difficulty": scores[i]} for i in positions]
+        self.pool_order = [[p["id"], p["difficulty"]] for p in self.pool.kept]
 
     def prompts_for_round(self, r: int) -> list[dict]:
         """Round r's slice of the pool: disjoint across rounds unless reuse is allowed."""
-        n, size = self.prompts_per_round, len(self.pool)
-        return [self.pool[(r * n + i) % size] for i in range(min(n, size))]
+        n, pool = self.prompts_per_round, self.pool.kept
+        return [pool[(r * n + i) % len(pool)] for i in range(min(n, len(pool)))]
 
     # ---- training data ------------------------------------------------------------------------
 

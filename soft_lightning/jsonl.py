@@ -14,30 +14,57 @@ from soft_lightning.errors import ConfigError
 SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
+def check_file(path: str | Path, key: str) -> Path:
+    """The file behind config key `key`, which must exist and have a record suffix."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{key}: file {file} does not exist.")
+    if file.suffix not in SUFFIXES:
+        raise ConfigError(f"{key}: {file} has suffix '{file.suffix}'; use one of {', '.join(SUFFIXES)}.")
+    return file
+
+
 def read_records(path: str | Path, *, key: str, required: dict[str, type | tuple[type, ...]]) -> list[dict]:
     """Rows of a JSONL/JSON/Parquet file, each checked for the required fields and their types.
 
     Every row gets `_line` (1-based line or row number) so later checks can point at it.
     `key` is the config key the file came from, quoted in errors.
     """
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"{key}: file {file} does not exist.")
-    if file.suffix not in SUFFIXES:
-        raise ConfigError(f"{key}: {file} has suffix '{file.suffix}'; use one of {', '.join(SUFFIXES)}.")
-    where = "row" if file.suffix == ".parquet" else "line"
+    file = check_file(path, key)
     rows = list(_iter_rows(file, key))
     for row in rows:
-        for field, types in required.items():
-            if field not in row:
-                raise ConfigError(f"{key}: {file} {where} {row['_line']}: missing required field '{field}'.")
-            if not isinstance(row[field], types) or isinstance(row[field], bool) and types is not bool:
-                want = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
-                raise ConfigError(
-                    f"{key}: {file} {where} {row['_line']}: field '{field}' must be {want}, "
-                    f"got {type(row[field]).__name__}."
-                )
+        check_fields(row, required, file, key)
     return rows
+
+
+def check_fields(row: dict, required: dict[str, type | tuple[type, ...]], file: Path, key: str) -> None:
+    where = "row" if file.suffix == ".parquet" else "line"
+    for field, types in required.items():
+        if field not in row:
+            raise ConfigError(f"{key}: {file} {where} {row['_line']}: missing required field '{field}'.")
+        if not isinstance(row[field], types) or isinstance(row[field], bool) and types is not bool:
+            want = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
+            raise ConfigError(
+                f"{key}: {file} {where} {row['_line']}: field '{field}' must be {want}, "
+                f"got {type(row[field]).__name__}."
+            )
+
+
+def parse_jsonl_line(raw: bytes, line: int, file: Path, key: str) -> dict | None:
+    """One JSONL line as a dict with `_line`, or None for a blank line."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{key}: {file} line {line}: not valid UTF-8; re-encode the file as UTF-8.") from None
+    if not text.strip():
+        return None
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{key}: {file} line {line}: invalid JSON ({err.msg}); fix or remove that line.") from None
+    if not isinstance(row, dict):
+        raise ConfigError(f"{key}: {file} line {line}: expected a JSON object, got {type(row).__name__}.")
+    return {**row, "_line": line}
 
 
 def _iter_rows(file: Path, key: str):
@@ -49,14 +76,12 @@ def _iter_rows(file: Path, key: str):
         for i, row in enumerate(pq.read_table(file).to_pylist(), 1):
             yield {**row, "_line": i}
         return
-    try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        line = file.read_bytes()[: err.start].count(b"\n") + 1
-        raise ConfigError(f"{key}: {file} line {line}: not valid UTF-8; re-encode the file as UTF-8.") from None
     if file.suffix == ".json":
         try:
-            data = json.loads(text)
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            line = file.read_bytes()[: err.start].count(b"\n") + 1
+            raise ConfigError(f"{key}: {file} line {line}: not valid UTF-8; re-encode the file as UTF-8.") from None
         except json.JSONDecodeError as err:
             raise ConfigError(f"{key}: {file} line {err.lineno}: invalid JSON ({err.msg}).") from None
         if not isinstance(data, list):
@@ -66,16 +91,11 @@ def _iter_rows(file: Path, key: str):
                 raise ConfigError(f"{key}: {file} item {i} is not a JSON object.")
             yield {**row, "_line": i}
         return
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{key}: {file} line {i}: invalid JSON ({err.msg}); fix or remove that line.") from None
-        if not isinstance(row, dict):
-            raise ConfigError(f"{key}: {file} line {i}: expected a JSON object, got {type(row).__name__}.")
-        yield {**row, "_line": i}
+    with file.open("rb") as fh:
+        for i, raw in enumerate(fh, 1):
+            row = parse_jsonl_line(raw, i, file, key)
+            if row is not None:
+                yield row
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

@@ -22,7 +22,7 @@ def test_pool_is_deduplicated_filtered_and_split_disjointly(tmp_path, tiny_model
     dm = SoftDataModule(prompts=pool_file(tmp_path, rows), prompts_per_round=4, rounds=3, val_path=None,
                         max_prompt_tokens=50, tokenizer=tiny_model)
     dm.setup("fit")
-    assert dm.pool_stats.as_dict() == {"rows": 15, "duplicates": 1, "too_long": 1, "empty": 1, "kept": 12}
+    assert dm.pool_stats.as_dict() == {"rows": 15, "examined": 15, "duplicates": 1, "too_long": 1, "empty": 1, "kept": 12}
     slices = [{p["id"] for p in dm.prompts_for_round(r)} for r in range(3)]
     assert all(len(s) == 4 for s in slices)
     assert set().union(*slices) == {f"p{i}" for i in range(12)}
@@ -51,7 +51,7 @@ def test_json_and_parquet_pools_read_like_jsonl(tmp_path, tiny_model):
         dm = SoftDataModule(prompts=str(tmp_path / name), prompts_per_round=2, rounds=2, val_path=None,
                             tokenizer=tiny_model)
         dm.setup("fit")
-        assert sorted(p["id"] for p in dm.pool) == [f"p{i}" for i in range(4)]
+        assert sorted(p["id"] for p in dm.all_prompts()) == [f"p{i}" for i in range(4)]
 
 
 def test_round_store_checksums_the_data(tmp_path):
@@ -74,3 +74,27 @@ def test_adapter_save_failure_leaves_no_adapter(tmp_path):
     with pytest.raises(OSError):
         store.save_adapter(0, broken_save)
     assert not store.adapter_dir(0).exists() and not list((tmp_path / "round_0").iterdir())
+
+
+def test_a_large_jsonl_pool_is_read_only_as_far_as_the_rounds_need(tmp_path, tiny_model):
+    rows = [{"id": f"p{i}", "prompt": f"Prompt number {i}"} for i in range(20_000)]
+    path = tmp_path / "big.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
+    dm = SoftDataModule(prompts=str(path), prompts_per_round=5, rounds=3, val_path=None, tokenizer=tiny_model)
+    dm.setup("fit")
+    # 15 rows parsed and cleaned out of 20,001 lines; the broken last line is never needed.
+    assert dm.pool_stats.as_dict() == {"rows": 20_001, "examined": 15, "duplicates": 0, "too_long": 0, "empty": 0, "kept": 15}
+    again = SoftDataModule(prompts=str(path), prompts_per_round=5, rounds=3, val_path=None, tokenizer=tiny_model)
+    again.setup("fit")
+    assert [p["id"] for p in again.prompts_for_round(2)] == [p["id"] for p in dm.prompts_for_round(2)]
+    with pytest.raises(ConfigError, match=r"big.jsonl line 20001: invalid JSON"):
+        dm.all_prompts()
+
+
+def test_line_index_handles_blank_lines_crlf_and_a_last_line_without_newline(tmp_path, tiny_model):
+    path = tmp_path / "odd.jsonl"
+    path.write_bytes(b'{"prompt": "one"}\r\n\n\n{"prompt": "two"}\n   \n{"prompt": "three"}')
+    dm = SoftDataModule(prompts=str(path), prompts_per_round=3, rounds=1, val_path=None, tokenizer=tiny_model)
+    dm.setup("fit")
+    assert sorted((p["id"], p["prompt"]) for p in dm.prompts_for_round(0)) == [
+        ("line-1", "one"), ("line-4", "two"), ("line-6", "three")]
