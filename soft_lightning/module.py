@@ -13,6 +13,7 @@ from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from torchmetrics import MeanMetric
 
 from soft_lightning.errors import ConfigError
@@ -180,9 +181,24 @@ class SoftModule(L.LightningModule):
         progress = min(1.0, (step - hp.warmup_steps) / max(1, total - hp.warmup_steps))
         return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    def save_adapter(self, directory: Path) -> None:
+    def gather_adapter(self) -> dict[str, torch.Tensor] | None:
+        """Under FSDP, the full LoRA weights gathered from the shards (every rank must call this;
+        rank 0 gets them, the others an empty dict). Elsewhere None: peft reads the local model."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if not isinstance(strategy, FSDPStrategy):
+            return None
+        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        config = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
+        with FSDP.state_dict_type(strategy.model, StateDictType.FULL_STATE_DICT, config):
+            full = strategy.model.state_dict()
+        # The wrapped LightningModule holds the PeftModel as `model`; peft's names start below it.
+        return {k.removeprefix("model."): v for k, v in full.items() if "lora_" in k}
+
+    def save_adapter(self, directory: Path, state: dict[str, torch.Tensor] | None = None) -> None:
         """Write the LoRA adapter as safetensors, loadable by `PeftModel.from_pretrained` and vLLM."""
-        self.model.save_pretrained(str(directory), safe_serialization=True)
+        self.model.save_pretrained(str(directory), safe_serialization=True, state_dict=state)
 
     def state_dict(self, *args, **kwargs):
         # Checkpoints hold only the trainable LoRA weights; the frozen base reloads from its source.
