@@ -33,8 +33,9 @@ from soft_lightning.prompts import (
 from soft_lightning.faults import kill_point
 from soft_lightning.sampler import (
     SAMPLER_FIELDS, GenerationRequest, HFSampler, SamplingConfig, VLLMOptions, VLLMSampler, check_vllm_options,
-    vllm_lora_rank,
+    resolve_sampler, vllm_lora_rank,
 )
+from soft_lightning.sampler_process import HFAdapterSampler, SamplerProcess
 from soft_lightning.store import RoundStore
 
 
@@ -45,8 +46,13 @@ class BootstrapCallback(L.Callback):
         rounds: bootstrapping rounds (each generates fresh data and trains on it).
         epochs_per_round: training epochs on each round's data.
         out_dir: the round store (`round_<r>/data.jsonl`, `manifest.json`, `adapter/`).
-        sampler: `vllm` (one engine, LoRA per round) or `hf` (transformers generate on the
-            model being trained).
+        sampler: `vllm` (one engine, LoRA per round), `hf` (transformers generate on the
+            model being trained) or `auto`: vllm with a CUDA device and vLLM installed, else hf
+            (on CPU, vLLM with a LoRA adapter decodes slower than hf; see `resolve_sampler`).
+        sampler_process: `inline` runs the sampler in the training process; `spawn` runs it in a
+            child process (restarted each round, so all its memory returns to the OS) for when
+            the two cannot share a process, e.g. vLLM's clean-up destroying the process group
+            (vllm#6544). With hf the child loads the base model and the round's saved adapter.
         principles: JSON {preamble, principles} or a text file; `default` is bundled.
         icl_pool: JSONL of {id, prompt, response} exemplars; `default` is bundled.
         icl: `random` draws examples per prompt (SOFT); `fixed` gives every prompt the same ones
@@ -74,7 +80,8 @@ class BootstrapCallback(L.Callback):
         rounds: int = 3,
         epochs_per_round: int = 1,
         out_dir: str = "runs/soft",
-        sampler: Literal["vllm", "hf"] = "vllm",
+        sampler: Literal["vllm", "hf", "auto"] = "vllm",
+        sampler_process: Literal["inline", "spawn"] = "inline",
         principles: str = "default",
         icl_pool: str = "default",
         icl: Literal["random", "fixed", "random+self"] = "random",
@@ -98,13 +105,22 @@ class BootstrapCallback(L.Callback):
             raise ConfigError(f"bootstrap.icl_examples must be 0 or more, got {icl_examples}.")
         if icl not in ICL_STRATEGIES:
             raise ConfigError(f"bootstrap.icl: unknown strategy '{icl}'; choose one of {', '.join(ICL_STRATEGIES)}.")
-        if sampler not in ("vllm", "hf"):
-            raise ConfigError(f"bootstrap.sampler: unknown sampler '{sampler}'; choose vllm or hf.")
+        if sampler not in ("vllm", "hf", "auto"):
+            raise ConfigError(f"bootstrap.sampler: unknown sampler '{sampler}'; choose vllm, hf or auto.")
+        if sampler_process not in ("inline", "spawn"):
+            raise ConfigError(
+                f"bootstrap.sampler_process: unknown mode '{sampler_process}'; choose inline or spawn."
+            )
+        if sampler_process == "spawn" and sampler != "hf" and vllm.sleep_between_rounds:
+            raise ConfigError(
+                "bootstrap.vllm.sleep_between_rounds=true does nothing with bootstrap.sampler_process=spawn, "
+                "whose engine process exits after every round; set sleep_between_rounds to false."
+            )
         curriculum.check_ordering(within_round, "bootstrap.within_round", prompts_only=False)
         curriculum.check_ordering(across_rounds, "bootstrap.across_rounds", prompts_only=True)
         self.rounds, self.epochs_per_round = rounds, epochs_per_round
         self.store = RoundStore(out_dir)
-        self.sampler_name, self.seed = sampler, seed
+        self.sampler_name, self.sampler_process, self.seed = sampler, sampler_process, seed
         self.sampling, self.vllm_options, self.hf_batch_size = sampling, vllm, hf_batch_size
         self.min_response_chars, self.generation_chunk = min_response_chars, generation_chunk
         # Small files, read now so a missing or malformed one fails before any model loads.
@@ -207,8 +223,9 @@ class BootstrapCallback(L.Callback):
         started = getattr(self, "_train_started", None)  # unknown when the round ended before a restart
         train_seconds = time.perf_counter() - started if started is not None and not resuming else None
         finished = self.round
+        gathered = pl_module.gather_adapter()  # every rank: under FSDP the shards are gathered
         if trainer.is_global_zero:
-            self.store.save_adapter(finished, pl_module.save_adapter)
+            self.store.save_adapter(finished, lambda directory: pl_module.save_adapter(directory, gathered))
             kill_point(f"adapter_saved:{finished}")
         trainer.strategy.barrier()
         manifest = self.store.read_manifest(finished) or {}
@@ -263,7 +280,7 @@ class BootstrapCallback(L.Callback):
         rank 0 scores, every rank gets the same order."""
         scored = None
         if trainer.is_global_zero:
-            scored = curriculum.score(dm.pool, self.across_rounds.scorer, encoder=dm, model=pl_module.model,
+            scored = curriculum.score(dm.all_prompts(), self.across_rounds.scorer, encoder=dm, model=pl_module.model,
                                       batch_size=self.score_batch_size)
         scores, cost = trainer.strategy.broadcast(scored, src=0)
         positions = curriculum.order_positions(scores, self.across_rounds.order, n=len(scores), seed=self.seed,
@@ -297,19 +314,35 @@ class BootstrapCallback(L.Callback):
     # ---- a round's generation -----------------------------------------------------------------
 
     def _make_sampler(self, pl_module, dm):
-        fmt = PromptFormat(dm.tokenizer)
-        if self.sampler_name == "hf":
-            return HFSampler(self.sampling, fmt.stop_strings(), self.seed, dm.tokenizer, self.hf_batch_size)
-        return VLLMSampler(
-            self.sampling, fmt.stop_strings(), self.seed, pl_module.source, pl_module.hparams.lora_r,
-            self.vllm_options, pl_module.hparams.trust_remote_code,
-        )
+        """The sampler this run uses; `auto` is resolved here, once, and the choice logged."""
+        backend = resolve_sampler(self.sampler_name)
+        if self.sampler_name == "auto":
+            rank_zero_info(f"[soft] bootstrap.sampler=auto chose {backend} "
+                           f"({'CUDA and vLLM available' if backend == 'vllm' else 'no CUDA device or no vLLM'})")
+        common = {"sampling": self.sampling, "stop": PromptFormat(dm.tokenizer).stop_strings(), "seed": self.seed}
+        if backend == "vllm":
+            vllm_lora_rank(pl_module.hparams.lora_r)  # in this process, also when a child will build it
+            check_vllm_options(self.vllm_options)
+            kwargs = {**common, "model_path": pl_module.source, "lora_rank": pl_module.hparams.lora_r,
+                      "options": self.vllm_options, "trust_remote_code": pl_module.hparams.trust_remote_code}
+            return VLLMSampler(**kwargs) if self.sampler_process == "inline" else SamplerProcess(VLLMSampler, kwargs)
+        if self.sampler_process == "inline":
+            return HFSampler(**common, tokenizer=dm.tokenizer, batch_size=self.hf_batch_size)
+        # The child builds the model from the module's hparams, on this rank's device, in the dtype
+        # training holds the weights in (bf16-true casts them; 32-true and mixed do not).
+        param = next(p for p in pl_module.parameters() if p.requires_grad)
+        return SamplerProcess(HFAdapterSampler, {
+            **common, "module_hparams": dict(pl_module.hparams), "tokenizer_source": dm.tokenizer_source,
+            "dtype": None if param.dtype == torch.float32 else str(param.dtype).removeprefix("torch."),
+            "device": str(param.device), "batch_size": self.hf_batch_size,
+        })
 
     def _generate(self, trainer, pl_module, r: int, adapter: Path | None) -> None:
         """Generate round r: every rank answers its share of the prompts in chunks appended to
         its shard (a killed run resumes with the prompts not answered yet); then rank 0 merges
         the shards, drops, scores and orders the pairs, and seals the round."""
         dm, rank, world = trainer.datamodule, trainer.global_rank, trainer.world_size
+        self._engine_seconds += self.sampler.start()  # a spawned sampler restarts after each pause()
         t0 = time.perf_counter()
         prompts = dm.prompts_for_round(r)
         icl_pool = self.icl_pool_for_round(r)
@@ -356,7 +389,7 @@ class BootstrapCallback(L.Callback):
                 "dropped": dropped,
                 "truncated": sum(rec["finish_reason"] == "length" for rec in records),
                 "tokens_generated": n_tokens,
-                "sampler": self.sampler.describe(),
+                "sampler": {**self.sampler.describe(), "requested": self.sampler_name},
                 "adapter": str(adapter) if adapter else None,
                 "seed": self.seed,
                 "icl": {"strategy": self.icl, "examples": self.icl_examples,

@@ -1,0 +1,204 @@
+"""The sampler in a `spawn`-ed child process, for when it cannot share the training process.
+
+Two reasons to pay for a second process: vLLM's clean-up helpers destroy the caller's
+torch.distributed process group (vllm#6544), and a child that exits hands *all* its memory back
+to the OS (the GPU's included), which no in-process clean-up guarantees.
+
+`SamplerProcess` is a `Sampler` whose calls go over a Pipe to a child that builds the real
+backend from picklable constructor arguments. The child cannot see the model being trained, so
+its hf backend (`HFAdapterSampler`) loads the base model plus the round's *saved* adapter itself.
+
+`spawn` re-imports the parent's main module in the child: a script that makes a `SamplerProcess`
+must start from `if __name__ == "__main__":` (`python -m soft_lightning` and pytest already do).
+"""
+
+from __future__ import annotations
+
+import inspect
+import multiprocessing
+import time
+import traceback
+import weakref
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from soft_lightning.models import load_tokenizer, resolve_model
+from soft_lightning.sampler import HFSampler, Sampler, SamplingConfig
+
+
+class SamplerProcessError(RuntimeError):
+    """The child sampler failed or died; the message names the backend and the child's error."""
+
+
+class HFAdapterSampler(HFSampler):
+    """The hf backend without the trained model: it builds the model the way `SoftModule` does
+    (`configure_model`, same hparams, cast to the training dtype) with the round's saved adapter,
+    so it samples from exactly the weights training saved. `adapter=None` means the module's
+    starting weights (the base with a fresh LoRA, or `model.adapter`), as in the training process."""
+
+    def __init__(self, sampling: SamplingConfig, stop: list[str], seed: int, module_hparams: dict[str, Any],
+                 tokenizer_source: str, dtype: str | None = None, device: str = "cpu", batch_size: int = 8):
+        super().__init__(sampling, stop, seed, load_tokenizer(resolve_model(tokenizer_source)), batch_size)
+        self.module_hparams, self.dtype, self.device = module_hparams, dtype, device
+        self._model, self._adapter = None, None
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "dtype": self.dtype}
+
+    def model_for(self, adapter: Path | None):
+        """One model at a time: a new adapter rebuilds it (one adapter per round, so once a round)."""
+        key = str(adapter) if adapter is not None else None
+        if self._model is None or key != self._adapter:
+            from soft_lightning.module import SoftModule
+
+            self._model = None  # free the old one before loading the next
+            # Only the constructor's arguments: LightningCLI adds keys of its own (`_instantiator`).
+            hparams = {k: v for k, v in self.module_hparams.items() if k in inspect.signature(SoftModule).parameters}
+            module = SoftModule(**{**hparams, **({"adapter": key} if key else {})})
+            module.configure_model()
+            # As Lightning's `bf16-true`/`16-true` precision casts the training module (None: no cast).
+            module.to(device=self.device, **({"dtype": getattr(torch, self.dtype)} if self.dtype else {}))
+            self._model = module.model
+            self._adapter = key
+        return self._model
+
+    def generate(self, requests, *, round_index, adapter, model=None) -> list[dict]:
+        return super().generate(requests, round_index=round_index, adapter=adapter, model=self.model_for(adapter))
+
+
+def _serve(conn, factory, kwargs) -> None:
+    """The child: build the backend, then answer (method, args, kwargs) calls until `close`."""
+    try:
+        sampler = factory(**kwargs)
+        sampler.start()
+        conn.send(("ok", sampler.describe()))
+    except BaseException as err:
+        traceback.print_exc()  # the full traceback on the run's stderr; the parent gets one line
+        conn.send(("error", f"{type(err).__name__}: {err}"))
+        return
+    while True:
+        try:
+            method, args, kw = conn.recv()
+        except (EOFError, KeyboardInterrupt):  # the parent is gone (or interrupted): exit
+            sampler.close()
+            return
+        try:
+            result = getattr(sampler, method)(*args, **kw)
+        except BaseException as err:
+            traceback.print_exc()
+            conn.send(("error", f"{type(err).__name__}: {err}"))
+            continue
+        conn.send(("ok", result))
+        if method == "close":
+            return
+
+
+def _stop(proc, conn, timeout: float = 30.0) -> None:
+    """Ask the child to close, then terminate and, failing that, kill it; always joins."""
+    if proc.is_alive():
+        try:
+            conn.send(("close", (), {}))
+            if conn.poll(timeout):
+                conn.recv()
+        except (OSError, EOFError):
+            pass
+        proc.join(timeout)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(5)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    conn.close()
+
+
+class SamplerProcess(Sampler):
+    """Runs `factory(**kwargs)` (a `Sampler` class and picklable arguments) in a spawned child.
+
+    `pause()` stops the child and the next `generate` starts a new one: giving every byte back
+    between rounds is the point of this mode, at the price of one engine start per round.
+    """
+
+    process = "spawn"
+
+    def __init__(self, factory: type[Sampler], kwargs: dict[str, Any], poll_seconds: float = 1.0):
+        self.factory, self.kwargs, self.poll_seconds = factory, kwargs, poll_seconds
+        self.name = factory.name
+        self._proc = self._conn = self._finalizer = None
+        self._described: dict[str, Any] | None = None
+
+    def start(self) -> float:
+        """Start the child (and its backend) unless it runs; returns the seconds it took."""
+        if self._proc is not None:
+            if self._proc.is_alive():
+                return 0.0
+            self._died("start")  # killed between calls: say so rather than quietly start another
+        t0 = time.perf_counter()
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        # Not a daemon: vLLM's engine starts processes of its own, which daemons may not.
+        self._proc = ctx.Process(target=_serve, args=(child, self.factory, self.kwargs),
+                                 name=f"soft-sampler-{self.name}")
+        self._proc.start()
+        child.close()  # the child's end lives in the child; a dead child now reads as EOF here
+        self._conn = parent
+        # A parent that forgets close() must not hang at exit joining a child that waits for it.
+        self._finalizer = weakref.finalize(self, _stop, self._proc, parent)
+        try:
+            self._described = self._receive("start")
+        except SamplerProcessError:
+            self.close()  # a backend that failed to build has exited; the next call tries afresh
+            raise
+        return time.perf_counter() - t0
+
+    def _receive(self, method: str):
+        while not self._conn.poll(self.poll_seconds):
+            if not self._proc.is_alive() and not self._conn.poll(0):
+                self._died(method)
+        try:
+            status, value = self._conn.recv()
+        except (EOFError, OSError):  # the child's end closed: it is exiting or gone
+            self._proc.join(5)
+            self._died(method)
+        if status == "error":
+            raise SamplerProcessError(f"the {self.name} sampler process failed in {method}: {value}")
+        return value
+
+    def _died(self, method: str):
+        code = self._proc.exitcode if self._proc.exitcode is not None else "unknown"
+        self.close()  # collected; the next call starts a new child
+        raise SamplerProcessError(
+            f"the {self.name} sampler process died (exit code {code}) before answering {method}; its "
+            "output above says why (a negative code is the signal that killed it, e.g. -9 for out-of-memory)."
+        )
+
+    def _call(self, method: str, *args, **kwargs):
+        if self._proc is not None and not self._proc.is_alive():
+            self._died(method)
+        self.start()
+        self._conn.send((method, args, kwargs))
+        return self._receive(method)
+
+    def generate(self, requests, *, round_index, adapter, model=None) -> list[dict]:
+        # `model` stays here: the child has its own (or its engine).
+        return self._call("generate", requests, round_index=round_index, adapter=adapter, model=None)
+
+    def describe(self) -> dict[str, Any]:
+        if self._described is None:
+            self.start()
+        return {**self._described, "process": self.process}
+
+    def pause(self) -> None:
+        self.close()  # exit the child: all its memory goes back to the OS until the next round
+
+    def close(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()  # runs _stop once
+        self._proc = self._conn = self._finalizer = None
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id while it runs (for tests and for killing it by hand)."""
+        return self._proc.pid if self._proc is not None and self._proc.is_alive() else None

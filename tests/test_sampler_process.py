@@ -1,0 +1,157 @@
+"""The spawned sampler process (`bootstrap.sampler_process: spawn`) and `bootstrap.sampler: auto`.
+
+Real child processes on the tiny random Llama; nothing is mocked.
+"""
+
+import multiprocessing
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+from callbacks.bootstrap import BootstrapCallback
+from soft_lightning.data import SoftDataModule
+from soft_lightning.errors import ConfigError
+from soft_lightning.models import load_tokenizer
+from soft_lightning.module import SoftModule
+from soft_lightning.prompts import PromptFormat, draw_examples, load_icl_pool, load_principles
+from soft_lightning.sampler import GenerationRequest, HFSampler, SamplingConfig, VLLMOptions, resolve_sampler
+from soft_lightning.sampler_process import HFAdapterSampler, SamplerProcess, SamplerProcessError
+from soft_lightning.store import RoundStore
+from tests.conftest import run_cli, tiny_run_args
+
+SAMPLING = SamplingConfig(temperature=0.9, top_p=0.95, max_new_tokens=12)
+PROMPTS = ["Name a primary colour.", "How do plants make food?", "Write a haiku about rain."]
+
+
+def requests_for(tokenizer) -> list[GenerationRequest]:
+    fmt, principles, pool = PromptFormat(tokenizer), load_principles(None), load_icl_pool(None)
+    out = []
+    for i, prompt in enumerate(PROMPTS):
+        examples = draw_examples(pool, 2, seed=0, round_index=0, prompt_id=str(i))
+        out.append(GenerationRequest(str(i), prompt, fmt.generation_prompt(principles, examples, prompt),
+                                     [e.id for e in examples]))
+    return out
+
+
+def hf_process(tiny_model, hparams: dict, tokenizer, dtype: str | None = "bfloat16") -> SamplerProcess:
+    return SamplerProcess(HFAdapterSampler, {
+        "sampling": SAMPLING, "stop": PromptFormat(tokenizer).stop_strings(), "seed": 0,
+        "module_hparams": hparams, "tokenizer_source": tiny_model, "dtype": dtype, "device": "cpu",
+        "batch_size": 2,
+    })
+
+
+def training_model(tiny_model) -> SoftModule:
+    """The model as a `bf16-true` run trains it: nf4 base, LoRA, cast to bf16."""
+    module = SoftModule(tiny_model, quantization="nf4", compute_dtype="bfloat16", lora_r=8)
+    module.configure_model()
+    return module.to(torch.bfloat16)
+
+
+def test_spawned_hf_sampler_matches_in_process(tiny_model, tmp_path):
+    """Same seed, same weights, same records (text and token counts).
+
+    The child builds the model the way the training process does, from the module's hparams,
+    and loads the adapter saved from the in-memory one; bf16 weights round-trip exactly through
+    safetensors. One caveat makes round 1 use a second in-memory model whose adapter is saved
+    before its first eval-mode forward: on CPUs with AVX512-BF16, bitsandbytes repacks 4-bit
+    weights on that forward, and `state_dict()` (the adapter save) unpacks them with the absmax
+    re-quantised, which is not bit-exact, so a model that generated *before* a save computes
+    slightly different logits than one loaded afresh. Round 0 (no adapter: a fresh LoRA whose
+    zero B leaves the base's outputs) and round 1 (random LoRA B) go through one child.
+    """
+    tokenizer = load_tokenizer(tiny_model)
+    requests = requests_for(tokenizer)
+    inline = HFSampler(SAMPLING, PromptFormat(tokenizer).stop_strings(), 0, tokenizer, batch_size=2)
+    module = training_model(tiny_model)
+    expected = [inline.generate(requests, round_index=0, adapter=None, model=module.model)]
+    trained = training_model(tiny_model)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in trained.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    adapter = tmp_path / "round_0" / "adapter"
+    trained.save_adapter(adapter)
+    expected.append(inline.generate(requests, round_index=1, adapter=adapter, model=trained.model))
+    assert expected[0] != expected[1], "the adapter should change what is generated"
+
+    spawned = hf_process(tiny_model, dict(module.hparams), tokenizer)
+    try:
+        got = [spawned.generate(requests, round_index=0, adapter=None),
+               spawned.generate(requests, round_index=1, adapter=adapter)]
+        described = spawned.describe()
+    finally:
+        spawned.close()
+    for want, have in zip(expected, got):
+        assert [(r["response"], r["n_tokens"]) for r in have] == [(r["response"], r["n_tokens"]) for r in want]
+        assert [r["mean_logprob"] for r in have] == pytest.approx([r["mean_logprob"] for r in want], abs=1e-6)
+    assert described["backend"] == "hf" and described["process"] == "spawn" and described["dtype"] == "bfloat16"
+
+
+def test_child_error_is_clear_and_close_leaves_no_child(tiny_model, tmp_path):
+    tokenizer = load_tokenizer(tiny_model)
+    hparams = dict(SoftModule(tiny_model, quantization="none", compute_dtype="float32", lora_r=8).hparams)
+    spawned = hf_process(tiny_model, hparams, tokenizer, dtype=None)
+    try:
+        with pytest.raises(SamplerProcessError, match=r"^the hf sampler process failed in generate: "
+                                                      r"ConfigError: model\.adapter: .*nope is not a PEFT"):
+            spawned.generate(requests_for(tokenizer)[:1], round_index=1, adapter=tmp_path / "nope")
+        child = spawned._proc
+        assert child.is_alive(), "a failed call should leave the child serving"
+    finally:
+        spawned.close()
+    assert not child.is_alive() and child.exitcode is not None
+    assert child not in multiprocessing.active_children() and spawned.pid is None
+
+
+def test_killed_child_raises_instead_of_hanging(tiny_model):
+    tokenizer = load_tokenizer(tiny_model)
+    hparams = dict(SoftModule(tiny_model, quantization="none", compute_dtype="float32", lora_r=8).hparams)
+    spawned = hf_process(tiny_model, hparams, tokenizer, dtype=None)
+    try:
+        spawned.start()
+        os.kill(spawned.pid, signal.SIGKILL)
+        t0 = time.perf_counter()
+        with pytest.raises(SamplerProcessError, match=r"^the hf sampler process died \(exit code -9\) before "
+                                                      r"answering generate"):
+            spawned.generate(requests_for(tokenizer)[:1], round_index=0, adapter=None)
+        assert time.perf_counter() - t0 < 10
+        assert spawned.pid is None and not multiprocessing.active_children()
+    finally:
+        spawned.close()
+
+
+def test_auto_picks_hf_without_cuda_and_bad_values_fail(tiny_model):
+    assert not torch.cuda.is_available(), "this test describes a CPU-only machine"
+    assert resolve_sampler("auto") == "hf"
+    callback = BootstrapCallback(sampler="auto", sampler_process="inline")
+    dm = SoftDataModule(prompts="demo", val_path=None, tokenizer=tiny_model)
+    sampler = callback._make_sampler(None, dm)  # the hf backend never touches the module
+    assert isinstance(sampler, HFSampler) and sampler.describe()["backend"] == "hf"
+    with pytest.raises(ConfigError, match=r"^bootstrap\.sampler: unknown sampler 'gpu'; choose vllm, hf or auto\.$"):
+        BootstrapCallback(sampler="gpu")
+    with pytest.raises(ConfigError, match=r"^bootstrap\.sampler_process: unknown mode 'fork'"):
+        BootstrapCallback(sampler_process="fork")
+    with pytest.raises(ConfigError, match=r"bootstrap\.vllm\.sleep_between_rounds=true does nothing with "
+                                          r"bootstrap\.sampler_process=spawn"):
+        BootstrapCallback(sampler="auto", sampler_process="spawn", vllm=VLLMOptions(sleep_between_rounds=True))
+
+
+def test_cli_run_with_auto_sampler_in_a_spawned_process(tiny_model, tmp_path):
+    """Two rounds through the CLI: `auto` picks hf here, each round starts a child (pause() stops
+    it), and the run exits cleanly (a leftover child would keep the captured pipes open)."""
+    result = run_cli(*tiny_run_args(tiny_model, tmp_path, "auto", "--bootstrap.sampler_process", "spawn"),
+                     timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "bootstrap.sampler=auto chose hf" in result.stderr + result.stdout
+    store = RoundStore(tmp_path)
+    for r in (0, 1):
+        manifest = store.read_manifest(r)
+        assert {k: manifest["sampler"][k] for k in ("backend", "process", "requested")} == \
+            {"backend": "hf", "process": "spawn", "requested": "auto"}
+        assert manifest["timings"]["engine_start_seconds"] > 0, "each round should start its own child"
+        assert all(rec["n_tokens"] > 0 for rec in store.read_records(r))
