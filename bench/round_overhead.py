@@ -50,13 +50,20 @@ def main() -> None:
     if proc.returncode or first_generation is None or fit_end is None:
         sys.exit(f"the run failed (exit {proc.returncode}); run the command to see why: {' '.join(cmd)}")
 
+    summarise(out, os.path.relpath(args.config, ROOT), wall, first_generation, fit_end)
+
+
+def summarise(out: Path, config: str, wall: float, first_generation: float, fit_end: float) -> dict:
+    """Phases from the run's manifests; `first_generation` and `fit_end` are seconds from the
+    run's start to its round-0 generation line and to its per-round summary."""
     phases = {"engine_start": 0.0, "generation": 0.0, "scoring": 0.0, "diagnostics": 0.0, "train_and_validation": 0.0}
-    rounds = 0
+    rounds = engine_starts = 0
     for manifest_path in sorted(out.glob("round_*/manifest.json")):
         m = json.loads(manifest_path.read_text())
         t = m["timings"]
         phases["engine_start"] += t["engine_start_seconds"]
-        phases["generation"] += t["generation_seconds"] - t["engine_start_seconds"]
+        engine_starts += t["engine_start_seconds"] > 0
+        phases["generation"] += t["generation_seconds"]  # the engine start is timed apart
         phases["scoring"] += t["scoring_seconds"]
         phases["diagnostics"] += t["diagnostics_seconds"]
         phases["train_and_validation"] += m.get("training", {}).get("train_s") or 0.0
@@ -67,20 +74,20 @@ def main() -> None:
     overhead = fit_end - first_generation - work  # between and around the rounds' work
     result = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "config": os.path.relpath(args.config, ROOT), "rounds": rounds, "wall_seconds": round(wall, 1),
+        "config": config, "rounds": rounds, "wall_seconds": round(wall, 1),
         "phases_seconds": {k: round(v, 1) for k, v in phases.items()},
         "overhead_seconds": round(overhead, 1),
         "round_overhead_fraction": round(overhead / wall, 4),
         "overhead_with_fixed_costs_fraction": round(
             (overhead + phases["engine_start"] + phases["startup"] + phases["shutdown"]) / wall, 4),
-        "engine_starts": sum(1 for p in out.glob("round_*/manifest.json")
-                             if json.loads(p.read_text())["timings"]["engine_start_seconds"] > 0),
+        "engine_starts": engine_starts,
     }
     for name, seconds in {**result["phases_seconds"], "round overhead (rest)": result["overhead_seconds"]}.items():
         print(f"{name:>22} {seconds:>8.1f} s  {seconds / wall:6.1%}")
-    print(f"{'wall':>22} {wall:>8.1f} s   engine starts: {result['engine_starts']}")
+    print(f"{'wall':>22} {wall:>8.1f} s   engine starts: {engine_starts}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "round_overhead.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 if __name__ == "__main__":

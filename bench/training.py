@@ -74,7 +74,7 @@ def run_ours(store: str, model: str, epochs: int) -> dict:
                         limit_val_batches=0, num_sanity_val_steps=0, callbacks=[Clock()])
     trainer.fit(module, datamodule=dm)
     return {"seconds": clock["end"] - clock["start"], "steps": clock["steps"], "final_loss": clock["loss"],
-            "tokens": epochs * sum(len(ex.input_ids) for ex in dm.train_examples)}
+            "examples": len(dm.train_examples), "tokens": epochs * sum(len(ex.input_ids) for ex in dm.train_examples)}
 
 
 def run_trl(store: str, model: str, epochs: int) -> dict:
@@ -111,7 +111,7 @@ def run_trl(store: str, model: str, epochs: int) -> dict:
                          peft_config=lora, callbacks=[Clock()])
     out = trainer.train()
     return {"seconds": clock["end"] - clock["start"], "steps": out.global_step, "final_loss": out.training_loss,
-            "tokens": epochs * sum(len(r["input_ids"]) for r in rows)}
+            "examples": len(rows), "tokens": epochs * sum(len(r["input_ids"]) for r in rows)}
 
 
 def child(args) -> None:
@@ -164,7 +164,7 @@ def main() -> None:
     result = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__, "device": "cpu"},
         "model": args.model, "settings": {**SETTINGS, "epochs": args.epochs, "quantization": "nf4+double_quant"},
-        "examples": len(load_round(store, args.model).train_examples),
+        "examples": best["ours"]["examples"],
         "runs": runs, "best": best, "ratio_vs_trl": round(ratio, 3),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,7 @@ class BootstrapCallback(L.Callback):
         out_dir: the round store (`round_<r>/data.jsonl`, `manifest.json`, `adapter/`).
         sampler: `vllm` (one engine, LoRA per round), `hf` (transformers generate on the
             model being trained) or `auto`: vllm with a CUDA device and vLLM installed, else hf
-            (on CPU, vLLM with a LoRA adapter decodes slower than hf; see `resolve_sampler`).
+            (on CPU, vLLM with a LoRA adapter is no faster per core than hf; see `resolve_sampler`).
         sampler_process: `inline` runs the sampler in the training process; `spawn` runs it in a
             child process (restarted each round, so all its memory returns to the OS) for when
             the two cannot share a process, e.g. vLLM's clean-up destroying the process group
@@ -141,8 +141,8 @@ class BootstrapCallback(L.Callback):
     def setup(self, trainer, pl_module, stage):
         if stage != "fit":
             return
-        if self.sampler_name == "vllm":
-            vllm_lora_rank(pl_module.hparams.lora_r)  # for Python users; the CLI checks earlier
+        if resolve_sampler(self.sampler_name) == "vllm":  # before any model loads, also for a spawned engine
+            vllm_lora_rank(pl_module.hparams.lora_r)
             check_vllm_options(self.vllm_options)
         self._check_out_dir(trainer, pl_module, self.resume_requested)
         if trainer.world_size > 1 and trainer._accelerator_connector.use_distributed_sampler:
@@ -199,8 +199,7 @@ class BootstrapCallback(L.Callback):
             self._check_out_dir(trainer, pl_module, resuming=trainer.ckpt_path is not None)
         dm = trainer.datamodule
         if self.sampler is None:
-            self.sampler = self._make_sampler(pl_module, dm)
-            self._engine_seconds = self.sampler.start()  # reported in the next round's manifest
+            self.sampler = self._make_sampler(pl_module, dm)  # its engine starts with the first generation
         if self.across_rounds.scorer and dm.pool_order is None:
             self._order_pool(trainer, dm, pl_module)
         if not self.store.is_generated(self.round):
@@ -321,8 +320,6 @@ class BootstrapCallback(L.Callback):
                            f"({'CUDA and vLLM available' if backend == 'vllm' else 'no CUDA device or no vLLM'})")
         common = {"sampling": self.sampling, "stop": PromptFormat(dm.tokenizer).stop_strings(), "seed": self.seed}
         if backend == "vllm":
-            vllm_lora_rank(pl_module.hparams.lora_r)  # in this process, also when a child will build it
-            check_vllm_options(self.vllm_options)
             kwargs = {**common, "model_path": pl_module.source, "lora_rank": pl_module.hparams.lora_r,
                       "options": self.vllm_options, "trust_remote_code": pl_module.hparams.trust_remote_code}
             return VLLMSampler(**kwargs) if self.sampler_process == "inline" else SamplerProcess(VLLMSampler, kwargs)
@@ -342,7 +339,7 @@ class BootstrapCallback(L.Callback):
         its shard (a killed run resumes with the prompts not answered yet); then rank 0 merges
         the shards, drops, scores and orders the pairs, and seals the round."""
         dm, rank, world = trainer.datamodule, trainer.global_rank, trainer.world_size
-        self._engine_seconds += self.sampler.start()  # a spawned sampler restarts after each pause()
+        self._engine_seconds += self.sampler.start()  # once inline; a spawned sampler after each pause()
         t0 = time.perf_counter()
         prompts = dm.prompts_for_round(r)
         icl_pool = self.icl_pool_for_round(r)
