@@ -11,7 +11,10 @@ skipped and an unfinished one resumed with `--ckpt_path last`, so the grid can s
 (stop it any time). Validation: the first 100 TruthfulQA items every round (../shared/data, else
 the bundled set). Then experiments/README.md gets a table and a plot from the round stores.
 
-    python experiments/run_grid.py [--seeds 0 1] [--methods soft fixed_icl ...] [--report-only]
+    python experiments/run_grid.py [--seeds 0 1] [--methods soft fixed_icl ...] [--full-eval] [--report-only]
+
+`--full-eval` then scores each finished run's best round (and the base model once) with
+lm-evaluation-harness on every item of the validation file (MC1, bf16; ~12 min a model here).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "experiments"
@@ -34,6 +39,7 @@ METHODS = {  # in the order they run: SOFT first, the reference of every claim
 }
 
 sys.path.insert(0, str(ROOT))
+from soft_lightning.store import RoundStore  # noqa: E402  (the checkout, not an installed copy)
 
 
 def run_dir(method: str, seed: int) -> Path:
@@ -46,8 +52,6 @@ def planned_rounds(out: Path) -> int | None:
 
 
 def finished(out: Path) -> bool:
-    from soft_lightning.store import RoundStore
-
     rounds = planned_rounds(out)
     return rounds is not None and len(RoundStore(out).finished_rounds()) == rounds
 
@@ -69,10 +73,40 @@ def run(method: str, seed: int, val_path: Path) -> None:
     print(f"[grid] {out.name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
+def full_eval(out: Path, rounds: str, val_path: Path) -> None:
+    """lm-evaluation-harness on every item of the validation file for the run's chosen rounds
+    (MC1, bf16; a round already scored on this file is skipped)."""
+    from soft_lightning.plan import sha256_file
+
+    sha, store = sha256_file(val_path), RoundStore(out)
+    wanted = [r for r in rounds.split(",") if not _scored(out, r, store, sha)]
+    if not wanted:
+        print(f"[grid] {out.name}: {rounds} already scored on {val_path.name}", flush=True)
+        return
+    cmd = [sys.executable, "-m", "soft_lightning", "evaluate", str(out), "--rounds", ",".join(wanted),
+           "--data", str(val_path), "--tasks", "mc1", "--dtype", "bfloat16", "--batch_size", "32"]
+    print(f"[grid] {out.name}: lm-eval on {','.join(wanted)}", flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    print(f"[grid] {out.name}: lm-eval done in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def _scored(out: Path, r: str, store, sha: str) -> bool:
+    r = {"best": store.best_round(), "last": (store.finished_rounds() or [None])[-1]}.get(r, r)
+    path = out / "base_lm_eval.json" if r == "base" else store.round_dir(int(r)) / "lm_eval.json"
+    if not path.is_file():
+        return False
+    result = json.loads(path.read_text())
+    return result.get("data_sha256") == sha and result["limit"] is None and "mc1" in result["tasks"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--full-eval", action="store_true",
+                    help="after the runs, score each finished run's best round (and, once, the base model) with "
+                         "lm-evaluation-harness on the whole validation file")
     ap.add_argument("--report-only", action="store_true", help="only rewrite experiments/README.md")
     args = ap.parse_args()
     val_path = TRUTHFULQA if TRUTHFULQA.is_file() else ROOT / "soft_lightning" / "assets" / "demo_mc.jsonl"
@@ -80,9 +114,14 @@ def main() -> None:
         for seed in args.seeds:
             for method in args.methods:
                 run(method, seed, val_path)
+        if args.full_eval:
+            done = [run_dir(m, s) for s in args.seeds for m in args.methods if finished(run_dir(m, s))]
+            for i, out in enumerate(done):
+                full_eval(out, "base,best" if i == 0 else "best", val_path)
     from write_up import write_report  # experiments/ is this script's folder
 
-    write_report(HERE, {m: [run_dir(m, s) for s in args.seeds] for m in METHODS}, val_path)
+    val_items = yaml.safe_load((HERE / "configs" / "grid.yaml").read_text())["data"]["val_limit"]
+    write_report(HERE, {m: [run_dir(m, s) for s in args.seeds] for m in METHODS}, val_path, val_items)
 
 
 if __name__ == "__main__":

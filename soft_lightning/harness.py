@@ -40,13 +40,15 @@ def mc2_result(doc: dict, results: list[tuple[float, bool]]) -> dict[str, float]
     return {"mc2": float(probs[labels == 1].sum() / probs.sum())}
 
 
-def task_configs(path: str, with_mc2: bool) -> list[dict]:
+def task_configs(path: str, with_mc2: bool, with_mc1: bool = True) -> list[dict]:
     """lm-eval task configs over a local JSONL file."""
     base = {"dataset_path": "json", "dataset_kwargs": {"data_files": {"test": path}}, "test_split": "test",
             "output_type": "multiple_choice", "doc_to_text": "Q: {{question}}\nA:", "target_delimiter": " "}
     mean = {"aggregation": "mean", "higher_is_better": True}
-    tasks = [{**base, "task": "mc1", "doc_to_choice": "{{choices}}", "doc_to_target": "{{label}}",
-              "metric_list": [{"metric": "acc", **mean}, {"metric": "acc_norm", **mean}]}]
+    tasks = []
+    if with_mc1:
+        tasks.append({**base, "task": "mc1", "doc_to_choice": "{{choices}}", "doc_to_target": "{{label}}",
+                      "metric_list": [{"metric": "acc", **mean}, {"metric": "acc_norm", **mean}]})
     if with_mc2:
         tasks.append({**base, "task": "mc2", "doc_to_choice": "{{mc2_choices}}", "doc_to_target": 0,
                       "process_results": mc2_result, "metric_list": [{"metric": "mc2", **mean}]})
@@ -59,14 +61,15 @@ def has_mc2(rows: list[dict]) -> bool:
 
 
 def run_harness(model: str, adapter: Path | None, data: str, *, with_mc2: bool, limit: int | None, dtype: str,
-                device: str, batch_size: int) -> dict:
+                device: str, batch_size: int, with_mc1: bool = True) -> dict:
     """Score one model (+ adapter) on `data` (already checked); per task its metrics, the 95%
     interval of `acc`, and per-item results in file order."""
     from lm_eval import simple_evaluate
 
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     args = {"pretrained": model, "dtype": dtype, **({"peft": str(adapter)} if adapter else {})}
-    out = simple_evaluate(model="hf", model_args=args, tasks=task_configs(data, with_mc2), limit=limit,
+    out = simple_evaluate(model="hf", model_args=args, tasks=task_configs(data, with_mc2, with_mc1),
+                          limit=limit,
                           batch_size=batch_size, device=device, log_samples=True, bootstrap_iters=0)
     tasks = {}
     for name, metrics in out["results"].items():
@@ -81,17 +84,20 @@ def run_harness(model: str, adapter: Path | None, data: str, *, with_mc2: bool, 
 
 
 def evaluate(out_dir: str, rounds: str = "all", data: str = "demo", limit: int | None = None,
+             tasks: Literal["both", "mc1", "mc2"] = "both",
              dtype: Literal["float32", "bfloat16", "float16"] = "float32", device: str = "cpu",
              batch_size: int = 8, model: str | None = None) -> None:
     """Score a run's rounds with lm-evaluation-harness and add the results to its round table.
 
     Args:
         out_dir: the run's out_dir (its plan names the model).
-        rounds: `all` (base and every trained round), `best`, or a comma list of round numbers and
-            `base`, e.g. `base,0,2`.
+        rounds: `all` (base and every trained round), or a comma list of round numbers, `base`,
+            `best` and `last`, e.g. `base,best,last`.
         data: a multiple-choice JSONL {question, choices, label} (with `mc2_choices`/`mc2_labels`,
             also MC2), e.g. TruthfulQA's; `demo` = the bundled set.
         limit: score only the first `limit` items.
+        tasks: `both` (MC2 where the file has its fields), or only `mc1` / `mc2` (TruthfulQA's MC2 has
+            ~1.4x as many answers to score as MC1).
         dtype: the unquantised base's dtype (the adapters were trained on the nf4 base: the usual
             QLoRA deployment trade-off).
         device: `cpu`, `cuda`, `cuda:1`, ...
@@ -108,13 +114,16 @@ def evaluate(out_dir: str, rounds: str = "all", data: str = "demo", limit: int |
         raise ConfigError(f"evaluate: {out_dir} holds no plan.json; give a run's out_dir (bootstrap.out_dir).")
     data = str(asset_path("demo_mc.jsonl")) if data == "demo" else data
     with_mc2, sha = has_mc2(read_mc(data, limit)), sha256_file(data)  # the file checked before any model loads
+    if tasks == "mc2" and not with_mc2:
+        raise ConfigError(f"evaluate --tasks mc2: {data} has rows without mc2_choices/mc2_labels; use --tasks mc1.")
+    with_mc1, with_mc2 = tasks != "mc2", with_mc2 and tasks != "mc1"
     trained = store.finished_rounds()
     chosen = _chosen_rounds(rounds, trained, store.best_round())
     source = resolve_model(model or plan.identity["model"])
     for r in chosen:
         adapter = None if r == "base" else store.adapter_dir(r)
-        result = {**run_harness(source, adapter, data, with_mc2=with_mc2, limit=limit, dtype=dtype, device=device,
-                                batch_size=batch_size), "data_sha256": sha}
+        result = {**run_harness(source, adapter, data, with_mc1=with_mc1, with_mc2=with_mc2, limit=limit,
+                                dtype=dtype, device=device, batch_size=batch_size), "data_sha256": sha}
         path = store.root / "base_lm_eval.json" if r == "base" else store.round_dir(r) / "lm_eval.json"
         write_json_atomic(path, result)
         summary = {f"{t}/{m}": v for t, res in result["tasks"].items() for m, v in res.items()
@@ -126,16 +135,20 @@ def evaluate(out_dir: str, rounds: str = "all", data: str = "demo", limit: int |
 
 
 def _chosen_rounds(rounds: str, trained: list[int], best: int | None) -> list[int | str]:
+    """`all`, or a comma list of `base`, `best`, `last` and round numbers (duplicates dropped)."""
     if rounds == "all":
         return ["base", *trained]
-    if rounds == "best":
-        if best is None:
+    chosen: list[int | str] = []
+    for part in (p.strip() for p in rounds.split(",")):
+        if part == "best" and best is None:
             raise ConfigError("evaluate --rounds best: the run has no best round yet (best/best.json).")
-        return [best]
-    chosen = []
-    for part in rounds.split(","):
-        part = part.strip()
-        if part != "base" and not (part.isdigit() and int(part) in trained):
-            raise ConfigError(f"evaluate --rounds: {part!r} is neither `base` nor a trained round ({trained}).")
-        chosen.append(part if part == "base" else int(part))
+        if part == "last" and not trained:
+            raise ConfigError("evaluate --rounds last: the run has no trained round yet.")
+        r = {"base": "base", "best": best, "last": trained[-1] if trained else None}.get(part)
+        if r is None and not (part.isdigit() and int(part) in trained):
+            raise ConfigError(f"evaluate --rounds: {part!r} is neither `base`, `best`, `last` nor a trained round "
+                              f"({trained}).")
+        r = int(part) if r is None else r
+        if r not in chosen:
+            chosen.append(r)
     return chosen

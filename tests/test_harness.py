@@ -46,7 +46,7 @@ def test_evaluate_scores_every_round_into_the_store(tiny_model, tmp_path):
     out = tmp_path / "run"
     run_ok(*tiny_run_args(tiny_model, out, "hf", "--bootstrap.rounds", "1"))
     data = TRUTHFULQA if TRUTHFULQA.is_file() else "demo"
-    result = run_ok("evaluate", str(out), "--data", str(data), "--limit", "6")
+    result = run_ok("evaluate", str(out), "--data", str(data), "--limit", "6", "--rounds", "base,last,best")
     base, round_0 = json.loads((out / "base_lm_eval.json").read_text()), json.loads(
         (out / "round_0" / "lm_eval.json").read_text())
     assert base["adapter"] is None and round_0["adapter"].endswith("round_0/adapter")
@@ -56,6 +56,9 @@ def test_evaluate_scores_every_round_into_the_store(tiny_model, tmp_path):
     assert float(table[0]["lm_eval/mc1/acc"]) == round_0["tasks"]["mc1"]["acc"]
 
     refused = run_cli("evaluate", str(out), "--rounds", "0,7")
-    assert refused.returncode == 2 and "'7' is neither `base` nor a trained round ([0])" in refused.stderr
+    assert refused.returncode == 2 and "'7' is neither `base`, `best`, `last` nor a trained round ([0])" in (
+        refused.stderr)
+    refused = run_cli("evaluate", str(out), "--tasks", "mc2", "--data", "demo")
+    assert refused.returncode == 2 and "has rows without mc2_choices/mc2_labels; use --tasks mc1" in refused.stderr
     refused = run_cli("evaluate", str(tmp_path))
     assert refused.returncode == 2 and "holds no plan.json" in refused.stderr
