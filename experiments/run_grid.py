@@ -91,9 +91,9 @@ def full_eval(out: Path, rounds: str, val_path: Path) -> None:
     print(f"[grid] {out.name}: lm-eval done in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def _scored(out: Path, r: str, store, sha: str) -> bool:
-    r = {"best": store.best_round(), "last": (store.finished_rounds() or [None])[-1]}.get(r, r)
-    path = out / "base_lm_eval.json" if r == "base" else store.round_dir(int(r)) / "lm_eval.json"
+def _scored(out: Path, name: str, store: RoundStore, sha: str) -> bool:
+    r = None if name == "base" else store.round_named(name, "--full-eval")
+    path = out / "base_lm_eval.json" if r is None else store.round_dir(r) / "lm_eval.json"
     if not path.is_file():
         return False
     result = json.loads(path.read_text())

@@ -81,15 +81,18 @@ def collapse_verdict(runs: list[list[dict]]) -> str:
 
 
 def signals(runs: dict[str, list[list[dict]]]) -> list[str]:
-    """The continuous signals of every run, first round → last."""
-    lines = ["| run | gen/entropy | gen/distinct2 | val/mc_margin | responses dropped (of prompts) |",
-             "|---|---|---|---|---|"]
+    """The continuous signals of every run, first round → last, and its minutes of generation,
+    training, validation and diagnostics (start-up and checkpoints not counted)."""
+    lines = ["| run | gen/entropy | gen/distinct2 | val/mc_margin | responses dropped (of prompts) | minutes |",
+             "|---|---|---|---|---|---|"]
     for name, rows in (x for method_runs in runs.values() for x in method_runs):
         if rows:
             cells = [" → ".join(f"{row[key]:.2f}" if row.get(key) is not None else "–" for row in rows)
                      for key in ("gen/entropy", "gen/distinct2", "val/mc_margin")]
             dropped = " → ".join(f"{row['prompts'] - row['kept']}/{row['prompts']}" for row in rows)
-            lines.append(f"| {name} | {' | '.join(cells)} | {dropped} |")
+            seconds = sum(row.get(key) or 0 for row in rows
+                          for key in ("generation_s", "scoring_s", "diagnostics_s", "train_s"))
+            lines.append(f"| {name} | {' | '.join(cells)} | {dropped} | {seconds / 60:.0f} |")
     return lines
 
 

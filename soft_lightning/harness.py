@@ -117,8 +117,7 @@ def evaluate(out_dir: str, rounds: str = "all", data: str = "demo", limit: int |
     if tasks == "mc2" and not with_mc2:
         raise ConfigError(f"evaluate --tasks mc2: {data} has rows without mc2_choices/mc2_labels; use --tasks mc1.")
     with_mc1, with_mc2 = tasks != "mc2", with_mc2 and tasks != "mc1"
-    trained = store.finished_rounds()
-    chosen = _chosen_rounds(rounds, trained, store.best_round())
+    chosen = _chosen_rounds(rounds, store)
     source = resolve_model(model or plan.identity["model"])
     for r in chosen:
         adapter = None if r == "base" else store.adapter_dir(r)
@@ -134,21 +133,10 @@ def evaluate(out_dir: str, rounds: str = "all", data: str = "demo", limit: int |
     report.update(store, note.get("monitor"), note.get("mode", "max"))
 
 
-def _chosen_rounds(rounds: str, trained: list[int], best: int | None) -> list[int | str]:
+def _chosen_rounds(rounds: str, store: RoundStore) -> list[int | str]:
     """`all`, or a comma list of `base`, `best`, `last` and round numbers (duplicates dropped)."""
     if rounds == "all":
-        return ["base", *trained]
-    chosen: list[int | str] = []
-    for part in (p.strip() for p in rounds.split(",")):
-        if part == "best" and best is None:
-            raise ConfigError("evaluate --rounds best: the run has no best round yet (best/best.json).")
-        if part == "last" and not trained:
-            raise ConfigError("evaluate --rounds last: the run has no trained round yet.")
-        r = {"base": "base", "best": best, "last": trained[-1] if trained else None}.get(part)
-        if r is None and not (part.isdigit() and int(part) in trained):
-            raise ConfigError(f"evaluate --rounds: {part!r} is neither `base`, `best`, `last` nor a trained round "
-                              f"({trained}).")
-        r = int(part) if r is None else r
-        if r not in chosen:
-            chosen.append(r)
-    return chosen
+        return ["base", *store.finished_rounds()]
+    chosen = ["base" if part == "base" else store.round_named(part, "evaluate --rounds")
+              for part in (p.strip() for p in rounds.split(","))]
+    return list(dict.fromkeys(chosen))

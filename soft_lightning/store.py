@@ -202,6 +202,19 @@ class RoundStore:
             raise
         return target
 
+    def round_named(self, name: str, option: str) -> int:
+        """`best`, `last` or a trained round's number, as a round number; `option` names the
+        command-line option in the error."""
+        trained = self.finished_rounds()
+        if name == "best" and self.best_round() is None:
+            raise ConfigError(f"{option} best: {self.root} has no best round yet (best/best.json).")
+        if name == "last" and not trained:
+            raise ConfigError(f"{option} last: {self.root} has no trained round yet.")
+        r = {"best": self.best_round(), "last": trained[-1] if trained else None}.get(name)
+        if r is None and not (name.isdigit() and int(name) in trained):
+            raise ConfigError(f"{option}: {name!r} is neither `best`, `last` nor a trained round ({trained}).")
+        return int(name) if r is None else r
+
     def best_round(self) -> int | None:
         path = self.root / "best" / "best.json"
         return json.loads(path.read_text(encoding="utf-8"))["round"] if path.is_file() else None

@@ -56,7 +56,7 @@ def test_evaluate_scores_every_round_into_the_store(tiny_model, tmp_path):
     assert float(table[0]["lm_eval/mc1/acc"]) == round_0["tasks"]["mc1"]["acc"]
 
     refused = run_cli("evaluate", str(out), "--rounds", "0,7")
-    assert refused.returncode == 2 and "'7' is neither `base`, `best`, `last` nor a trained round ([0])" in (
+    assert refused.returncode == 2 and "'7' is neither `best`, `last` nor a trained round ([0])" in (
         refused.stderr)
     refused = run_cli("evaluate", str(out), "--tasks", "mc2", "--data", "demo")
     assert refused.returncode == 2 and "has rows without mc2_choices/mc2_labels; use --tasks mc1" in refused.stderr
