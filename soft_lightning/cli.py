@@ -90,6 +90,11 @@ def main(args: list[str] | None = None) -> None:
 
             CLI(evaluate, args=args[1:], prog="python -m soft_lightning evaluate")
             return
+        if args[:1] == ["export"]:  # a round merged into a model folder: no Trainer involved
+            from soft_lightning.export import export
+
+            CLI(export, args=args[1:], prog="python -m soft_lightning export")
+            return
         SoftCLI(SoftModule, SoftDataModule, args=args, auto_configure_optimizers=False,
                 save_config_kwargs={"overwrite": True})
     except ConfigError as err:

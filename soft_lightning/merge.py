@@ -38,12 +38,12 @@ class AdapterMerger:
         else:
             with safe_open(self.base / "model.safetensors", "pt") as fh:
                 files = dict.fromkeys(fh.keys(), "model.safetensors")
-        self._files = files
+        self.files: dict[str, str] = files  # weight name -> the checkpoint file holding it
         self._changed: set[str] = set()
         self.adapter: Path | None = None
 
     def base_weight(self, name: str) -> torch.Tensor:
-        with safe_open(self.base / self._files[name], "pt") as fh:
+        with safe_open(self.base / self.files[name], "pt") as fh:
             return fh.get_tensor(name)
 
     def deltas(self, adapter: Path) -> dict[str, Callable[[], torch.Tensor]]:
@@ -64,7 +64,7 @@ class AdapterMerger:
             alpha = config.get("alpha_pattern", {}).get(module, config["lora_alpha"])
             scale = alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
             deltas[f"{module}.weight"] = partial(_delta, lora_b, lora_a, scale)
-        unknown = sorted(set(deltas) - set(self._files))
+        unknown = sorted(set(deltas) - set(self.files))
         if unknown:
             raise ConfigError(f"{adapter} adapts {unknown[0]}, which {self.base} does not have; was it trained on "
                               "another model?")
@@ -86,7 +86,7 @@ class AdapterMerger:
         `dtype`, the receiving model's, if given)."""
         deltas = self.deltas(adapter) if adapter is not None else {}
         self._changed, self.adapter = set(deltas), adapter
-        for name in self._files:
+        for name in self.files:
             weight = self.base_weight(name)
             if name in deltas:
                 weight = weight.float() + deltas[name]()

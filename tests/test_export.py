@@ -1,0 +1,82 @@
+"""`export`: a round's adapter merged into the unquantised base as a model folder that plain
+transformers and vLLM load, computing what base + adapter computes (within bf16 rounding)."""
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+from soft_lightning.models import load_tokenizer
+from soft_lightning.prompts import PromptFormat
+from soft_lightning.sampler import VLLMOptions
+from soft_lightning.sampler_hf import GenerationCopy, HFSampler
+from tests.conftest import run_cli, run_ok, tiny_run_args
+from tests.test_adapter_sync import GREEDY, demo_requests
+
+# bf16 keeps 8 bits of mantissa: each exported weight is within 2^-9 of the float32 merge, and the
+# log-probabilities of the bf16 model stay within this of base + adapter in float32.
+BF16_LOGPROB_TOLERANCE = 0.05
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "run"
+    run_ok(*tiny_run_args(tiny_model, out, "hf", "--bootstrap.rounds", "1", "--model.learning_rate", "0.05"))
+    result = run_ok("export", str(out), "--round", "best")
+    return out, out / "export" / "round_0", result
+
+
+def log_probs(model, ids) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids).logits.float().log_softmax(-1)
+
+
+@pytest.mark.slow
+def test_export_loads_in_transformers_and_computes_base_plus_adapter(exported, tiny_model):
+    out, folder, result = exported
+    assert "round 0 merged into" in result.stdout
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert model.dtype == torch.bfloat16 and not hasattr(model.config, "quantization_config")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert tokenizer.chat_template and GenerationConfig.from_pretrained(folder).eos_token_id is not None
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "Name three rivers in Europe."}],
+                                         tokenize=False, add_generation_prompt=True) + "The Danube,"
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    plain = log_probs(base, ids)
+    reference = log_probs(PeftModel.from_pretrained(base, str(folder / "adapter")), ids)
+    ours = log_probs(model, ids)
+    assert (ours - reference).abs().max() < BF16_LOGPROB_TOLERANCE
+    assert (plain - reference).abs().max() > 10 * BF16_LOGPROB_TOLERANCE, "the adapter should matter"
+    card = (folder / "README.md").read_text()
+    assert "| round | kept |" in card and "SOFT round 0" in card and "```yaml" in card
+    assert json.loads((folder / "soft_export.json").read_text())["round"] == 0
+    assert (folder / "adapter" / "adapter_model.safetensors").is_file()
+
+    refused = run_cli("export", str(out))
+    assert refused.returncode == 2 and "already exists; pass --overwrite true or another --dest" in refused.stderr
+    refused = run_cli("export", str(out), "--round", "3", "--dest", str(out / "other"))
+    assert refused.returncode == 2 and "'3' is neither `best`, `last` nor a trained round ([0])" in refused.stderr
+    assert not (out / "other").exists(), "nothing written for a refused export"
+
+
+@pytest.mark.slow
+def test_export_loads_in_vllm_and_generates_what_transformers_generates(exported):
+    """vLLM reads the folder (config, tokenizer, weights) and decodes greedily what transformers
+    decodes from it (float32 compute of the same bf16 weights)."""
+    from soft_lightning.sampler_vllm import VLLMSampler
+
+    _, folder, _ = exported
+    tokenizer = load_tokenizer(str(folder))
+    requests, stop = demo_requests(tokenizer, n=4), PromptFormat(tokenizer).stop_strings()
+    hf = HFSampler(GREEDY, stop, 0, tokenizer, copy=GenerationCopy(str(folder), "float32")).generate(
+        requests, round_index=0, adapter=None, model=None)
+    sampler = VLLMSampler(GREEDY, stop, 0, str(folder), 8, VLLMOptions(gpu_memory_utilization=0.2, dtype="float32"))
+    try:
+        ours = sampler.generate(requests, round_index=0, adapter=None, model=None)
+    finally:
+        sampler.close()
+    assert [r["response"] for r in ours] == [r["response"] for r in hf]
+    assert [r["mean_logprob"] for r in ours] == pytest.approx([r["mean_logprob"] for r in hf], abs=1e-3)
