@@ -8,6 +8,7 @@ draws and sampling.
 
 from __future__ import annotations
 
+import importlib
 import signal
 import sys
 from pathlib import Path
@@ -23,6 +24,13 @@ from soft_lightning.data import SoftDataModule
 from soft_lightning.errors import ConfigError
 from soft_lightning.module import SoftModule
 from soft_lightning.sampler import vllm_lora_rank
+
+# Subcommands beside LightningCLI's fit/validate, each a typed function on a run's out_dir.
+RUN_COMMANDS = {
+    "evaluate": "soft_lightning.harness:evaluate",  # lm-evaluation-harness scores of the rounds
+    "export": "soft_lightning.export:export",  # a round merged into a model folder
+    "report": "soft_lightning.html_report:build_report",  # report.html with answers side by side
+}
 
 
 class SoftCLI(LightningCLI):
@@ -85,15 +93,10 @@ class SoftCLI(LightningCLI):
 def main(args: list[str] | None = None) -> None:
     args = sys.argv[1:] if args is None else args
     try:
-        if args[:1] == ["evaluate"]:  # lm-eval scoring of a finished run: no Trainer involved
-            from soft_lightning.harness import evaluate
-
-            CLI(evaluate, args=args[1:], prog="python -m soft_lightning evaluate")
-            return
-        if args[:1] == ["export"]:  # a round merged into a model folder: no Trainer involved
-            from soft_lightning.export import export
-
-            CLI(export, args=args[1:], prog="python -m soft_lightning export")
+        if args[:1] and args[0] in RUN_COMMANDS:  # commands on a finished run: no Trainer involved
+            module, function = RUN_COMMANDS[args[0]].split(":")
+            CLI(getattr(importlib.import_module(module), function), args=args[1:],
+                prog=f"python -m soft_lightning {args[0]}")
             return
         SoftCLI(SoftModule, SoftDataModule, args=args, auto_configure_optimizers=False,
                 save_config_kwargs={"overwrite": True})

@@ -81,6 +81,15 @@ def run_ok(*cli_args, **kw) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
+def trained_run(tiny_model, tmp_path_factory) -> Path:
+    """One finished round on the tiny model, trained hard enough (lr 0.05) that its adapter
+    visibly changes the model: for the commands that read a finished run."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    run_ok(*tiny_run_args(tiny_model, out, "hf", "--bootstrap.rounds", "1", "--model.learning_rate", "0.05"))
+    return out
+
+
+@pytest.fixture(scope="session")
 def reference(tiny_model, tmp_path_factory):
     """`reference(ordering)`: an uninterrupted single-process run with that ordering option
     (run once per session)."""

@@ -12,7 +12,7 @@ from soft_lightning.models import load_tokenizer
 from soft_lightning.prompts import PromptFormat
 from soft_lightning.sampler import VLLMOptions
 from soft_lightning.sampler_hf import GenerationCopy, HFSampler
-from tests.conftest import run_cli, run_ok, tiny_run_args
+from tests.conftest import run_cli, run_ok
 from tests.test_adapter_sync import GREEDY, demo_requests
 
 # bf16 keeps 8 bits of mantissa: each exported weight is within 2^-9 of the float32 merge, and the
@@ -21,11 +21,9 @@ BF16_LOGPROB_TOLERANCE = 0.05
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export") / "run"
-    run_ok(*tiny_run_args(tiny_model, out, "hf", "--bootstrap.rounds", "1", "--model.learning_rate", "0.05"))
-    result = run_ok("export", str(out), "--round", "best")
-    return out, out / "export" / "round_0", result
+def exported(trained_run):
+    result = run_ok("export", str(trained_run), "--round", "best")
+    return trained_run, trained_run / "export" / "round_0", result
 
 
 def log_probs(model, ids) -> torch.Tensor:
