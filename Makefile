@@ -6,13 +6,21 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 SOFT_DEVICE ?= cpu
 
-.PHONY: demo test env clean-env
+.PHONY: demo test env clean-env browser
 
 demo: $(VENV)/.installed
 	$(PY) -m soft_lightning fit --config configs/demo.yaml
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed browser
 	$(PY) -m pytest
+
+# Headless Chromium renders report.html in tests/test_html_report.py; installed from Debian's
+# packages where this runs as root with apt (a container, CI), else that one test is skipped.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && { apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+	       || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; }; }; } \
+	  || echo "Chromium not installed: the browser test of report.html will be skipped."
 
 env: $(VENV)/.installed
 
