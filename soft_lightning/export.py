@@ -15,7 +15,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from soft_lightning.errors import ConfigError
-from soft_lightning.jsonl import write_json_atomic
+from soft_lightning.jsonl import write_folder_atomic, write_json_atomic
 from soft_lightning.merge import AdapterMerger
 from soft_lightning.models import resolve_model
 from soft_lightning.store import RoundStore
@@ -60,23 +59,18 @@ def export(out_dir: str, round: str = "best", dest: str | None = None,
         raise ConfigError(f"export --model: {base} is not a local model folder with safetensors weights; pass one "
                           "with --model (e.g. a `huggingface-cli download` folder).")
     adapter = store.adapter_dir(r)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        _write_weights(AdapterMerger(str(base)), adapter, tmp, DTYPES[dtype])
-        _copy_model_files(base, tmp, dtype)
-        shutil.copytree(adapter, tmp / "adapter")
-        provenance = {"run": str(store.root.resolve()), "round": r, "base": str(base), "dtype": dtype,
-                      "adapter": str(adapter), "best_round": store.best_round()}
-        write_json_atomic(tmp / "soft_export.json", provenance)
-        (tmp / "README.md").write_text(model_card(store, r, name, dtype), encoding="utf-8")
-        _readable_by_all(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    def fill(folder: Path) -> None:
+        _write_weights(AdapterMerger(str(base)), adapter, folder, DTYPES[dtype])
+        _copy_model_files(base, folder, dtype)
+        shutil.copytree(adapter, folder / "adapter")
+        write_json_atomic(folder / "soft_export.json", {
+            "run": str(store.root.resolve()), "round": r, "base": str(base), "dtype": dtype, "adapter": str(adapter),
+            "best_round": store.best_round()})
+        (folder / "README.md").write_text(model_card(store, r, name, dtype), encoding="utf-8")
+        _readable_by_all(folder)
+
+    write_folder_atomic(target, fill)
     print(f"[soft] round {r} merged into {name} ({dtype}) -> {target}")
     return target
 

@@ -1,11 +1,13 @@
 """Reading user record files (JSONL, JSON, Parquet) with errors that name the file and line,
-and writing JSON files atomically."""
+and writing JSON files and folders atomically."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +114,22 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_folder_atomic(target: Path, fill: Callable[[Path], None]) -> Path:
+    """`fill(tmp)` writes a new folder beside `target`, which then takes `target`'s place (an
+    older one is removed): a failure leaves `target` as it was and no half-written folder."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        fill(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

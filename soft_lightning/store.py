@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from soft_lightning.errors import ConfigError
-from soft_lightning.jsonl import write_bytes_atomic, write_json_atomic
+from soft_lightning.jsonl import write_bytes_atomic, write_folder_atomic, write_json_atomic
 from soft_lightning.plan import RunPlan, identity_changes, sha256_file
 
 
@@ -189,18 +189,7 @@ class RoundStore:
 
     def save_adapter(self, r: int, save_fn) -> Path:
         """Call `save_fn(tmp_dir)` and rename the result to round_<r>/adapter atomically."""
-        target = self.adapter_dir(r)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=target.parent))
-        try:
-            save_fn(tmp)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return target
+        return write_folder_atomic(self.adapter_dir(r), save_fn)
 
     def round_named(self, name: str, option: str) -> int:
         """`best`, `last` or a trained round's number, as a round number; `option` names the
