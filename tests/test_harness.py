@@ -58,7 +58,9 @@ def test_evaluate_scores_every_round_into_the_store(tiny_model, tmp_path):
     refused = run_cli("evaluate", str(out), "--rounds", "0,7")
     assert refused.returncode == 2 and "'7' is neither `best`, `last` nor a trained round ([0])" in (
         refused.stderr)
-    refused = run_cli("evaluate", str(out), "--tasks", "mc2", "--data", "demo")
+    plain = tmp_path / "mc1_only.jsonl"
+    plain.write_text(json.dumps({"question": "2 + 2?", "choices": ["4", "5"], "label": 0}) + "\n")
+    refused = run_cli("evaluate", str(out), "--tasks", "mc2", "--data", str(plain))
     assert refused.returncode == 2 and "has rows without mc2_choices/mc2_labels; use --tasks mc1" in refused.stderr
     refused = run_cli("evaluate", str(tmp_path))
     assert refused.returncode == 2 and "holds no plan.json" in refused.stderr
