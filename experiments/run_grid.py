@@ -14,7 +14,7 @@ the bundled set). Then experiments/README.md gets a table and a plot from the ro
     python experiments/run_grid.py [--seeds 0 1] [--methods soft fixed_icl ...] [--full-eval] [--report-only]
 
 `--full-eval` then scores each finished run's best round (and the base model once) with
-lm-evaluation-harness on every item of the validation file (MC1, bf16; ~12 min a model here).
+lm-evaluation-harness on every item of the validation file (MC1, bf16; 20 min a model on 2 shared cores).
 """
 
 from __future__ import annotations

@@ -68,8 +68,7 @@ def run_harness(model: str, adapter: Path | None, data: str, *, with_mc2: bool, 
 
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     args = {"pretrained": model, "dtype": dtype, **({"peft": str(adapter)} if adapter else {})}
-    out = simple_evaluate(model="hf", model_args=args, tasks=task_configs(data, with_mc2, with_mc1),
-                          limit=limit,
+    out = simple_evaluate(model="hf", model_args=args, tasks=task_configs(data, with_mc2, with_mc1), limit=limit,
                           batch_size=batch_size, device=device, log_samples=True, bootstrap_iters=0)
     tasks = {}
     for name, metrics in out["results"].items():
