@@ -116,8 +116,12 @@ def main() -> None:
                 run(method, seed, val_path)
         if args.full_eval:
             done = [run_dir(m, s) for s in args.seeds for m in args.methods if finished(run_dir(m, s))]
+            from soft_lightning.plan import sha256_file
+
+            sha = sha256_file(val_path)
+            base_scored = any(_scored(out, "base", RoundStore(out), sha) for out in HERE.glob("runs/*"))
             for i, out in enumerate(done):
-                full_eval(out, "base,best" if i == 0 else "best", val_path)
+                full_eval(out, "best" if base_scored or i else "base,best", val_path)
     from write_up import write_report  # experiments/ is this script's folder
 
     val_items = yaml.safe_load((HERE / "configs" / "grid.yaml").read_text())["data"]["val_limit"]

@@ -41,11 +41,12 @@ def best(rows: list[dict]) -> dict | None:
     return report.best_row(rows, ACC, "max")
 
 
-def verdict(pairs: list[tuple[dict | None, dict | None]], claim: str, items: str = "correct") -> str:
+def verdict(pairs: list[tuple[dict | None, dict | None]], claim: str, items: str = "correct",
+            missing: str = "runs unfinished") -> str:
     """`a` should beat `b` in every (a, b) pair (one per seed), paired on the same items."""
     pairs = [(a, b) for a, b in pairs if a and b and a[items] and len(a[items]) == len(b[items])]
     if not pairs:
-        return f"{claim}: not measured yet (runs unfinished)"
+        return f"{claim}: not measured yet ({missing})"
     first = [x for a, _ in pairs for x in a[items]]
     second = [x for _, b in pairs for x in b[items]]
     test = stats.paired(first, second)
@@ -121,7 +122,8 @@ def full_set(runs: dict[str, list[tuple[str, list[dict]]]], base: list[bool] | N
         lines.append(f"| {label} | {_acc(full):.3f} | {low:.3f}–{high:.3f} | {_acc(held):.3f} | {versus} |")
     held = {m: [(_held(best(rows), held_out_from)) for _, rows in method_runs] for m, method_runs in runs.items()}
     lines += ["", "The claims again, on the held-out items (best rounds, lm-eval):", ""]
-    lines += ["- " + verdict(list(zip(held.get(a, []), held.get(b, []))), claim, "held") for claim, a, b in CLAIMS]
+    lines += ["- " + verdict(list(zip(held.get(a, []), held.get(b, []))), claim, "held",
+                             "a best round not scored with lm-eval yet") for claim, a, b in CLAIMS]
     return lines
 
 
