@@ -13,8 +13,9 @@ the bundled set). Then experiments/README.md gets a table and a plot from the ro
 
     python experiments/run_grid.py [--seeds 0 1] [--methods soft fixed_icl ...] [--full-eval] [--report-only]
 
-`--full-eval` then scores each finished run's best round (and the base model once) with
-lm-evaluation-harness on every item of the validation file (MC1, bf16; 20 min a model on 2 shared cores).
+`--full-eval` then scores each finished run's best round (SOFT's first and last too; the base
+model once) with lm-evaluation-harness on every item of the validation file (MC1, bf16; 3.5 min
+a model on 2 quiet cores).
 """
 
 from __future__ import annotations
@@ -120,8 +121,9 @@ def main() -> None:
 
             sha = sha256_file(val_path)
             base_scored = any(_scored(out, "base", RoundStore(out), sha) for out in HERE.glob("runs/*"))
-            for i, out in enumerate(done):
-                full_eval(out, "best" if base_scored or i else "base,best", val_path)
+            for i, out in enumerate(done):  # SOFT's first and last rounds too, for the collapse claim
+                rounds = "0,best,last" if out.name.startswith("soft-seed") else "best"
+                full_eval(out, rounds if base_scored or i else f"base,{rounds}", val_path)
     from write_up import write_report  # experiments/ is this script's folder
 
     val_items = yaml.safe_load((HERE / "configs" / "grid.yaml").read_text())["data"]["val_limit"]

@@ -124,6 +124,13 @@ def full_set(runs: dict[str, list[tuple[str, list[dict]]]], base: list[bool] | N
     lines += ["", "The claims again, on the held-out items (best rounds, lm-eval):", ""]
     lines += ["- " + verdict(list(zip(held.get(a, []), held.get(b, []))), claim, "held",
                              "a best round not scored with lm-eval yet") for claim, a, b in CLAIMS]
+    soft = [rows for _, rows in runs.get("soft", []) if rows]
+    missing = "its rounds 0 and last not scored with lm-eval: `evaluate --rounds 0,last`"
+    rise = verdict([(_held(best(rows), held_out_from), _held(rows[0], held_out_from)) for rows in soft],
+                   "rise (best round vs round 0)", "held", missing)
+    fall = verdict([(_held(best(rows), held_out_from), _held(rows[-1], held_out_from)) for rows in soft],
+                   "fall (best vs last round)", "held", missing)
+    lines += [f"- (4) SOFT's curve on the held-out items:\n  - {rise}\n  - {fall}"]
     return lines
 
 
@@ -198,7 +205,7 @@ def _base_items(runs: dict[str, list[Path]]) -> list[bool] | None:
 
 
 def _held(row: dict | None, start: int) -> dict | None:
-    return row and {"held": row["full"][start:]}
+    return {"held": row["full"][start:]} if row and row["full"] else None
 
 
 def _acc(items: list) -> float:
