@@ -80,7 +80,7 @@ def full_eval(out: Path, rounds: str, val_path: Path) -> None:
     from soft_lightning.plan import sha256_file
 
     sha, store = sha256_file(val_path), RoundStore(out)
-    wanted = [r for r in rounds.split(",") if not _scored(out, r, store, sha)]
+    wanted = [r for r in rounds.split(",") if not _scored(r, store, sha)]
     if not wanted:
         print(f"[grid] {out.name}: {rounds} already scored on {val_path.name}", flush=True)
         return
@@ -92,9 +92,8 @@ def full_eval(out: Path, rounds: str, val_path: Path) -> None:
     print(f"[grid] {out.name}: lm-eval done in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def _scored(out: Path, name: str, store: RoundStore, sha: str) -> bool:
-    r = None if name == "base" else store.round_named(name, "--full-eval")
-    path = out / "base_lm_eval.json" if r is None else store.round_dir(r) / "lm_eval.json"
+def _scored(name: str, store: RoundStore, sha: str) -> bool:
+    path = store.lm_eval_path(name if name == "base" else store.round_named(name, "--full-eval"))
     if not path.is_file():
         return False
     result = json.loads(path.read_text())
@@ -120,7 +119,7 @@ def main() -> None:
             from soft_lightning.plan import sha256_file
 
             sha = sha256_file(val_path)
-            base_scored = any(_scored(out, "base", RoundStore(out), sha) for out in HERE.glob("runs/*"))
+            base_scored = any(_scored("base", RoundStore(out), sha) for out in HERE.glob("runs/*"))
             for i, out in enumerate(done):  # SOFT's first and last rounds too, for the collapse claim
                 rounds = "0,best,last" if out.name.startswith("soft-seed") else "best"
                 full_eval(out, rounds if base_scored or i else f"base,{rounds}", val_path)

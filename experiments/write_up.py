@@ -33,7 +33,7 @@ def curves(out: Path) -> list[dict]:
     store = RoundStore(out)
     found = report.manifests(store)
     return [{**row, "correct": (found[row["round"]].get("validation") or {}).get("correct") or [],
-             "full": _mc1_items(store.round_dir(row["round"]) / "lm_eval.json")}
+             "full": _mc1_items(store.lm_eval_path(row["round"]))}
             for row in report.rows(store, found)]
 
 
@@ -199,7 +199,7 @@ def _mc1_items(path: Path) -> list[bool]:
 def _base_items(runs: dict[str, list[Path]]) -> list[bool] | None:
     """The base model's lm-eval results, from whichever run holds them (the same model and file)."""
     for out in (out for outs in runs.values() for out in outs):
-        if items := _mc1_items(out / "base_lm_eval.json"):
+        if items := _mc1_items(RoundStore(out).lm_eval_path("base")):
             return items
     return None
 

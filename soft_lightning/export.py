@@ -10,17 +10,17 @@ the run's settings and round table, and the adapter as it is (`adapter/`, for pe
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Literal
 
 import torch
 from safetensors.torch import save_file
 
+from soft_lightning import report
 from soft_lightning.errors import ConfigError
 from soft_lightning.jsonl import write_folder_atomic, write_json_atomic
 from soft_lightning.merge import AdapterMerger
@@ -55,10 +55,10 @@ def export(out_dir: str, round: str = "best", dest: str | None = None,
         raise ConfigError(f"export --dest: {target} already exists; pass --overwrite true or another --dest.")
     name = model or plan.identity["model"]
     base = Path(resolve_model(name))
-    if not (base / "config.json").is_file() or not any((base / name).is_file() for name in WEIGHTS):
+    if not (base / "config.json").is_file() or not any((base / weights).is_file() for weights in WEIGHTS):
         raise ConfigError(f"export --model: {base} is not a local model folder with safetensors weights; pass one "
                           "with --model (e.g. a `huggingface-cli download` folder).")
-    adapter = store.adapter_dir(r)
+    adapter, best = store.adapter_dir(r), store.best_round()
 
     def fill(folder: Path) -> None:
         _write_weights(AdapterMerger(str(base)), adapter, folder, DTYPES[dtype])
@@ -66,8 +66,8 @@ def export(out_dir: str, round: str = "best", dest: str | None = None,
         shutil.copytree(adapter, folder / "adapter")
         write_json_atomic(folder / "soft_export.json", {
             "run": str(store.root.resolve()), "round": r, "base": str(base), "dtype": dtype, "adapter": str(adapter),
-            "best_round": store.best_round()})
-        (folder / "README.md").write_text(model_card(store, r, name, dtype), encoding="utf-8")
+            "best_round": best})
+        (folder / "README.md").write_text(model_card(store, plan.identity, r, best, name, dtype), encoding="utf-8")
         _readable_by_all(folder)
 
     write_folder_atomic(target, fill)
@@ -78,8 +78,7 @@ def export(out_dir: str, round: str = "best", dest: str | None = None,
 def _write_weights(merger: AdapterMerger, adapter: Path, folder: Path, dtype: torch.dtype) -> None:
     """The merged weights in the base checkpoint's own file layout, one file in memory at a time."""
     files: dict[str, dict[str, torch.Tensor]] = {}
-    order = list(dict.fromkeys(merger.files.values()))
-    pending = {name: sum(1 for f in merger.files.values() if f == name) for name in order}
+    pending = Counter(merger.files.values())  # weights still to come, per checkpoint file
     total = 0
     for name, weight in merger.weights(adapter, dtype):
         file = merger.files[name]
@@ -88,7 +87,7 @@ def _write_weights(merger: AdapterMerger, adapter: Path, folder: Path, dtype: to
         pending[file] -= 1
         if pending[file] == 0:
             save_file(files.pop(file), folder / file, metadata={"format": "pt"})
-    if len(order) > 1:
+    if len(pending) > 1:
         write_json_atomic(folder / "model.safetensors.index.json",
                           {"metadata": {"total_size": total}, "weight_map": merger.files})
 
@@ -112,16 +111,10 @@ def _readable_by_all(folder: Path) -> None:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
-def model_card(store: RoundStore, r: int, base: str, dtype: str) -> str:
+def model_card(store: RoundStore, identity: dict, r: int, best: int | None, base: str, dtype: str) -> str:
     """README.md of the export: what it is, how it was made, the round table, how to load it."""
-    plan = store.read_plan()
-    best = store.best_round()
-    csv_path = store.root / "rounds.csv"
-    table = list(csv.DictReader(io.StringIO(csv_path.read_text()))) if csv_path.is_file() else []
+    columns, rows = report.table(report.rows(store))
     configs = sorted(store.root.glob("lightning_logs/version_*/config.yaml"), key=lambda p: p.stat().st_mtime)
-    wanted = ("round", "kept", "train/loss", "val/mc_acc", "val/mc_acc_low", "val/mc_acc_high", "val/mc_margin",
-              "gen/entropy", "gen/distinct2", "lm_eval/mc1/acc")
-    columns = [c for c in wanted if table and c in table[0]]
     lines = ["---", "library_name: transformers", "tags: [soft-lightning, self-alignment, lora-merged]", "---", "",
              f"# {base}, SOFT round {r}", "",
              f"`{base}` with the LoRA adapter of round {r} of a SOFT (Step-On-Feet Tuning, arXiv 2402.07610) "
@@ -132,19 +125,12 @@ def model_card(store: RoundStore, r: int, base: str, dtype: str) -> str:
              "model = AutoModelForCausalLM.from_pretrained(PATH)",
              "tokenizer = AutoTokenizer.from_pretrained(PATH)  # with the base's chat template", "```", "",
              "## Rounds", ""]
-    if columns:
+    if rows:
         lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in table]
+        lines += ["| " + " | ".join(report.cell(row.get(c)) for c in columns) + " |" for row in rows]
     lines += ["", "## Run settings", "", "The run's identity (plan.json):", "", "```json",
-              json.dumps(plan.identity if plan else {}, indent=1), "```", ""]
+              json.dumps(identity, indent=1), "```", ""]
     if configs:
         lines += ["Its configuration (`fit --config` as LightningCLI saved it):", "", "```yaml",
                   configs[-1].read_text(encoding="utf-8").rstrip(), "```", ""]
     return "\n".join(lines)
-
-
-def _cell(value: str | None) -> str:
-    try:
-        return f"{float(value):.3f}" if value not in (None, "") and "." in value else (value or "–")
-    except ValueError:
-        return value

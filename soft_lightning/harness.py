@@ -122,7 +122,7 @@ def evaluate(out_dir: str, rounds: str = "all", data: str = "demo", limit: int |
         adapter = None if r == "base" else store.adapter_dir(r)
         result = {**run_harness(source, adapter, data, with_mc1=with_mc1, with_mc2=with_mc2, limit=limit,
                                 dtype=dtype, device=device, batch_size=batch_size), "data_sha256": sha}
-        path = store.root / "base_lm_eval.json" if r == "base" else store.round_dir(r) / "lm_eval.json"
+        path = store.lm_eval_path(r)
         write_json_atomic(path, result)
         summary = {f"{t}/{m}": v for t, res in result["tasks"].items() for m, v in res.items()
                    if isinstance(v, float)}

@@ -22,13 +22,12 @@ from soft_lightning import report
 from soft_lightning.errors import ConfigError
 from soft_lightning.jsonl import write_json_atomic
 from soft_lightning.models import load_tokenizer, resolve_model
+from soft_lightning.plan import RunPlan
 from soft_lightning.pool import PromptPool
 from soft_lightning.prompts import PromptFormat
 from soft_lightning.sampler import GenerationRequest, SamplingConfig
 from soft_lightning.store import RoundStore
 
-COLUMNS = ("round", "kept", "train/loss", "val/mc_acc", "val/mc_acc_low", "val/mc_acc_high", "vs_best_p",
-           "val/mc_margin", "gen/entropy", "gen/distinct2", "lm_eval/mc1/acc")
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}
@@ -38,13 +37,13 @@ th{background:#f3f3f3}.num{text-align:right;font-variant-numeric:tabular-nums}.b
 """
 
 
-def held_out_prompts(store: RoundStore, count: int, tokenizer) -> list[dict]:
+def held_out_prompts(plan: RunPlan, count: int, tokenizer) -> list[dict]:
     """The first `count` prompts of the run's pool order that no planned round holds."""
-    plan = store.read_plan()
     planned = {p["id"] for prompts in plan.rounds for p in prompts}
     identity = plan.identity
     pool = PromptPool(identity["prompts_path"], identity["seed"])
     limit = identity["max_prompt_tokens"]
+
     def too_long(text: str) -> bool:  # as the plan judged its prompts
         return bool(limit) and len(tokenizer(text, add_special_tokens=False).input_ids) > limit
 
@@ -52,8 +51,8 @@ def held_out_prompts(store: RoundStore, count: int, tokenizer) -> list[dict]:
     return [p for p in kept if p["id"] not in planned][:count]
 
 
-def generate_answers(store: RoundStore, models: list[int | str], prompts: list[dict], *, sampler: str,
-                     max_new_tokens: int, dtype: str, device: str) -> dict[int | str, list[dict]]:
+def generate_answers(store: RoundStore, models: list[int | str], prompts: list[dict], *, source: str, tokenizer,
+                     sampler: str, max_new_tokens: int, dtype: str, device: str) -> dict[int | str, list[dict]]:
     """Each model's answers to `prompts` (base = "base"), from the store when already made with
     the same prompts and settings."""
     settings = {"prompts": [p["id"] for p in prompts], "max_new_tokens": max_new_tokens, "decoding": "greedy",
@@ -67,8 +66,6 @@ def generate_answers(store: RoundStore, models: list[int | str], prompts: list[d
         else:
             missing.append(m)
     if missing:
-        source = resolve_model(store.read_plan().identity["model"])
-        tokenizer = load_tokenizer(source)
         fmt = PromptFormat(tokenizer)
         requests = [GenerationRequest(p["id"], p["prompt"], fmt.render([{"role": "user", "content": p["prompt"]}],
                                                                       add_generation_prompt=True), [])
@@ -87,13 +84,13 @@ def generate_answers(store: RoundStore, models: list[int | str], prompts: list[d
     return answers
 
 
-def write_report(store: RoundStore, answers: dict[int | str, list[dict]], prompts: list[dict]) -> Path:
+def write_report(store: RoundStore, model: str, answers: dict[int | str, list[dict]], prompts: list[dict]) -> Path:
     rows = report.rows(store)
     best = store.best_round()
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>SOFT run {html.escape(store.root.name)}"
              f"</title><style>{STYLE}</style></head><body>",
              f"<h1>SOFT run <code>{html.escape(str(store.root))}</code></h1>",
-             f"<p>Model <code>{html.escape(store.read_plan().identity['model'])}</code>; {len(rows)} trained "
+             f"<p>Model <code>{html.escape(model)}</code>; {len(rows)} trained "
              f"round(s); best round: {best if best is not None else '–'}.</p>", "<h2>Rounds</h2>",
              _round_table(rows, best)]
     plot = store.root / "rounds.png"
@@ -126,15 +123,20 @@ def build_report(out_dir: str, answers: int = 6, max_new_tokens: int = 128, samp
         device: `cpu`, `cuda`, ...
     """
     store = RoundStore(out_dir)
-    if store.read_plan() is None:
+    plan = store.read_plan()
+    if plan is None:
         raise ConfigError(f"report: {out_dir} holds no plan.json; give a run's out_dir (bootstrap.out_dir).")
-    models = ["base", *store.finished_rounds()]
-    prompts = held_out_prompts(store, answers, load_tokenizer(resolve_model(store.read_plan().identity["model"])))
+    source = resolve_model(plan.identity["model"])
+    tokenizer = load_tokenizer(source)
+    prompts = held_out_prompts(plan, answers, tokenizer)
     if answers and not prompts:
         print("[soft] report: every prompt of the pool went to a round; no held-out prompts to answer.")
-    made = generate_answers(store, models, prompts, sampler=sampler, max_new_tokens=max_new_tokens, dtype=dtype,
-                            device=device) if prompts else {}
-    print(f"[soft] report -> {write_report(store, made, prompts)}")
+    made = {}
+    if prompts:
+        made = generate_answers(store, ["base", *store.finished_rounds()], prompts, source=source,
+                                tokenizer=tokenizer, sampler=sampler, max_new_tokens=max_new_tokens, dtype=dtype,
+                                device=device)
+    print(f"[soft] report -> {write_report(store, plan.identity['model'], made, prompts)}")
 
 
 def _sampler(name: str, source: str, tokenizer, stop: list[str], max_new_tokens: int, dtype: str, device: str):
@@ -153,10 +155,10 @@ def _answers_path(store: RoundStore, m: int | str) -> Path:
 
 
 def _round_table(rows: list[dict], best: int | None) -> str:
-    columns = [c for c in COLUMNS if any(row.get(c) is not None for row in rows)]
+    columns, rows = report.table(rows)
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join(f"<tr{' class=best' if row['round'] == best else ''}>" + "".join(
-        f"<td class=num>{_fmt(row.get(c))}</td>" for c in columns) + "</tr>" for row in rows)
+        f"<td class=num>{html.escape(report.cell(row.get(c)))}</td>" for c in columns) + "</tr>" for row in rows)
     return f"<table id=rounds><tr>{head}</tr>{body}</table>"
 
 
@@ -187,8 +189,3 @@ def _round_data(store: RoundStore, r: int) -> str:
                      f"<pre style='white-space:pre-wrap'>{html.escape(rec['response'])}</pre></details>")
     return f"<details class=round><summary>{html.escape(summary)}</summary>{''.join(items)}</details>"
 
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return html.escape("–" if value is None else str(value))

@@ -85,7 +85,7 @@ def manifests(store: RoundStore) -> dict[int, dict]:
 
 def rows(store: RoundStore, found: dict[int, dict] | None = None) -> list[dict]:
     found = manifests(store) if found is None else found
-    return [{**round_row(r, m), **harness_fields(store.round_dir(r) / "lm_eval.json")} for r, m in found.items()]
+    return [{**round_row(r, m), **harness_fields(store.lm_eval_path(r))} for r, m in found.items()]
 
 
 def harness_fields(path: Path) -> dict:
@@ -171,13 +171,19 @@ def write_plot(rows: list[dict], path: Path, metric: str | None, best_round: int
     write_bytes_atomic(path, buf.getvalue())
 
 
-def format_table(rows: list[dict], best_round: int | None) -> str:
+def table(rows: list[dict]) -> tuple[list[str], list[dict]]:
+    """The round table as people read it (printed, in report.html, in an export's model card): the
+    columns that have a value, and the rows with the interval and the paired comparison readable."""
     rows = [{**row, **_readable(row)} for row in rows]
-    columns = [c for c in TABLE_COLUMNS if any(row.get(c) is not None for row in rows)]
+    return [c for c in TABLE_COLUMNS if any(row.get(c) is not None for row in rows)], rows
+
+
+def format_table(rows: list[dict], best_round: int | None) -> str:
+    columns, rows = table(rows)
     lines = ["  ".join(f"{c:>15}" for c in columns)]
     for row in rows:
         mark = "  <- best" if row["round"] == best_round else ""
-        lines.append("  ".join(f"{_fmt(row.get(c)):>15}" for c in columns) + mark)
+        lines.append("  ".join(f"{cell(row.get(c)):>15}" for c in columns) + mark)
     return "\n".join(lines)
 
 
@@ -191,7 +197,8 @@ def _readable(row: dict) -> dict:
     return out
 
 
-def _fmt(value) -> str:
+def cell(value) -> str:
+    """One value of the round table as text."""
     if value is None:
         return "-"
     return f"{value:.4f}" if isinstance(value, float) else str(value)

@@ -124,6 +124,10 @@ class RoundStore:
         write_json_atomic(self.manifest_path(r), manifest)
         return manifest
 
+    def lm_eval_path(self, r: int | str) -> Path:
+        """`python -m soft_lightning evaluate`'s results for round r (`base`: the base model)."""
+        return self.root / "base_lm_eval.json" if r == "base" else self.round_dir(r) / "lm_eval.json"
+
     def shard_path(self, r: int, rank: int, world: int) -> Path:
         """Where one rank appends its share of round r while generating (data.jsonl alone)."""
         return self.data_path(r) if world == 1 else self.round_dir(r) / f"data.rank{rank}.jsonl"
