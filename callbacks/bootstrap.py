@@ -7,7 +7,8 @@ choreography; the round store (plan, data, adapters) is the only state it keeps:
     on_train_epoch_end  a round's last epoch: save its adapter, report it, write a checkpoint
     make_round(r)       when the DataModule first needs round r's data (after the previous round's
                         checkpoints are written and a resume has restored everything): finish
-                        round r-1 if a restart skipped its end, generate round r, seal it
+                        round r-1 if a restart skipped its end, synthesize round r's new prompts
+                        (if on) into the plan, generate round r, seal it
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from soft_lightning import curriculum, report
+from soft_lightning import curriculum, report, synthesis
 from soft_lightning import rounds as phases
 from soft_lightning import sampler as backends
 from soft_lightning.curriculum import Ordering
@@ -33,6 +34,7 @@ from soft_lightning.plan import plan_to_write, run_identity
 from soft_lightning.prompts import IclStrategy, SelfExamples, load_icl_pool, load_principles
 from soft_lightning.sampler import AdapterSync, SamplerName, SamplerProcessMode, SamplingConfig, VLLMOptions
 from soft_lightning.store import RoundStore
+from soft_lightning.synthesis import PromptSynthesis
 
 
 class BootstrapCallback(L.Callback):
@@ -65,6 +67,8 @@ class BootstrapCallback(L.Callback):
         vllm: engine settings for the vLLM backend.
         hf_batch_tokens: the hf backend's batches hold this many tokens (rows x (prompt + new tokens)).
         filters: which responses are dropped before training (see filters.FilterSettings).
+        prompt_synthesis: the model writes some of each round's prompts itself (off unless
+            `per_round` > 0; see synthesis.PromptSynthesis).
         generation_chunk: prompts per sampler call; each chunk is on disk before the next starts.
     """
 
@@ -89,6 +93,7 @@ class BootstrapCallback(L.Callback):
         vllm: VLLMOptions = VLLMOptions(),
         hf_batch_tokens: PositiveInt = 16384,
         filters: FilterSettings = FilterSettings(),
+        prompt_synthesis: PromptSynthesis = PromptSynthesis(),
         generation_chunk: PositiveInt = 64,
     ):
         backends.check_sampler_settings(sampler, sampler_process, vllm)
@@ -102,6 +107,8 @@ class BootstrapCallback(L.Callback):
         # Small files, read now so a missing or malformed one fails before any model loads.
         self.icl = phases.IclSettings(load_principles(principles), load_icl_pool(icl_pool), icl, icl_examples,
                                       icl_self, seed)
+        self.prompt_synthesis = prompt_synthesis
+        self.seed_tasks = synthesis.load_seed_tasks(prompt_synthesis.seed_tasks) if prompt_synthesis.per_round else []
         self.resume_requested: bool | None = None  # the CLI sets it from --ckpt_path (None: not known)
         self._train_started: float | None = None
 
@@ -182,11 +189,11 @@ class BootstrapCallback(L.Callback):
                                       batch_size=self.score_batch_size, strategy=trainer.strategy, cost=cost)
         plan = self.store.read_plan()
         new = plan_to_write(plan, identity=lambda: run_identity(dm, pl_module, self), rounds=self.rounds,
-                            per_round=dm.prompts_per_round, draw=dm.draw_prompts, pool_stats=dm.pool_stats,
+                            per_round=dm.file_per_round, draw=dm.draw_prompts, pool_stats=dm.pool_stats,
                             order=order if self.across_rounds.scorer else None, cost=cost)
         if new is not None:
             if trainer.is_global_zero:
-                new.write(self.store.plan_path)
+                self.store.write_plan(new)
             trainer.strategy.barrier()
             rank_zero_info(f"[soft] plan {'extended to' if plan else 'written for'} {self.rounds} rounds")
         return self.store.read_plan()
@@ -205,6 +212,7 @@ class BootstrapCallback(L.Callback):
         start = pl_module.hparams.adapter  # the adapter the run started from, if any
         adapter = self.store.adapter_dir(r - 1) if r > 0 else (Path(start) if start else None)
         engine_start = self.sampler.start()  # once inline (0 s after); a spawned sampler after each pause()
+        self._synthesize(trainer, pl_module, r, adapter)
         t0 = time.perf_counter()
         prompts, pool = self.plan.prompts(r), phases.icl_pool(self.icl, self.store, r)
         requests = phases.build_requests(prompts, r, self.icl, dm.encoder.format, pool)
@@ -226,8 +234,31 @@ class BootstrapCallback(L.Callback):
                               batch_size=self.score_batch_size, write=trainer.is_global_zero, seconds=seconds,
                               requests=requests, generated=generated, ranks=world, dropped=dropped, pool=self.plan.pool,
                               sampler={**self.sampler.describe(), "requested": self.sampler_name},
-                              adapter=str(adapter) if adapter else None, icl=self.icl.describe(len(pool)))
+                              adapter=str(adapter) if adapter else None, icl=self.icl.describe(len(pool)),
+                              **({"synthesis": self.plan.synthesized(r)} if self.prompt_synthesis.per_round else {}))
         strategy.barrier()
+
+    def _synthesize(self, trainer, pl_module, r: int, adapter: Path | None) -> None:
+        """Round r's synthesized prompts into the plan, once: a resume finds them there. Every
+        rank answers its share of the requests and computes the same plan; rank 0 writes it."""
+        if not self.prompt_synthesis.per_round or self.plan.synthesized(r) is not None:
+            return
+        dm = trainer.datamodule
+
+        def generate(requests, sampling, description):
+            return phases.generate_everywhere(self.sampler, requests, r=r, strategy=trainer.strategy, adapter=adapter,
+                                              model=pl_module.model, sampling=sampling, description=description)
+
+        plan = synthesis.synthesize_round(self.plan, r, self.prompt_synthesis, self.seed_tasks, fmt=dm.encoder.format,
+                                          too_long=dm.too_long, generate=generate, seed=self.seed)
+        if trainer.is_global_zero:
+            self.store.write_plan(plan)
+        trainer.strategy.barrier()
+        kill_point(f"synthesized:{r}")
+        self.plan = self.store.read_plan()
+        stats = self.plan.synthesized(r)
+        rank_zero_info(f"[soft] round {r}: the model wrote {stats['kept']} new prompts ({stats['candidates']} "
+                       f"candidates, dropped {stats['dropped']}); the pool now holds {stats['pool_size']}")
 
     def _finish_round(self, trainer, pl_module, r: int, if_skipped: bool = False) -> None:
         """Save round r's adapter, then mark the round trained with its metrics, and report.

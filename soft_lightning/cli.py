@@ -1,7 +1,8 @@
 """`python -m soft_lightning fit|validate --config ...`: LightningCLI plus a `bootstrap:` section.
 
 Links keep one source of truth for values several parts need: rounds x epochs_per_round sets
-the trainer's max_epochs, `bootstrap.out_dir` is where the DataModule reads rounds and where the
+the trainer's max_epochs, `bootstrap.prompt_synthesis.per_round` how many prompts a round
+draws from the file, `bootstrap.out_dir` is where the DataModule reads rounds and where the
 trainer logs, the model's source names the tokenizer, and one seed drives the pool order, ICL
 draws and sampling.
 """
@@ -45,6 +46,8 @@ class SoftCLI(LightningCLI):
         for key in ("rounds", "epochs_per_round", "out_dir", "seed"):
             parser.link_arguments(f"bootstrap.{key}", f"data.{key}")
         parser.link_arguments("bootstrap.out_dir", "trainer.default_root_dir")
+        # Synthesized prompts take the place of file prompts in each round.
+        parser.link_arguments("bootstrap.prompt_synthesis.per_round", "data.synthesized_per_round", compute_fn=int)
         parser.link_arguments("model.model_name_or_path", "data.tokenizer")
         # The DataModule picks each epoch's round when Lightning asks for the dataloader.
         parser.set_defaults({"trainer.reload_dataloaders_every_n_epochs": 1})

@@ -57,6 +57,8 @@ class SoftDataModule(L.LightningDataModule):
             `validate`, which needs none). A JSONL pool is read lazily: only the rows the rounds
             use are parsed and cleaned, so a pool of millions of prompts costs little.
         prompts_per_round: fresh prompts each round answers (rounds use disjoint slices).
+        synthesized_per_round: how many of them the model writes itself (linked from
+            `bootstrap.prompt_synthesis.per_round`); the rest come from `prompts`.
         allow_prompt_reuse: let rounds wrap around the pool when it is too small.
         max_prompt_tokens: prompts longer than this (in tokens) are dropped and counted.
         max_length: training sequences are cut to this many tokens (response end first).
@@ -80,6 +82,7 @@ class SoftDataModule(L.LightningDataModule):
         self,
         prompts: str | None = "demo",
         prompts_per_round: PositiveInt = 64,
+        synthesized_per_round: NonNegativeInt = 0,
         allow_prompt_reuse: bool = False,
         max_prompt_tokens: PositiveInt = 512,
         max_length: PositiveInt = 1024,
@@ -100,6 +103,10 @@ class SoftDataModule(L.LightningDataModule):
         super().__init__()
         self.prompts_path, self.val_path = _bundled("prompts", prompts), _bundled("val_path", val_path)
         self.prompts_per_round, self.allow_prompt_reuse = prompts_per_round, allow_prompt_reuse
+        if synthesized_per_round > prompts_per_round:
+            raise ConfigError(f"bootstrap.prompt_synthesis.per_round={synthesized_per_round} is more than "
+                              f"data.prompts_per_round={prompts_per_round}, the prompts a round answers; lower it.")
+        self.file_per_round = prompts_per_round - synthesized_per_round  # prompts a round draws from the file
         self.max_prompt_tokens, self.max_length, self.batch_size = max_prompt_tokens, max_length, batch_size
         self.val_format, self.val_batch_items, self.val_holdout = val_format, val_batch_items, val_holdout
         self.val_protocol = val_protocol
@@ -112,7 +119,7 @@ class SoftDataModule(L.LightningDataModule):
         # Check the files now, before the Trainer exists or anything is written.
         self.pool = PromptPool(self.prompts_path, seed) if prompts is not None else None
         if self.pool is not None:
-            if len(self.pool) < rounds * prompts_per_round:
+            if len(self.pool) < rounds * self.file_per_round:
                 self.pool.check_rows()  # a malformed row is the more useful error to report first
             self._check_pool_size(len(self.pool), "rows")
         self._val_rows = read_mc(self.val_path, val_limit) if self.val_path else []
@@ -132,21 +139,21 @@ class SoftDataModule(L.LightningDataModule):
             self.val_items = tokenize_mc(self._val_rows, self.encoder, self.val_format, self.val_protocol)
 
     def _check_pool_size(self, size: int, what: str) -> None:
-        check_pool_size(size, what, path=self.prompts_path, rounds=self.rounds, per_round=self.prompts_per_round,
-                        reuse=self.allow_prompt_reuse)
+        check_pool_size(size, what, path=self.prompts_path, rounds=self.rounds, per_round=self.file_per_round,
+                        reuse=self.allow_prompt_reuse, synthesized=self.prompts_per_round - self.file_per_round)
 
     # ---- prompts for the run plan -------------------------------------------------------------
 
     def draw_prompts(self, count: int | None) -> list[dict]:
         """The first `count` usable prompts of the seeded pool order (None: all), cleaning rows
         only as far as needed; a pool that runs short is refused unless reuse is allowed."""
-        def too_long(text: str) -> bool:
-            return len(self.encoder.ids(text)) > self.max_prompt_tokens
-
-        kept = self.pool.take(len(self.pool) if count is None else count, too_long)
+        kept = self.pool.take(len(self.pool) if count is None else count, self.too_long)
         if self.pool.exhausted:
             self._check_pool_size(len(kept), "prompts after dropping empty, duplicate and too-long ones")
         return kept
+
+    def too_long(self, prompt: str) -> bool:
+        return len(self.encoder.ids(prompt)) > self.max_prompt_tokens
 
     def pool_stats(self) -> dict:
         return self.pool.stats.as_dict()

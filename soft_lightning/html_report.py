@@ -33,7 +33,7 @@ body{font:14px/1.45 system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}
 th{background:#f3f3f3}.num{text-align:right;font-variant-numeric:tabular-nums}.best{background:#eef7ee}
 .answers td{white-space:pre-wrap;max-width:28em;font-size:13px}.prompt{font-weight:600;background:#fafafa}
-.dropped{color:#a33}details{margin:.3em 0}summary{cursor:pointer}code{font-size:12px;color:#555}
+.dropped{color:#a33}.written{color:#36a}details{margin:.3em 0}summary{cursor:pointer}code{font-size:12px;color:#555}
 """
 
 
@@ -84,13 +84,13 @@ def generate_answers(store: RoundStore, models: list[int | str], prompts: list[d
     return answers
 
 
-def write_report(store: RoundStore, model: str, answers: dict[int | str, list[dict]], prompts: list[dict]) -> Path:
+def write_report(store: RoundStore, plan: RunPlan, answers: dict[int | str, list[dict]], prompts: list[dict]) -> Path:
     rows = report.rows(store)
     best = store.best_round()
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>SOFT run {html.escape(store.root.name)}"
              f"</title><style>{STYLE}</style></head><body>",
              f"<h1>SOFT run <code>{html.escape(str(store.root))}</code></h1>",
-             f"<p>Model <code>{html.escape(model)}</code>; {len(rows)} trained "
+             f"<p>Model <code>{html.escape(plan.identity['model'])}</code>; {len(rows)} trained "
              f"round(s); best round: {best if best is not None else '–'}.</p>", "<h2>Rounds</h2>",
              _round_table(rows, best)]
     plot = store.root / "rounds.png"
@@ -101,7 +101,7 @@ def write_report(store: RoundStore, model: str, answers: dict[int | str, list[di
               "<p>Prompts no round trained on; plain questions (no principles, no examples), greedy decoding. "
               "Round <i>r</i> is the model after round <i>r</i>'s training.</p>", _side_by_side(answers, prompts),
               "<h2>Each round's training pairs</h2>"]
-    parts += [_round_data(store, r) for r in (row["round"] for row in rows)]
+    parts += [_round_data(store, plan, r) for r in (row["round"] for row in rows)]
     parts.append("</body></html>")
     path = store.root / "report.html"
     path.write_text("\n".join(parts), encoding="utf-8")
@@ -136,7 +136,7 @@ def build_report(out_dir: str, answers: int = 6, max_new_tokens: int = 128, samp
         made = generate_answers(store, ["base", *store.finished_rounds()], prompts, source=source,
                                 tokenizer=tokenizer, sampler=sampler, max_new_tokens=max_new_tokens, dtype=dtype,
                                 device=device)
-    print(f"[soft] report -> {write_report(store, plan.identity['model'], made, prompts)}")
+    print(f"[soft] report -> {write_report(store, plan, made, prompts)}")
 
 
 def _sampler(name: str, source: str, tokenizer, stop: list[str], max_new_tokens: int, dtype: str, device: str):
@@ -175,15 +175,19 @@ def _side_by_side(answers: dict[int | str, list[dict]], prompts: list[dict]) -> 
     return f"<table id=side-by-side><tr>{head}</tr>{''.join(body)}</table>"
 
 
-def _round_data(store: RoundStore, r: int) -> str:
+def _round_data(store: RoundStore, plan: RunPlan, r: int) -> str:
     records = store.read_records(r)
+    written = {p["id"]: p for p in plan.prompts(r) if p.get("source") == "synthesized"}
     reasons = Counter(rec.get("drop_reason") for rec in records if not rec.get("kept", True))
     summary = f"round {r}: {sum(rec.get('kept', True) for rec in records)} kept of {len(records)}" + (
+        f" ({len(written)} prompts written by the model)" if written else "") + (
         " — dropped: " + ", ".join(f"{k} {v}" for k, v in reasons.most_common()) if reasons else "")
     items = []
     for rec in records:
         dropped = not rec.get("kept", True)
         tag = f"<span class=dropped>dropped: {html.escape(str(rec.get('drop_reason')))}</span> " if dropped else ""
+        if rec["id"] in written:
+            tag += f"<span class=written>[written by the model: {html.escape(written[rec['id']]['topic'])}]</span> "
         items.append(f"<details><summary>{tag}{html.escape(rec['prompt'][:120])}</summary>"
                      f"<p><code>examples shown: {html.escape(', '.join(rec.get('icl_ids', [])) or 'none')}</code></p>"
                      f"<pre style='white-space:pre-wrap'>{html.escape(rec['response'])}</pre></details>")

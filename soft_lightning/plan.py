@@ -7,7 +7,11 @@ a changed hook order cannot move a prompt to another round. It holds
 - `identity`: what makes two runs the same run (a resume that changes any of it is refused);
 - `rounds`: each round's prompts, [{id, prompt, difficulty?}], disjoint unless reuse is allowed;
 - `order`: with an across-round curriculum, the whole pool's order [[id, difficulty], ...], so
-  extra rounds (`bootstrap.rounds` raised on resume) continue it without scoring again.
+  extra rounds (`bootstrap.rounds` raised on resume) continue it without scoring again;
+- `synthesis`: with prompt synthesis, the run's topics and what each round's synthesis kept and
+  dropped. A round's synthesized prompts are appended to its slice ({id, prompt, source:
+  synthesized, round, topic, seed_ids}) when the round starts, before any response exists, so
+  a resume answers the same ones.
 """
 
 from __future__ import annotations
@@ -39,9 +43,24 @@ class RunPlan:
     rounds: list[list[dict]]
     pool: dict  # what cleaning the pool dropped (PoolStats)
     order: list[list] | None = None
+    synthesis: dict | None = None  # {"topics": {...}, "rounds": {"<r>": {kept, dropped, ...}}}
 
     def prompts(self, r: int) -> list[dict]:
         return self.rounds[r]
+
+    def file_prompts(self, r: int) -> list[dict]:
+        """Round r's prompts that came from `data.prompts`."""
+        return [p for p in self.rounds[r] if p.get("source") != "synthesized"]
+
+    def synthesized(self, r: int) -> dict | None:
+        """What round r's synthesis kept and dropped (None: not synthesized yet)."""
+        return (self.synthesis or {}).get("rounds", {}).get(str(r))
+
+    def with_synthesized(self, r: int, prompts: list[dict], stats: dict, topics: dict) -> RunPlan:
+        """This plan with round r's synthesized prompts appended to its slice."""
+        synthesis = {"topics": topics, "rounds": {**(self.synthesis or {}).get("rounds", {}), str(r): stats}}
+        rounds = [*self.rounds[:r], self.rounds[r] + prompts, *self.rounds[r + 1:]]
+        return RunPlan(self.identity, rounds, self.pool, self.order, synthesis)
 
     def write(self, path: Path) -> None:
         write_json_atomic(path, asdict(self))
@@ -54,11 +73,14 @@ class RunPlan:
 def run_identity(data, module, bootstrap) -> dict:
     """What makes two runs the same run, from the DataModule, the LightningModule and the
     BootstrapCallback: a resume may change none of it (`rounds` may grow)."""
-    return {"model": module.hparams.model_name_or_path, "prompts_path": data.prompts_path,
+    identity = {"model": module.hparams.model_name_or_path, "prompts_path": data.prompts_path,
             "prompts_sha256": sha256_file(data.prompts_path), "prompts_per_round": data.prompts_per_round,
             "max_prompt_tokens": data.max_prompt_tokens, "allow_prompt_reuse": data.allow_prompt_reuse,
             "seed": bootstrap.seed, "icl": bootstrap.icl.strategy, "within_round": asdict(bootstrap.within_round),
             "across_rounds": asdict(bootstrap.across_rounds)}
+    if bootstrap.prompt_synthesis.per_round:  # (absent when off: runs from before synthesis resume)
+        identity["prompt_synthesis"] = asdict(bootstrap.prompt_synthesis)
+    return identity
 
 
 def identity_changes(before: dict, now: dict) -> list[str]:
@@ -67,12 +89,17 @@ def identity_changes(before: dict, now: dict) -> list[str]:
     return [k for k in keys if k not in INFORMATIONAL and before.get(k) != now.get(k)]
 
 
-def check_pool_size(size: int, what: str, *, path: str, rounds: int, per_round: int, reuse: bool) -> None:
+def check_pool_size(size: int, what: str, *, path: str, rounds: int, per_round: int, reuse: bool,
+                    synthesized: int = 0) -> None:
+    """`per_round`: the prompts a round draws from the file (data.prompts_per_round less the
+    `synthesized` ones)."""
     need = rounds * per_round
     if need > size and not reuse:
+        share = (f"(data.prompts_per_round - bootstrap.prompt_synthesis.per_round)={per_round}" if synthesized
+                 else f"data.prompts_per_round={per_round}")
         raise ConfigError(
-            f"data.prompts: {path} has {size} usable {what} but bootstrap.rounds={rounds} x "
-            f"data.prompts_per_round={per_round} needs {need}; lower either, add prompts, or set "
+            f"data.prompts: {path} has {size} usable {what} but bootstrap.rounds={rounds} x {share} needs {need}; "
+            "lower either, add prompts, turn on or raise bootstrap.prompt_synthesis.per_round, or set "
             "data.allow_prompt_reuse=true."
         )
 
@@ -122,13 +149,13 @@ def extend_plan(plan: RunPlan, *, draw: DrawFn, rounds: int, per_round: int,
     else:
         prompts = draw(rounds * per_round)
     again = slices(prompts, 0, planned, per_round)
-    if [[p["id"] for p in s] for s in again] != [[p["id"] for p in s] for s in plan.rounds]:
+    if [[p["id"] for p in s] for s in again] != [[p["id"] for p in plan.file_prompts(r)] for r in range(planned)]:
         raise ConfigError(
             "bootstrap.rounds: the prompt pool no longer splits into the rounds already planned "
             "(was data.prompts or the tokenizer changed?); resume with the original settings."
         )
     new = slices(prompts, planned, rounds - planned, per_round)
-    return RunPlan(plan.identity, plan.rounds + new, pool_stats(), plan.order)
+    return RunPlan(plan.identity, plan.rounds + new, pool_stats(), plan.order, plan.synthesis)
 
 
 def plan_to_write(plan: RunPlan | None, *, identity: Callable[[], dict], rounds: int, per_round: int, draw: DrawFn,

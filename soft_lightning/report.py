@@ -18,7 +18,7 @@ from soft_lightning import stats
 from soft_lightning.jsonl import write_bytes_atomic
 from soft_lightning.store import RoundStore
 
-TABLE_COLUMNS = ["round", "kept", "tokens_generated", "generation_s", "train_s", "train/loss", "val/loss",
+TABLE_COLUMNS = ["round", "prompts_written", "pool_size", "kept", "tokens_generated", "generation_s", "train_s", "train/loss", "val/loss",
                  "val/mc_acc", "mc_acc 95% CI", "vs best", "val/mc_margin", "lm_eval/mc1/acc", "lm_eval/mc2/mc2",
                  "gen/entropy", "gen/distinct2"]
 
@@ -62,10 +62,13 @@ def mark_trained(store: RoundStore, r: int, metrics: dict, seconds: float | None
 def round_row(r: int, manifest: dict) -> dict:
     timings = manifest.get("timings", {})
     correct = (manifest.get("validation") or {}).get("correct", [])
+    synthesis = manifest.get("synthesis")  # (prompt synthesis on)
     low, high = stats.wilson_interval(sum(correct), len(correct)) if correct else (None, None)
     return {
         "round": r,
         "prompts": manifest.get("prompts"),
+        **({"prompts_written": synthesis["kept"], "pool_size": synthesis["pool_size"],
+            "synthesis_s": synthesis["seconds"]} if synthesis else {}),
         "kept": manifest.get("kept"),
         "tokens_generated": manifest.get("tokens_generated"),
         "generation_s": timings.get("generation_seconds"),
@@ -83,9 +86,13 @@ def manifests(store: RoundStore) -> dict[int, dict]:
     return {r: store.read_manifest(r) for r in store.finished_rounds()}
 
 
-def rows(store: RoundStore, found: dict[int, dict] | None = None) -> list[dict]:
+def rows(store: RoundStore, found: dict[int, dict] | None = None, compare: bool = True) -> list[dict]:
+    """One row per trained round; `compare`: with the paired comparison against the best round."""
     found = manifests(store) if found is None else found
-    return [{**round_row(r, m), **harness_fields(store.lm_eval_path(r))} for r, m in found.items()]
+    table = [{**round_row(r, m), **harness_fields(store.lm_eval_path(r))} for r, m in found.items()]
+    if compare:
+        compare_with_best(found, table, store.best_round())
+    return table
 
 
 def harness_fields(path: Path) -> dict:
@@ -110,7 +117,7 @@ def update(store: RoundStore, metric: str | None, mode: str) -> tuple[list[dict]
     """Rewrite rounds.csv, rounds.png and (when it changed) best/ from the store; returns the
     rows and the best round."""
     found = manifests(store)
-    table = rows(store, found)
+    table = rows(store, found, compare=False)
     best = best_row(table, metric, mode)
     if best is not None and store.best_round() != best["round"]:
         store.save_best(best["round"], {

@@ -1,6 +1,7 @@
 """One round of SOFT as the pipeline it is, in the order it happens:
 
-    plan slice -> requests -> generate shard -> merge -> filter -> score and order -> diagnose -> seal
+    (synthesize prompts ->) plan slice -> requests -> generate shard -> merge -> filter
+        -> score and order -> diagnose -> seal
 
 Each phase takes and returns plain data (prompts, requests, records) and files of the round store;
 none knows about Lightning hooks or ranks beyond the `rank`/`world`/`strategy` it is handed. The
@@ -16,13 +17,14 @@ from pathlib import Path
 
 from soft_lightning import curriculum
 from soft_lightning.curriculum import Ordering
+from soft_lightning.distributed import gather_objects
 from soft_lightning.encoding import Encoder
 from soft_lightning.evaluation import generation_diagnostics
 from soft_lightning.faults import kill_point
 from soft_lightning.filters import FilterSettings, drop_reason
 from soft_lightning.progress import progress_bar
 from soft_lightning.prompts import Example, IclStrategy, PromptFormat, SelfExamples, draw_examples, self_examples
-from soft_lightning.sampler import SAMPLER_FIELDS, GenerationRequest, Sampler
+from soft_lightning.sampler import SAMPLER_FIELDS, GenerationRequest, Sampler, SamplingConfig
 from soft_lightning.store import RoundStore
 
 
@@ -93,6 +95,20 @@ def generate_shard(sampler: Sampler, requests: list[GenerationRequest], store: R
             if stop():
                 break
     return written, shares
+
+
+def generate_everywhere(sampler: Sampler, requests: list[GenerationRequest], *, r: int, strategy, adapter: Path | None,
+                        model, sampling: SamplingConfig, description: str) -> list[dict]:
+    """Records for all `requests`, on every rank: each rank (or group of ranks generating
+    together) answers its share, and the shares are gathered. For short generations (prompt
+    synthesis) that are kept in memory, not in shards."""
+    share, shares, _ = sampler.shard(strategy.global_rank, strategy.world_size)
+    mine, records = requests[share::shares], []
+    with progress_bar(f"round {r} {description}", len(mine), "request", show=strategy.global_rank == 0):
+        if mine:
+            records = sampler.generate(mine, round_index=r, adapter=adapter, model=model, sampling=sampling)
+    by_id = {rec["id"]: rec for part in gather_objects(strategy, records) for rec in part}
+    return [by_id[req.id] for req in requests]
 
 
 def prefill_counts(requests: list[GenerationRequest], encoder: Encoder) -> dict[str, int]:

@@ -164,7 +164,8 @@ class Sampler:
         self.sampling, self.stop, self.seed = sampling, stop, seed
 
     def generate(self, requests: list[GenerationRequest], *, round_index: int, adapter: Path | None,
-                 model) -> list[dict]:
+                 model, sampling: SamplingConfig | None = None) -> list[dict]:
+        """One record per request; `sampling` replaces the run's settings for this call."""
         raise NotImplementedError
 
     def shard(self, rank: int, world: int) -> tuple[int, int, bool]:

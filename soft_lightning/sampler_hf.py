@@ -80,18 +80,19 @@ class HFSampler(Sampler):
                 "adapter_sync": "merged" if self.copy else "lora"}
 
     @torch.no_grad()
-    def generate(self, requests, *, round_index, adapter, model) -> list[dict]:
+    def generate(self, requests, *, round_index, adapter, model, sampling=None) -> list[dict]:
         model = self.copy.model_for(adapter) if self.copy else model
+        sampling = sampling or self.sampling
         ids = [self.tokenizer(r.text, add_special_tokens=False).input_ids for r in requests]
         prefix, cache = self._prefix_cache(model, ids, key=(round_index, str(adapter)))
         suffixes = [row[len(prefix):] for row in ids]
         out: dict[int, dict] = {}
         with eval_mode(model):
             for idx in token_batches([len(s) for s in suffixes], self.batch_tokens,
-                                     len(prefix) + self.sampling.max_new_tokens):
+                                     len(prefix) + sampling.max_new_tokens):
                 batch = [requests[i] for i in idx]
                 seed = stable_seed(self.seed, round_index, batch[0].id) % 2**63
-                rows = self._generate_batch(model, batch, prefix, cache, [suffixes[i] for i in idx], seed)
+                rows = self._generate_batch(model, batch, prefix, cache, [suffixes[i] for i in idx], seed, sampling)
                 out.update(zip(idx, rows))
                 advance(len(idx), sum(row["n_tokens"] for row in rows))
         return [out[i] for i in range(len(requests))]
@@ -109,12 +110,15 @@ class HFSampler(Sampler):
             self._prefix = (key, prefix, cache)
         return prefix, self._prefix[2]
 
-    def _sampling_kwargs(self) -> dict[str, Any]:
-        if self.sampling.temperature == 0:  # greedy
-            return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        return {"do_sample": True, "temperature": self.sampling.temperature, "top_p": self.sampling.top_p, "top_k": 0}
+    @staticmethod
+    def _sampling_kwargs(sampling: SamplingConfig) -> dict[str, Any]:
+        if sampling.temperature == 0:  # greedy
+            return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None,
+                    "max_new_tokens": sampling.max_new_tokens}
+        return {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0,
+                "max_new_tokens": sampling.max_new_tokens}
 
-    def _generate_batch(self, model, batch, prefix, cache, suffixes, seed) -> list[dict]:
+    def _generate_batch(self, model, batch, prefix, cache, suffixes, seed, sampling) -> list[dict]:
         width, device = max(map(len, suffixes)), model.device
         input_ids = torch.full((len(batch), len(prefix) + width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(input_ids)
@@ -131,8 +135,7 @@ class HFSampler(Sampler):
             torch.manual_seed(seed)
             gen = model.generate(
                 input_ids=input_ids.to(device), attention_mask=mask.to(device), past_key_values=past,
-                **self._sampling_kwargs(),
-                max_new_tokens=self.sampling.max_new_tokens, eos_token_id=self.stop_ids,
+                **self._sampling_kwargs(sampling), eos_token_id=self.stop_ids,
                 pad_token_id=self.tokenizer.pad_token_id, stop_strings=self.stop_strings or None,
                 tokenizer=self.tokenizer if self.stop_strings else None, output_scores=True,
                 return_dict_in_generate=True, use_cache=True,

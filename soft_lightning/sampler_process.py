@@ -70,8 +70,9 @@ class HFAdapterSampler(HFSampler):
             self._adapter = key
         return self._model
 
-    def generate(self, requests, *, round_index, adapter, model=None) -> list[dict]:
-        return super().generate(requests, round_index=round_index, adapter=adapter, model=self.model_for(adapter))
+    def generate(self, requests, *, round_index, adapter, model=None, sampling=None) -> list[dict]:
+        return super().generate(requests, round_index=round_index, adapter=adapter, model=self.model_for(adapter),
+                                sampling=sampling)
 
 
 def die_with_parent() -> None:
@@ -207,9 +208,10 @@ class SamplerProcess(Sampler):
         self._conn.send((method, args, kwargs))
         return self._receive(method)
 
-    def generate(self, requests, *, round_index, adapter, model=None) -> list[dict]:
+    def generate(self, requests, *, round_index, adapter, model=None, sampling=None) -> list[dict]:
         # `model` stays here: the child has its own (or its engine).
-        records = self._call("generate", requests, round_index=round_index, adapter=adapter, model=None)
+        records = self._call("generate", requests, round_index=round_index, adapter=adapter, model=None,
+                             sampling=sampling)
         advance(len(records), sum(r["n_tokens"] for r in records))
         return records
 

