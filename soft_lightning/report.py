@@ -18,9 +18,9 @@ from soft_lightning import stats
 from soft_lightning.jsonl import write_bytes_atomic
 from soft_lightning.store import RoundStore
 
-TABLE_COLUMNS = ["round", "prompts_written", "pool_size", "kept", "tokens_generated", "generation_s", "train_s", "train/loss", "val/loss",
-                 "val/mc_acc", "mc_acc 95% CI", "vs best", "val/mc_margin", "lm_eval/mc1/acc", "lm_eval/mc2/mc2",
-                 "gen/entropy", "gen/distinct2"]
+TABLE_COLUMNS = ["round", "prompts_written", "pool_size", "kept", "tokens_generated", "generation_s", "train_s",
+                 "train/loss", "val/loss", "val/mc_acc", "mc_acc 95% CI", "vs best", "val/mc_margin",
+                 "lm_eval/mc1/acc", "lm_eval/mc2/mc2", "gen/entropy", "gen/distinct2"]
 
 
 def monitor(trainer) -> tuple[str | None, str]:

@@ -115,8 +115,9 @@ class NearDuplicates:
 
 
 def tidy(response: str) -> str:
-    """The text the model meant as a prompt: without a list number, a `Request:` label or quotes."""
-    text = response.strip()
+    """The text the model meant as a prompt: without markdown emphasis, a list number, a
+    `Request:` label or quotes."""
+    text = response.strip().strip("*_#`").strip()  # (markdown emphasis around the whole text)
     text = _LABEL.sub("", text, count=1).strip()
     if len(text) > 1 and text[0] in _QUOTES and text[-1] in _QUOTES:
         text = text[1:-1].strip()

@@ -28,7 +28,7 @@ def test_cleaning_keeps_new_prompts_and_counts_every_drop_reason():
         record(7, "What are the health benefits of eating oats at breakfast?"),
         record(8, "Plan a weekend itinerary for a first visit to Lisbon on a small budget, including where to eat, "
                   "which neighbourhoods to walk through, and how to get around without a car."),
-        record(9, "Explain how tides are caused by the moon."),
+        record(9, "**Explain how tides are caused by the moon.**"),
         record(10, "Give me three tips for keeping basil alive on a windowsill."),
     ]
     provenance = {rec["id"]: {"topic": "t", "seed_ids": ["s1"]} for rec in candidates}
