@@ -6,7 +6,7 @@ import signal
 
 from soft_lightning.store import RoundStore
 from soft_lightning.synthesis import PromptSynthesis, SeedTask, clean_prompts, grams, load_seed_tasks, similarity
-from tests.conftest import run_cli, run_ok, tiny_run_args
+from tests.conftest import ROOT, run_cli, run_ok, tiny_run_args
 
 SEEDS = [SeedTask("s1", "Write a four-line poem about waiting for a bus in the rain.", "writing"),
          SeedTask("s2", "How often should I water a cactus kept indoors?", "home and garden")]
@@ -90,3 +90,23 @@ def test_a_synthesis_run_grows_the_pool_and_a_resume_answers_the_same_prompts(sm
         assert [rec["id"] for rec in store.read_records(r)] == [p["id"] for p in plan.prompts(r)]
     assert store.read_manifest(1)["synthesis"]["pool_size"] == rows + len(pool_file) > rows
 
+
+
+def test_two_ranks_synthesize_what_one_does(smollm2_dir, tmp_path):
+    """Under DDP each rank writes half the candidates; gathered, both ranks clean them into the
+    plan one process writes (greedy synthesis, one request per batch, so the runs compare)."""
+    plans = []
+    for name, extra in (("one", ()), ("ddp", ("--config", str(ROOT / "configs" / "ddp.yaml"),
+                                               "--trainer.accelerator", "cpu"))):
+        out = tmp_path / name
+        run_ok(*tiny_run_args(smollm2_dir, out, "hf", "--bootstrap.rounds", "1", "--data.batch_size", "2",
+                              "--bootstrap.hf_batch_tokens", "1", "--bootstrap.prompt_synthesis.per_round", "3",
+                              "--bootstrap.prompt_synthesis.topics", "3",
+                              "--bootstrap.prompt_synthesis.sampling.temperature", "0",
+                              "--bootstrap.prompt_synthesis.sampling.max_new_tokens", "40", *extra))
+        plans.append(RoundStore(out).read_plan())
+    one, ddp = plans
+    assert one.synthesized(0)["candidates"] == 6 and one.synthesized(0)["kept"] > 0, one.synthesis
+    assert ddp.rounds == one.rounds
+    assert ddp.synthesis["topics"] == one.synthesis["topics"]
+    assert ddp.synthesized(0)["dropped"] == one.synthesized(0)["dropped"]
