@@ -8,11 +8,11 @@ Two steps, both few-shot chat turns the model continues:
   about a drawn topic.
 
 Candidates are cleaned and every drop is counted per reason: `empty`, `unfinished` (cut off
-by the token limit), `too_short`, `too_long`, `degenerate` (loops, no letters), `copies_seed`,
-`duplicates_pool` (near-duplicate of a prompt the run already plans or synthesized) and
-`duplicates_batch` (of a prompt kept earlier in the same batch). Near-duplicates are judged on
-character 4-grams (F1 of the two sets), which needs no tokenizer and no word boundaries, so it
-works in any script.
+by the token limit), `too_short`, `degenerate` (loops, no letters), `too_long`, `copies_seed`,
+`duplicates_pool` (near-duplicate of a prompt the run already plans or synthesized),
+`duplicates_batch` (of a prompt kept earlier in the same round) and `surplus` (beyond what the
+round wants). Near-duplicates are judged on character 4-grams (F1 of the two sets), which needs
+no tokenizer and no word boundaries, so it works in any script.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def similarity(a: frozenset[str], b: frozenset[str]) -> float:
 
 class NearDuplicates:
     """Texts seen so far; `closest` is the highest similarity of a text to any of them. Quadratic
-    in the texts compared: about 1 s for 100 candidates against 5,000 prompts."""
+    in the texts compared: 1.3 s for 100 candidates against 5,000 prompts on one CPU core."""
 
     def __init__(self, texts=()):
         self._grams = [grams(t) for t in texts]
