@@ -70,12 +70,14 @@ def verdict(pairs: list[tuple[dict | None, dict | None]], claim: str, items: str
 
 def collapse_verdict(runs: list[list[dict]]) -> str:
     claim = "(4) SOFT rises for a few rounds, then falls, and validation catches it"
-    runs = [rows for rows in runs if len(rows) >= 3]
-    if not runs:
+    numbered = [(i, rows) for i, rows in enumerate(runs) if len(rows) >= 3]  # (i: the run's place in --seeds)
+    if not numbered:
         return f"{claim}: not measured yet (runs unfinished)"
-    peaks = [best(rows)["round"] for rows in runs]
-    shape = ", ".join(f"round {p}" + (" (inside the run)" if 0 < p < len(rows) - 1 else "")
-                      for p, rows in zip(peaks, runs))
+    runs = [rows for _, rows in numbered]
+    shape = "; ".join(f"round {best(rows)['round']} of {len(rows)} in seed run {i}"
+                      + (" (inside the run)" if 0 < best(rows)["round"] < len(rows) - 1 else
+                         " (its first round: no rise)" if best(rows)["round"] == 0 else " (its last round)")
+                      for i, rows in numbered)
     rise = verdict([(best(rows), rows[0]) for rows in runs], "rise (best round vs round 0)")
     fall = verdict([(best(rows), rows[-1]) for rows in runs], "fall (best vs last round)")
     return f"{claim}: the curve peaks at {shape}.\n  - {rise}\n  - {fall}"
