@@ -177,7 +177,7 @@ def _side_by_side(answers: dict[int | str, list[dict]], prompts: list[dict]) -> 
 
 def _round_data(store: RoundStore, plan: RunPlan, r: int) -> str:
     records = store.read_records(r)
-    written = {p["id"]: p for p in plan.prompts(r) if p.get("source") == "synthesized"}
+    written = {p["id"]: p for p in plan.synthesized_prompts(r)}
     reasons = Counter(rec.get("drop_reason") for rec in records if not rec.get("kept", True))
     summary = f"round {r}: {sum(rec.get('kept', True) for rec in records)} kept of {len(records)}" + (
         f" ({len(written)} prompts written by the model)" if written else "") + (

@@ -52,6 +52,11 @@ class RunPlan:
         """Round r's prompts that came from `data.prompts`."""
         return [p for p in self.rounds[r] if p.get("source") != "synthesized"]
 
+    def synthesized_prompts(self, r: int | None = None) -> list[dict]:
+        """The prompts the model wrote for round r (None: for every round so far)."""
+        prompts = self.rounds[r] if r is not None else [p for planned in self.rounds for p in planned]
+        return [p for p in prompts if p.get("source") == "synthesized"]
+
     def synthesized(self, r: int) -> dict | None:
         """What round r's synthesis kept and dropped (None: not synthesized yet)."""
         return (self.synthesis or {}).get("rounds", {}).get(str(r))

@@ -113,10 +113,10 @@ class HFSampler(Sampler):
     @staticmethod
     def _sampling_kwargs(sampling: SamplingConfig) -> dict[str, Any]:
         if sampling.temperature == 0:  # greedy
-            return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None,
-                    "max_new_tokens": sampling.max_new_tokens}
-        return {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0,
-                "max_new_tokens": sampling.max_new_tokens}
+            decoding = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        else:
+            decoding = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
+        return {**decoding, "max_new_tokens": sampling.max_new_tokens}
 
     def _generate_batch(self, model, batch, prefix, cache, suffixes, seed, sampling) -> list[dict]:
         width, device = max(map(len, suffixes)), model.device

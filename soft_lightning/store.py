@@ -111,8 +111,7 @@ class RoundStore:
 
     def write_plan(self, plan: RunPlan) -> None:
         """The plan, after the pool file of its synthesized prompts (derived from it)."""
-        synthesized = [p for prompts in plan.rounds for p in prompts if p.get("source") == "synthesized"]
-        if synthesized:
+        if synthesized := plan.synthesized_prompts():
             write_bytes_atomic(self.synthesized_path, "".join(json.dumps(p, ensure_ascii=False) + "\n"
                                                               for p in synthesized).encode("utf-8"))
         plan.write(self.plan_path)

@@ -247,7 +247,7 @@ def synthesize_round(plan: RunPlan, r: int, settings: PromptSynthesis, seeds: li
     existing = [p["prompt"] for prompts in plan.rounds for p in prompts]
     kept, dropped = clean_prompts(candidates, r=r, want=settings.per_round, provenance=provenance, existing=existing,
                                   seeds=seeds, settings=settings, too_long=too_long)
-    synthesized = sum(p.get("source") == "synthesized" for prompts in plan.rounds for p in prompts) + len(kept)
+    synthesized = len(plan.synthesized_prompts()) + len(kept)
     stats = {"wanted": settings.per_round, "candidates": len(candidates), "kept": len(kept), "dropped": dropped,
              "pool_size": plan.pool["rows"] + synthesized,
              "tokens_generated": sum(rec["n_tokens"] for rec in records + candidates),
