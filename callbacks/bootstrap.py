@@ -227,13 +227,14 @@ class BootstrapCallback(L.Callback):
             raise SIGTERMException()
         generated = sum(n for n, _ in counts)
         seconds = {"generation": time.perf_counter() - t0, "engine_start": engine_start}
-        records = phases.merge_shards(self.store, r, shares, requests, prompts)
+        records, sampler = phases.merge_shards(self.store, r, shares, requests, prompts), self.sampler.describe()
         dropped = phases.filter_records(records, self.filters, pool)
         phases.score_and_seal(self.store, r, records, shares, ordering=self.within_round, across=self.across_rounds,
                               seed=self.seed, encoder=dm.encoder, model=pl_module.model, strategy=strategy,
                               batch_size=self.score_batch_size, write=trainer.is_global_zero, seconds=seconds,
                               requests=requests, generated=generated, ranks=world, dropped=dropped, pool=self.plan.pool,
-                              sampler={**self.sampler.describe(), "requested": self.sampler_name},
+                              sampler={**sampler, "requested": self.sampler_name},
+                              numerics=pl_module.numerics.record(pl_module.model, sampler),
                               adapter=str(adapter) if adapter else None, icl=self.icl.describe(len(pool)),
                               **({"synthesis": self.plan.synthesized(r)} if self.prompt_synthesis.per_round else {}))
         strategy.barrier()

@@ -21,8 +21,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.bootstrap import BootstrapCallback
+from soft_lightning import precision
 from soft_lightning.data import SoftDataModule
 from soft_lightning.errors import ConfigError
+from soft_lightning.models import config_model_type
 from soft_lightning.module import SoftModule
 from soft_lightning.sampler import vllm_lora_rank
 
@@ -55,6 +57,14 @@ class SoftCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         # Checks that span sections; they fail before anything is built.
         config = self.config.get(self.subcommand, self.config)
+        # trainer.precision left unset follows model.compute_dtype (auto: picked for the device);
+        # corrupting pairs are refused here, before anything loads.
+        device = precision.device_of(config.trainer.accelerator)
+        config.trainer.precision = precision.resolve(
+            config.model.compute_dtype, config.trainer.precision, device,
+            quantized=config.model.quantization == "nf4",
+            model_type=config_model_type(config.model.model_name_or_path) if device == "cuda" else None,
+        ).trainer_precision
         if config.bootstrap.sampler == "vllm":
             vllm_lora_rank(config.model.lora_r)
         if "weights_only" in config and config.weights_only is None:

@@ -25,6 +25,7 @@ from soft_lightning.jsonl import write_json_atomic
 from soft_lightning.mc import read_mc
 from soft_lightning.models import resolve_model
 from soft_lightning.plan import sha256_file
+from soft_lightning.precision import ComputeDtype, command_numerics
 from soft_lightning.prompts import asset_path
 from soft_lightning.stats import wilson_interval
 from soft_lightning.store import RoundStore
@@ -84,7 +85,7 @@ def run_harness(model: str, adapter: Path | None, data: str, *, with_mc2: bool, 
 
 def evaluate(out_dir: str, rounds: str = "all", data: str = "demo", limit: int | None = None,
              tasks: Literal["both", "mc1", "mc2"] = "both",
-             dtype: Literal["float32", "bfloat16", "float16"] = "float32", device: str = "cpu",
+             dtype: ComputeDtype = "auto", device: str = "auto",
              batch_size: int = 8, model: str | None = None) -> None:
     """Score a run's rounds with lm-evaluation-harness and add the results to its round table.
 
@@ -98,8 +99,8 @@ def evaluate(out_dir: str, rounds: str = "all", data: str = "demo", limit: int |
         tasks: `both` (MC2 where the file has its fields), or only `mc1` / `mc2` (TruthfulQA's MC2 has
             ~1.4x as many answers to score as MC1).
         dtype: the unquantised base's dtype (the adapters were trained on the nf4 base: the usual
-            QLoRA deployment trade-off).
-        device: `cpu`, `cuda`, `cuda:1`, ...
+            QLoRA deployment trade-off); `auto` as a run on `device` picks it (precision.py).
+        device: `auto` (the GPU where there is one), `cpu`, `cuda`, `cuda:1`, ...
         batch_size: lm-eval's batch size.
         model: the base model, if not the run's (its plan's `model`).
     """
@@ -117,7 +118,7 @@ def evaluate(out_dir: str, rounds: str = "all", data: str = "demo", limit: int |
         raise ConfigError(f"evaluate --tasks mc2: {data} has rows without mc2_choices/mc2_labels; use --tasks mc1.")
     with_mc1, with_mc2 = tasks != "mc2", with_mc2 and tasks != "mc1"
     chosen = _chosen_rounds(rounds, store)
-    source = resolve_model(model or plan.identity["model"])
+    source, (dtype, device) = resolve_model(model or plan.identity["model"]), command_numerics(dtype, device)
     for r in chosen:
         adapter = None if r == "base" else store.adapter_dir(r)
         result = {**run_harness(source, adapter, data, with_mc1=with_mc1, with_mc2=with_mc2, limit=limit,

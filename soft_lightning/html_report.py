@@ -24,6 +24,7 @@ from soft_lightning.jsonl import write_json_atomic
 from soft_lightning.models import load_tokenizer, resolve_model
 from soft_lightning.plan import RunPlan
 from soft_lightning.pool import PromptPool
+from soft_lightning.precision import ComputeDtype, command_numerics
 from soft_lightning.prompts import PromptFormat
 from soft_lightning.sampler import GenerationRequest, SamplingConfig
 from soft_lightning.store import RoundStore
@@ -109,7 +110,7 @@ def write_report(store: RoundStore, plan: RunPlan, answers: dict[int | str, list
 
 
 def build_report(out_dir: str, answers: int = 6, max_new_tokens: int = 128, sampler: Literal["hf", "vllm"] = "hf",
-                 dtype: Literal["bfloat16", "float32"] = "bfloat16", device: str = "cpu") -> None:
+                 dtype: ComputeDtype = "auto", device: str = "auto") -> None:
     """Write `<out_dir>/report.html`: the round table, plot, held-out answers side by side and
     each round's training pairs.
 
@@ -119,14 +120,14 @@ def build_report(out_dir: str, answers: int = 6, max_new_tokens: int = 128, samp
             once per model and kept in the store).
         max_new_tokens: the answers' length cap (tokens).
         sampler: `hf` (transformers, the adapter merged into a full-precision copy) or `vllm`.
-        dtype: the answering model's dtype.
-        device: `cpu`, `cuda`, ...
+        dtype: the answering model's dtype (`auto`: as a run on `device` picks it, precision.py).
+        device: `auto` (the GPU where there is one), `cpu`, `cuda`, ...
     """
     store = RoundStore(out_dir)
     plan = store.read_plan()
     if plan is None:
         raise ConfigError(f"report: {out_dir} holds no plan.json; give a run's out_dir (bootstrap.out_dir).")
-    source = resolve_model(plan.identity["model"])
+    source, (dtype, device) = resolve_model(plan.identity["model"]), command_numerics(dtype, device)
     tokenizer = load_tokenizer(source)
     prompts = held_out_prompts(plan, answers, tokenizer)
     if answers and not prompts:

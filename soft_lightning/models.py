@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -71,6 +72,17 @@ def check_model_source(name_or_path: str) -> None:
         f"model.model_name_or_path: '{name_or_path}' is not an existing folder or .gguf file, "
         f"a short name ({', '.join(SHORT_NAMES)}) or a hub id like 'org/name'."
     )
+
+
+def config_model_type(name_or_path: str) -> str | None:
+    """The `model_type` in a local folder's config.json (None for other sources: not worth a download)."""
+    config = Path(name_or_path).expanduser() / "config.json"
+    if config.is_file():
+        try:
+            return json.loads(config.read_text()).get("model_type")
+        except (json.JSONDecodeError, AttributeError):
+            return None
+    return None
 
 
 def resolve_model(name_or_path: str) -> str:

@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.utilities import rank_zero_info
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from torchmetrics import MeanMetric
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
@@ -24,8 +25,7 @@ from soft_lightning.errors import ConfigError
 from soft_lightning.evaluation import choice_logprobs, choice_margins, response_loss
 from soft_lightning.mc import item_choice_scores
 from soft_lightning.models import check_model_source, resolve_model
-
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+from soft_lightning.precision import DTYPES, ComputeDtype, Numerics, resolve
 
 
 def keep_4bit_weights_unpacked(model) -> None:
@@ -47,7 +47,9 @@ class SoftModule(L.LightningModule):
     Args:
         model_name_or_path: HF folder, `.gguf` file, short name (`smollm2-135m-instruct`) or hub id.
         quantization: `nf4` (4-bit NormalFloat, QLoRA) or `none` (full-precision base, debugging).
-        compute_dtype: dtype of the 4-bit matmuls and of the unquantised base.
+        compute_dtype: the run's one dtype: 4-bit matmuls, the unquantised base, generation and
+            scoring. `auto` picks it from the device (see soft_lightning/precision.py): bf16 where
+            the GPU or CPU has native bf16, else float16 on older GPUs and float32 on CPUs.
         double_quant: quantise the quantisation constants too (QLoRA's double quantisation).
         lora_r, lora_alpha, lora_dropout: LoRA shape (Dromedary-2 used r=64, alpha=16, dropout 0).
         target_modules: `all-linear` or a list of module names.
@@ -67,7 +69,7 @@ class SoftModule(L.LightningModule):
         self,
         model_name_or_path: str = "smollm2-135m-instruct",
         quantization: Literal["nf4", "none"] = "nf4",
-        compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16",
+        compute_dtype: ComputeDtype = "auto",
         double_quant: bool = True,
         lora_r: PositiveInt = 64,
         lora_alpha: PositiveFloat = 16,
@@ -97,13 +99,28 @@ class SoftModule(L.LightningModule):
         self.mc_results: list[tuple[int, bool, float]] = []
         # Optimizer steps of the LR schedule; the BootstrapCallback sets it from the run plan.
         self.schedule_steps = 1
+        self.numerics: Numerics | None = None  # resolved in setup() for the trainer's device
 
     def source(self) -> str:
         """The HF folder (or hub id) vLLM and peft load; a `.gguf` is converted on the first call
         (into a cache folder that later calls and runs reuse)."""
         return resolve_model(self.hparams.model_name_or_path)
 
+    def resolve_numerics(self) -> Numerics:
+        """`compute_dtype` (auto or set) against the trainer's precision and device (CPU, float32
+        when no trainer is attached); printed once."""
+        if self.numerics is None:
+            trainer = self._trainer
+            device = trainer.strategy.root_device.type if trainer is not None else "cpu"
+            self.numerics = resolve(self.hparams.compute_dtype, trainer.precision if trainer else None, device,
+                                    quantized=self.hparams.quantization == "nf4")
+            if trainer is not None:
+                n = self.numerics
+                rank_zero_info(f"[soft] numerics: {n.dtype}, trainer.precision={n.trainer_precision} ({n.reason})")
+        return self.numerics
+
     def setup(self, stage: str) -> None:
+        self.resolve_numerics()
         if self.hparams.optimizer != "adamw" and self.trainer.strategy.root_device.type != "cuda":
             raise ConfigError(
                 f"model.optimizer={self.hparams.optimizer} needs a CUDA device (bitsandbytes paged "
@@ -118,7 +135,7 @@ class SoftModule(L.LightningModule):
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
         hp = self.hparams
-        dtype = DTYPES[hp.compute_dtype]
+        dtype = DTYPES[self.resolve_numerics().dtype]
         kwargs = {"dtype": dtype, "trust_remote_code": hp.trust_remote_code}
         if hp.quantization == "nf4":
             kwargs["quantization_config"] = BitsAndBytesConfig(

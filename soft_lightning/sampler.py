@@ -7,7 +7,7 @@ Both report the mean log-probability of the sampled tokens under the *processed*
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,8 +45,12 @@ class VLLMOptions:
     reserved for the KV cache."""
 
     gpu_memory_utilization: float = 0.3
+    # The KV cache's size in bytes, instead of sizing it from gpu_memory_utilization. On CPU vLLM
+    # sizes it as that share of the NUMA node's RAM less this whole process's RSS (the training
+    # model included), which can come out negative; a size set here also skips its warm-up pass.
+    kv_cache_memory_bytes: int | None = None
     max_model_len: int | None = 2048
-    dtype: str = "auto"
+    dtype: str = "auto"  # auto: the run's dtype (model.compute_dtype, resolved for the device)
     enforce_eager: bool = True
     tensor_parallel_size: int = 1
     # Between rounds, offload the engine's weights and drop its KV cache so training on the
@@ -216,7 +220,7 @@ def make_sampler(name: SamplerName, process: SamplerProcessMode, *, module, toke
     from soft_lightning.sampler_process import HFAdapterSampler, SamplerProcess
     from soft_lightning.sampler_vllm import VLLMSampler
 
-    backend, source = resolve_sampler(name), module.source()
+    backend, source, dtype = resolve_sampler(name), module.source(), module.resolve_numerics().dtype
     param = next(p for p in module.parameters() if p.requires_grad)
     copy_bytes = 2 * sum(p.numel() for p in module.parameters())  # bf16, as if unquantised (an estimate)
     sync = resolve_adapter_sync(adapter_sync, backend, source, copy_bytes, str(param.device))
@@ -224,15 +228,16 @@ def make_sampler(name: SamplerName, process: SamplerProcessMode, *, module, toke
         rank_zero_info(f"[soft] sampler: {backend}, adapter_sync: {sync}")
     common = {"sampling": sampling, "stop": stop, "seed": seed}
     if backend == "vllm":
-        kwargs = {**common, "model_path": source, "lora_rank": module.hparams.lora_r, "options": vllm,
+        options = replace(vllm, dtype=dtype) if vllm.dtype == "auto" else vllm  # the run's numerics
+        kwargs = {**common, "model_path": source, "lora_rank": module.hparams.lora_r, "options": options,
                   "trust_remote_code": module.hparams.trust_remote_code, "adapter_sync": sync}
         if process == "inline":
             return VLLMSampler(**kwargs, **dict(zip(("rank", "local_rank", "world"), ranks)))
         # A spawned engine is a process of its own; under several ranks it sees its rank's GPU only.
         return SamplerProcess(VLLMSampler, kwargs, visible_devices=str(ranks[1]) if ranks[2] > 1 else None)
     hf = {**common, "batch_tokens": hf_batch_tokens}
-    if sync == "merged":  # a bf16 copy of the base beside the training model, or in the spawned child
-        copy = GenerationCopy(source, "bfloat16", str(param.device), module.hparams.trust_remote_code)
+    if sync == "merged":  # a copy of the base in the run's dtype beside the training model, or in the spawned child
+        copy = GenerationCopy(source, dtype, str(param.device), module.hparams.trust_remote_code)
         if process == "inline":
             return HFSampler(**hf, tokenizer=tokenizer, copy=copy)
         return SamplerProcess(HFSampler, {**hf, "tokenizer": tokenizer, "copy": copy})
@@ -241,7 +246,7 @@ def make_sampler(name: SamplerName, process: SamplerProcessMode, *, module, toke
     # The child builds the model from the module's hparams, on this rank's device, in the dtype
     # training holds the weights in (bf16-true casts them; 32-true and mixed do not).
     return SamplerProcess(HFAdapterSampler, {
-        **hf, "module_hparams": dict(module.hparams), "tokenizer_source": tokenizer_source,
+        **hf, "module_hparams": {**module.hparams, "compute_dtype": dtype}, "tokenizer_source": tokenizer_source,
         "dtype": None if param.dtype == torch.float32 else str(param.dtype).removeprefix("torch."),
         "device": str(param.device),
     })

@@ -77,7 +77,7 @@ class HFSampler(Sampler):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "batch_tokens": self.batch_tokens,
-                "adapter_sync": "merged" if self.copy else "lora"}
+                "adapter_sync": "merged" if self.copy else "lora", "dtype": self.copy.dtype if self.copy else None}
 
     @torch.no_grad()
     def generate(self, requests, *, round_index, adapter, model, sampling=None) -> list[dict]:

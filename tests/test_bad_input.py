@@ -49,6 +49,8 @@ CASES = {
     "duplicate prompt ids": (["--data.prompts", "{tmp}/dups.jsonl"], "duplicate id 'a'"),
     "more synthesized prompts than a round has": (["--bootstrap.prompt_synthesis.per_round", "7"],
                                                   "bootstrap.prompt_synthesis.per_round=7 is more than data.prompts_per_round=6"),
+    "fp16 compute under bf16-true": (["--model.compute_dtype", "float16", "--trainer.precision", "bf16-true"],
+                                     "model.compute_dtype=float16 with trainer.precision=bf16-true: Lightning numerically casts bitsandbytes' packed 4-bit weights"),
     "missing seed tasks": (["--bootstrap.prompt_synthesis.per_round", "2", "--bootstrap.prompt_synthesis.seed_tasks",
                             "{tmp}/no-seeds.jsonl"],
                            "bootstrap.prompt_synthesis.seed_tasks: file {tmp}/no-seeds.jsonl does not exist"),

@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from soft_lightning.precision import resolve
 from soft_lightning.store import RoundStore, sha256_file
 from tests.conftest import run_cli, tiny_run_args
 
@@ -40,6 +41,18 @@ def test_store_layout_and_disjoint_rounds(finished_run):
     assert not ids_per_round[0] & ids_per_round[1], "rounds must use disjoint prompt slices"
     assert not (out / "round_2").exists()
     assert "per-round summary" in result.stderr + result.stdout
+
+
+def test_manifest_records_the_dtype_actually_used(finished_run):
+    """The demo config's `compute_dtype: auto`, resolved for this CPU, is what trained and sampled."""
+    sampler, out, result = finished_run
+    expected = resolve("auto", None, "cpu")
+    numerics = RoundStore(out).read_manifest(0)["numerics"]
+    assert numerics["dtype"] == numerics["trainable_dtype"] == expected.dtype
+    assert numerics["trainer_precision"] == expected.trainer_precision and numerics["reason"] == expected.reason
+    # vLLM and the hf merged copy load their own weights in the run's dtype.
+    assert numerics["sampler_dtype"] == expected.dtype
+    assert f"[soft] numerics: {expected.dtype}, trainer.precision={expected.trainer_precision}" in result.stderr
 
 
 def test_adapters_change_and_load_with_peft(finished_run, tiny_model):
