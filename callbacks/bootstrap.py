@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
 from jsonargparse.typing import PositiveInt
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
@@ -26,15 +27,18 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from soft_lightning import curriculum, report, synthesis
 from soft_lightning import rounds as phases
 from soft_lightning import sampler as backends
+from soft_lightning import zero_shot as zero_shot_eval
 from soft_lightning.curriculum import Ordering
 from soft_lightning.distributed import gather_objects
+from soft_lightning.errors import ConfigError
 from soft_lightning.faults import kill_point
 from soft_lightning.filters import FilterSettings
 from soft_lightning.plan import plan_to_write, run_identity
-from soft_lightning.prompts import IclStrategy, SelfExamples, load_icl_pool, load_principles
+from soft_lightning.prompts import IclStrategy, SelfExamples, load_checks, load_icl_pool, load_principles
 from soft_lightning.sampler import AdapterSync, SamplerName, SamplerProcessMode, SamplingConfig, VLLMOptions
 from soft_lightning.store import RoundStore
 from soft_lightning.synthesis import PromptSynthesis
+from soft_lightning.zero_shot import ZeroShot
 
 
 class BootstrapCallback(L.Callback):
@@ -52,8 +56,9 @@ class BootstrapCallback(L.Callback):
             unless the hf backend on a GPU has no room for the copy; see sampler.resolve_adapter_sync).
         sampler_process: `inline` runs the sampler in the training process; `spawn` in a child
             process that exits after each round, so all its memory returns to the OS.
-        principles: JSON {preamble, principles} or a text file; `default` is bundled.
-        icl_pool: JSONL of {id, prompt, response} exemplars; `default` is bundled.
+        principles: JSON {preamble, principles, checks?} or a text file; `default` and `rules` (a set
+            whose adherence a checker measures: soft_lightning/adherence.py) are bundled.
+        icl_pool: JSONL of {id, prompt, response} exemplars; `default` and `rules` are bundled.
         icl: how each prompt's in-context examples are chosen (see prompts.IclStrategy).
         icl_examples: in-context examples per prompt.
         icl_self: for `icl: random+self`, what each finished round adds to the pool.
@@ -70,6 +75,8 @@ class BootstrapCallback(L.Callback):
         prompt_synthesis: the model writes some of each round's prompts itself (off unless
             `per_round` > 0; see synthesis.PromptSynthesis).
         generation_chunk: prompts per sampler call; each chunk is on disk before the next starts.
+        zero_shot: held-out prompts the model answers zero-shot after every round (and the base
+            model at the start), checked against the principles: `val/adherence` (see zero_shot.py).
     """
 
     def __init__(
@@ -95,6 +102,7 @@ class BootstrapCallback(L.Callback):
         filters: FilterSettings = FilterSettings(),
         prompt_synthesis: PromptSynthesis = PromptSynthesis(),
         generation_chunk: PositiveInt = 64,
+        zero_shot: ZeroShot = ZeroShot(),
     ):
         backends.check_sampler_settings(sampler, sampler_process, vllm)
         curriculum.check_ordering(within_round, "bootstrap.within_round", prompts_only=False)
@@ -107,6 +115,11 @@ class BootstrapCallback(L.Callback):
         # Small files, read now so a missing or malformed one fails before any model loads.
         self.icl = phases.IclSettings(load_principles(principles), load_icl_pool(icl_pool), icl, icl_examples,
                                       icl_self, seed)
+        self.checks, self.zero_shot = load_checks(principles), zero_shot
+        if zero_shot.prompts and self.checks is None:
+            raise ConfigError(f"bootstrap.zero_shot.prompts needs principles a rule can check, but {principles!r} has "
+                              "no `checks` section; use bootstrap.principles rules or set zero_shot.prompts null.")
+        self.zero_shot_prompts = zero_shot_eval.load_prompts(zero_shot) if zero_shot.prompts else []
         self.prompt_synthesis = prompt_synthesis
         self.seed_tasks = synthesis.load_seed_tasks(prompt_synthesis.seed_tasks) if prompt_synthesis.per_round else []
         self.resume_requested: bool | None = None  # the CLI sets it from --ckpt_path (None: not known)
@@ -140,6 +153,10 @@ class BootstrapCallback(L.Callback):
             stop=dm.encoder.format.stop_strings(), vllm=self.vllm_options, hf_batch_tokens=self.hf_batch_tokens,
             adapter_sync=self.adapter_sync, ranks=(trainer.global_rank, trainer.local_rank, trainer.world_size))
 
+        if self.zero_shot_prompts and not self.store.zero_shot_path("base").is_file():
+            start = pl_module.hparams.adapter
+            self._zero_shot(trainer, pl_module, "base", Path(start) if start else None)
+
     def on_train_start(self, trainer, pl_module):
         if trainer.ckpt_path is not None:  # a resumed round keeps the LR schedule position it had
             pl_module.start_round(self._round_steps(trainer), resumed=True)
@@ -153,6 +170,18 @@ class BootstrapCallback(L.Callback):
         kill_point(f"train_step:{trainer.global_step}")
         if trainer.received_sigterm and trainer.world_size == 1:  # (several ranks: Lightning agrees on it)
             raise SIGTERMException()
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        """A round's last validation: its zero-shot adherence, logged for the collapse guard."""
+        if (not self.zero_shot_prompts or trainer.sanity_checking or trainer.state.fn != "fit"
+                or (trainer.current_epoch + 1) % self.epochs_per_round):
+            return
+        r = trainer.current_epoch // self.epochs_per_round
+        self._save_adapter(trainer, pl_module, r)  # the sampler reads it from disk
+        with torch.inference_mode(False):
+            result = self._zero_shot(trainer, pl_module, r, self.store.adapter_dir(r))
+        for name, value in zero_shot_eval.metrics(result).items():
+            pl_module.log(name, value, prog_bar=name == "val/adherence")
 
     def on_exception(self, trainer, pl_module, exception):
         if isinstance(exception, SIGTERMException):  # preempted: the next start resumes from here
@@ -231,6 +260,7 @@ class BootstrapCallback(L.Callback):
         dropped = phases.filter_records(records, self.filters, pool)
         phases.score_and_seal(self.store, r, records, shares, ordering=self.within_round, across=self.across_rounds,
                               seed=self.seed, encoder=dm.encoder, model=pl_module.model, strategy=strategy,
+                              checks=self.checks,
                               batch_size=self.score_batch_size, write=trainer.is_global_zero, seconds=seconds,
                               requests=requests, generated=generated, ranks=world, dropped=dropped, pool=self.plan.pool,
                               sampler={**sampler, "requested": self.sampler_name},
@@ -261,16 +291,38 @@ class BootstrapCallback(L.Callback):
         rank_zero_info(f"[soft] round {r}: the model wrote {stats['kept']} new prompts ({stats['candidates']} "
                        f"candidates, dropped {stats['dropped']}); the pool now holds {stats['pool_size']}")
 
+    def _zero_shot(self, trainer, pl_module, r: int | str, adapter: Path | None) -> dict:
+        """Greedy zero-shot answers to the held-out prompts (split over the ranks), checked against
+        the principles; rank 0 writes them to the store."""
+        def generate(requests, sampling):
+            return phases.generate_everywhere(self.sampler, requests, r=0 if r == "base" else r, adapter=adapter,
+                                              strategy=trainer.strategy, model=pl_module.model, sampling=sampling,
+                                              description="zero-shot answers")
+
+        result = zero_shot_eval.measure(generate, self.zero_shot_prompts, trainer.datamodule.encoder.format,
+                                        self.checks, self.zero_shot)
+        self.sampler.pause()
+        if trainer.is_global_zero:
+            self.store.write_zero_shot(r, result)
+        rank_zero_info(f"[soft] {'base model' if r == 'base' else f'round {r}'}: zero-shot adherence "
+                       + zero_shot_eval.summary(result))
+        return result
+
+    def _save_adapter(self, trainer, pl_module, r: int) -> None:
+        gathered = pl_module.gather_adapter()  # every rank: under FSDP the shards are gathered
+        if trainer.is_global_zero:
+            self.store.save_adapter(r, lambda directory: pl_module.save_adapter(directory, gathered))
+        trainer.strategy.barrier()
+
     def _finish_round(self, trainer, pl_module, r: int, if_skipped: bool = False) -> None:
         """Save round r's adapter, then mark the round trained with its metrics, and report.
         `if_skipped`: only if a resume after the round's last batch skipped its end (Lightning does)."""
         if if_skipped and (r < 0 or trainer.strategy.broadcast(self.store.is_trained(r))):
             return
         kill_point(f"round_end:{r}")
-        gathered = pl_module.gather_adapter()  # every rank: under FSDP the shards are gathered
+        self._save_adapter(trainer, pl_module, r)
         metrics = trainer.callback_metrics  # every rank: reading them syncs the sync_dist ones
         if trainer.is_global_zero:
-            self.store.save_adapter(r, lambda directory: pl_module.save_adapter(directory, gathered))
             kill_point(f"adapter_saved:{r}")
             seconds = time.perf_counter() - self._train_started if self._train_started else None
             diagnostics = report.mark_trained(self.store, r, metrics, seconds, report.monitor(trainer),

@@ -33,7 +33,10 @@ from soft_lightning.pool import PromptPool
 from soft_lightning.prompts import asset_path, stable_seed
 from soft_lightning.store import RoundStore
 
-BUNDLED = {"prompts": "demo_prompts.jsonl", "val_path": "demo_mc.jsonl"}
+# Bundled files by short name: `demo` (broad prompts; a multiple-choice set) and `rules` (the
+# train split of the principle-checking task; its validation and test splits are held out).
+BUNDLED = {"prompts": {"demo": "demo_prompts.jsonl", "rules": "rules_train.jsonl"},
+           "val_path": {"demo": "demo_mc.jsonl"}}
 
 
 @dataclass
@@ -46,15 +49,17 @@ class RoundData:
 
 
 def _bundled(key: str, value: str | None) -> str | None:
-    return str(asset_path(BUNDLED[key])) if value == "demo" else value
+    return str(asset_path(BUNDLED[key][value])) if value in BUNDLED[key] else value
 
 
 class SoftDataModule(L.LightningDataModule):
     """Round store -> training set; multiple-choice file -> validation set.
 
     Args:
-        prompts: JSONL/JSON/Parquet of {prompt, id?}; `demo` is the bundled pool (null for
-            `validate`, which needs none). A JSONL pool is read lazily: only the rows the rounds
+        prompts: JSONL/JSON/Parquet of {prompt, id?, harmful?}; `demo` and `rules` are bundled (null
+            for `validate`, which needs none). `harmful` (true/false) labels a prompt for the
+            principle checks (bootstrap.principles `rules`). A JSONL pool is read lazily: only the
+            rows the rounds
             use are parsed and cleaned, so a pool of millions of prompts costs little.
         prompts_per_round: fresh prompts each round answers (rounds use disjoint slices).
         synthesized_per_round: how many of them the model writes itself (linked from

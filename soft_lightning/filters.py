@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from soft_lightning.config_types import ShareBelowOne
 
@@ -25,12 +26,17 @@ class FilterSettings:
             4-grams appear in the prompt (and the response adds fewer than 8 words of its own).
         max_repeated_sentences: `repeats_sentences` when at least this share of its sentences
             (3+ words) repeat an earlier one.
+        truncated: a response cut off at `sampling.max_new_tokens` never ended: `drop` it
+            (`truncated`), or `keep` it and train it without an end-of-turn marker, so the model
+            is not taught to stop mid-sentence (but is taught to run on: each such round teaches
+            it to stop less).
     """
 
     min_chars: int = 2
     max_example_overlap: ShareBelowOne = 0.5
     max_prompt_overlap: ShareBelowOne = 0.8
     max_repeated_sentences: ShareBelowOne = 0.3
+    truncated: Literal["drop", "keep"] = "drop"
 
 
 def words(text: str) -> list[str]:
@@ -59,13 +65,16 @@ def repeated_sentence_share(text: str) -> float:
 
 
 def drop_reason(response: str, settings: FilterSettings = FilterSettings(), prompt: str = "",
-                examples: list[str] = ()) -> str | None:
-    """The first reason `response` (to `prompt`, generated with `examples` shown) is not worth
-    training on, or None: `empty`, `too_short`, `repetitive` (word 4-grams mostly repeats: the
-    loop a collapsing model falls into), `repeats_sentences`, `copies_example`, `echoes_prompt`."""
+                examples: list[str] = (), finished: bool = True) -> str | None:
+    """The first reason `response` (to `prompt`, generated with `examples` shown; `finished`: it
+    ended rather than hitting the length cap) is not worth training on, or None: `empty`,
+    `truncated`, `too_short`, `repetitive` (word 4-grams mostly repeats: the loop a collapsing
+    model falls into), `repeats_sentences`, `copies_example`, `echoes_prompt`."""
     text = response.strip()
     if not text:
         return "empty"
+    if not finished and settings.truncated == "drop":
+        return "truncated"
     if len(text) < settings.min_chars:
         return "too_short"
     tokens = words(text)

@@ -111,6 +111,8 @@ class PromptPool:
             if row is None:
                 return None
             check_fields(row, {"prompt": str}, self.file, KEY)
+        if "harmful" in row and not isinstance(row["harmful"], bool):
+            raise ConfigError(f"{KEY}: {self.file} line {row['_line']}: field 'harmful' must be true or false.")
         if "id" in row and not isinstance(row["id"], (str, int)):
             raise ConfigError(f"{KEY}: {self.file} line {row['_line']}: field 'id' must be a string or integer.")
         return row
@@ -135,4 +137,5 @@ class PromptPool:
             self.stats.too_long += 1
         else:
             self._texts.add(key)
-            self.kept.append({"id": id_, "prompt": text})
+            label = {"harmful": row["harmful"]} if "harmful" in row else {}  # for the principle checks
+            self.kept.append({"id": id_, "prompt": text, **label})

@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
+from soft_lightning.adherence import RuleChecks
 from soft_lightning.errors import ConfigError
 from soft_lightning.jsonl import read_records
 
@@ -35,9 +36,35 @@ class Example:
     response: str
 
 
+# Bundled sets: `default` (broad principles, free-form answers) and `rules` (principles a rule can
+# check: soft_lightning/adherence.py), each with an in-context pool that follows it.
+BUNDLED_PRINCIPLES = {"default": "principles.json", "rules": "rules_principles.json"}
+BUNDLED_POOLS = {"default": "icl_pool.jsonl", "rules": "rules_icl_pool.jsonl"}
+
+
+def _principles_file(path: str | None) -> Path:
+    return asset_path(BUNDLED_PRINCIPLES[path or "default"]) if path in (None, *BUNDLED_PRINCIPLES) else Path(path)
+
+
+def load_checks(path: str | None) -> RuleChecks | None:
+    """The checker of a principles JSON that has a `checks` section (None without one)."""
+    file = _principles_file(path)
+    if file.suffix != ".json" or not file.is_file():
+        return None
+    checks = json.loads(file.read_text(encoding="utf-8")).get("checks")
+    if checks is None:
+        return None
+    try:
+        return RuleChecks(**checks)
+    except TypeError as err:
+        raise ConfigError(f"bootstrap.principles: {file}: `checks` must hold only {list(RuleChecks.__annotations__)} "
+                          f"({err}).") from None
+
+
 def load_principles(path: str | None) -> str:
-    """The system text: a preamble plus numbered rules, from JSON {preamble, principles} or text."""
-    file = asset_path("principles.json") if path in (None, "default") else Path(path)
+    """The system text: a preamble plus numbered rules, from JSON {preamble, principles} or text;
+    `default` and `rules` are bundled."""
+    file = _principles_file(path)
     if not file.is_file():
         raise ConfigError(f"bootstrap.principles: file {file} does not exist; give a .json or .txt file.")
     text = file.read_text(encoding="utf-8")
@@ -59,8 +86,8 @@ def load_principles(path: str | None) -> str:
 
 
 def load_icl_pool(path: str | None) -> list[Example]:
-    """In-context exemplars from JSONL rows {id, prompt, response}."""
-    file = asset_path("icl_pool.jsonl") if path in (None, "default") else Path(path)
+    """In-context exemplars from JSONL rows {id, prompt, response}; `default` and `rules` are bundled."""
+    file = asset_path(BUNDLED_POOLS[path or "default"]) if path in (None, *BUNDLED_POOLS) else Path(path)
     rows = read_records(file, key="bootstrap.icl_pool", required={"id": str, "prompt": str, "response": str})
     pool = [Example(str(r["id"]), r["prompt"], r["response"]) for r in rows]
     for row, line in zip(pool, rows):

@@ -19,7 +19,8 @@ from soft_lightning.jsonl import write_bytes_atomic
 from soft_lightning.store import RoundStore
 
 TABLE_COLUMNS = ["round", "prompts_written", "pool_size", "kept", "tokens_generated", "generation_s", "train_s",
-                 "train/loss", "val/loss", "val/mc_acc", "mc_acc 95% CI", "vs best", "val/mc_margin",
+                 "train/loss", "val/loss", "fewshot/adherence", "val/adherence", "adherence 95% CI", "val/mc_acc",
+                 "mc_acc 95% CI", "vs best", "val/mc_margin",
                  "lm_eval/mc1/acc", "lm_eval/mc2/mc2", "gen/entropy", "gen/distinct2"]
 
 
@@ -77,8 +78,27 @@ def round_row(r: int, manifest: dict) -> dict:
         **manifest.get("training", {}),
         "val/mc_acc_low": low,
         "val/mc_acc_high": high,
+        **adherence_fields("fewshot/adherence", manifest.get("few_shot_adherence")),
         **manifest.get("diagnostics", {}),
     }
+
+
+def adherence_fields(prefix: str, rates: dict | None) -> dict:
+    """Principle adherence as columns: `<prefix>` (every rule), its interval, one per rule."""
+    if not rates:
+        return {}
+    low, high = rates["all"]["ci95"]
+    return {prefix: rates["all"]["rate"], f"{prefix}_low": low, f"{prefix}_high": high,
+            **{f"{prefix}_{rule}": r["rate"] for rule, r in rates.items() if rule != "all"}}
+
+
+def per_item(store: RoundStore, r: int, manifest: dict, metric: str | None) -> list[int] | None:
+    """Round r's per-item results behind `metric`, for paired tests: each held-out prompt's
+    zero-shot adherence (every rule) for `val/adherence*`, else each multiple-choice item's."""
+    if metric and metric.startswith("val/adherence"):
+        result = store.read_zero_shot(r)
+        return [int(rec["checks"]["all"]) for rec in result["records"]] if result else None
+    return (manifest.get("validation") or {}).get("correct")
 
 
 def manifests(store: RoundStore) -> dict[int, dict]:
@@ -89,10 +109,24 @@ def manifests(store: RoundStore) -> dict[int, dict]:
 def rows(store: RoundStore, found: dict[int, dict] | None = None, compare: bool = True) -> list[dict]:
     """One row per trained round; `compare`: with the paired comparison against the best round."""
     found = manifests(store) if found is None else found
-    table = [{**round_row(r, m), **harness_fields(store.lm_eval_path(r))} for r, m in found.items()]
+    table = [{**round_row(r, m), **harness_fields(store.lm_eval_path(r)), **zero_shot_fields(store, r)}
+             for r, m in found.items()]
     if compare:
-        compare_with_best(found, table, store.best_round())
+        compare_with_best(store, found, table, store.best_round(), best_monitor(store))
     return table
+
+
+def zero_shot_fields(store: RoundStore, r: int | str) -> dict:
+    """The zero-shot adherence interval and per-rule rates of round r (the rate itself is the
+    logged `val/adherence`)."""
+    result = store.read_zero_shot(r)
+    fields = adherence_fields("val/adherence", result["adherence"]) if result else {}
+    return {k: v for k, v in fields.items() if k != "val/adherence"}
+
+
+def best_monitor(store: RoundStore) -> str | None:
+    path = store.root / "best" / "best.json"
+    return json.loads(path.read_text(encoding="utf-8")).get("monitor") if path.is_file() else None
 
 
 def harness_fields(path: Path) -> dict:
@@ -126,16 +160,18 @@ def update(store: RoundStore, metric: str | None, mode: str) -> tuple[list[dict]
             "why": f"{'highest' if mode == 'max' else 'lowest'} {metric} over rounds 0..{table[-1]['round']}",
         })
     best_round = best["round"] if best else None
-    compare_with_best(found, table, best_round)
+    compare_with_best(store, found, table, best_round, metric)
     write_csv(table, store.root / "rounds.csv")
     write_plot(table, store.root / "rounds.png", metric, best_round)
     return table, best_round
 
 
-def compare_with_best(found: dict[int, dict], rows: list[dict], best_round: int | None) -> None:
-    """Each row's paired comparison with the best round on the same validation items: the items
-    only it gets right, those only the best gets right, and the McNemar p-value."""
-    correct = {r: (manifest.get("validation") or {}).get("correct") for r, manifest in found.items()}
+def compare_with_best(store: RoundStore, found: dict[int, dict], rows: list[dict], best_round: int | None,
+                      metric: str | None) -> None:
+    """Each row's paired comparison with the best round on the same validation items (those of
+    the metric that picks it): the items only it gets right, those only the best gets right, and
+    the McNemar p-value."""
+    correct = {r: per_item(store, r, manifest, metric) for r, manifest in found.items()}
     for row in rows:
         mine, best = correct[row["round"]], correct.get(best_round)
         if mine and best and len(mine) == len(best) and row["round"] != best_round:
@@ -160,10 +196,12 @@ def write_plot(rows: list[dict], path: Path, metric: str | None, best_round: int
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = list(dict.fromkeys(m for m in (metric, "val/mc_acc", "gen/entropy", "gen/distinct2") if m))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    panels = list(dict.fromkeys(m for m in (metric, "val/adherence", "val/mc_acc", "gen/entropy", "gen/distinct2")
+                                if m and any(row.get(m) is not None for row in rows)))
+    panels = panels or ["gen/entropy"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
     rounds = [row["round"] for row in rows]
-    for ax, name in zip(axes, panels):
+    for ax, name in zip(axes[0], panels):
         ax.plot(rounds, [row.get(name) if row.get(name) is not None else float("nan") for row in rows], marker="o")
         if best_round is not None:
             ax.axvline(best_round, color="tab:green", linestyle="--", label=f"best: round {best_round}")
@@ -199,6 +237,8 @@ def _readable(row: dict) -> dict:
     out = {}
     if row.get("val/mc_acc_low") is not None:
         out["mc_acc 95% CI"] = f"{row['val/mc_acc_low']:.3f}-{row['val/mc_acc_high']:.3f}"
+    if row.get("val/adherence_low") is not None:
+        out["adherence 95% CI"] = f"{row['val/adherence_low']:.3f}-{row['val/adherence_high']:.3f}"
     if row.get("vs_best_p") is not None:
         out["vs best"] = f"+{row['vs_best_only_this']}/-{row['vs_best_only_best']} p={row['vs_best_p']:.2f}"
     return out

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from soft_lightning import curriculum
+from soft_lightning.adherence import Adherence, RuleChecks
 from soft_lightning.curriculum import Ordering
 from soft_lightning.distributed import gather_objects
 from soft_lightning.encoding import Encoder
@@ -130,6 +131,8 @@ def merge_shards(store: RoundStore, r: int, shares: int, requests: list[Generati
     for rec, prompt in zip(records, prompts):
         if "difficulty" in prompt:
             rec["pool_difficulty"] = prompt["difficulty"]
+        if "harmful" in prompt:  # the pool's label, for the principle checks
+            rec["harmful"] = prompt["harmful"]
     return records
 
 
@@ -142,7 +145,7 @@ def filter_records(records: list[dict], settings: FilterSettings, pool: list[Exa
     dropped: dict[str, int] = {}
     for rec in records:
         shown = [responses[i] for i in rec.get("icl_ids", []) if i in responses]
-        reason = drop_reason(rec["response"], settings, rec["prompt"], shown)
+        reason = drop_reason(rec["response"], settings, rec["prompt"], shown, finished=rec["finish_reason"] == "stop")
         rec["kept"] = reason is None
         if reason:
             rec["drop_reason"] = reason
@@ -175,9 +178,12 @@ def diagnose(records: list[dict], *, encoder: Encoder, model, batch_size: int, s
 
 def score_and_seal(store: RoundStore, r: int, records: list[dict], shares: int, *, ordering: Ordering,
                    across: Ordering, seed: int, encoder: Encoder, model, batch_size: int, strategy, write: bool,
-                   seconds: dict[str, float], **facts) -> None:
+                   seconds: dict[str, float], checks: RuleChecks | None = None, **facts) -> None:
     """Every rank: order the kept records and diagnose the round (both split over the ranks);
-    then the writer (rank 0) seals it. `facts` go on to `seal`."""
+    then the writer (rank 0) seals it. With `checks`, the round's few-shot adherence T(r) (every
+    record, kept or not) goes into the manifest. `facts` go on to `seal`."""
+    if checks is not None:
+        facts["few_shot_adherence"] = Adherence.of(checks, records).rates()
     model_args = {"encoder": encoder, "model": model, "batch_size": batch_size, "strategy": strategy}
     scoring = order_records(records, ordering, r=r, seed=seed, **model_args)
     diagnostics, seconds["diagnostics"] = diagnose(records, **model_args)

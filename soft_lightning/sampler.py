@@ -41,13 +41,12 @@ class SamplingConfig:
 
 @dataclass
 class VLLMOptions:
-    """Engine settings for the vLLM backend. On CPU `gpu_memory_utilization` is the share of RAM
-    reserved for the KV cache."""
+    """Engine settings for the vLLM backend. On CPU `gpu_memory_utilization` is the share of the
+    RAM free when the engine starts that its KV cache takes (unless `kv_cache_memory_bytes`)."""
 
     gpu_memory_utilization: float = 0.3
-    # The KV cache's size in bytes, instead of sizing it from gpu_memory_utilization. On CPU vLLM
-    # sizes it as that share of the NUMA node's RAM less this whole process's RSS (the training
-    # model included), which can come out negative; a size set here also skips its warm-up pass.
+    # The KV cache's size in bytes, instead of sizing it from gpu_memory_utilization (on CPU a
+    # size set here also skips vLLM's warm-up pass).
     kv_cache_memory_bytes: int | None = None
     max_model_len: int | None = 2048
     dtype: str = "auto"  # auto: the run's dtype (model.compute_dtype, resolved for the device)

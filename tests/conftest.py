@@ -48,6 +48,10 @@ def tiny_run_args(model: str, out_dir: Path, sampler: str, *extra: str) -> list[
         "--data.prompts_per_round", "6",
         "--data.val_limit", "4",
         "--bootstrap.sampling.max_new_tokens", "12",
+        # A random-weight model rarely ends an answer: keep the cut-off ones so rounds have data.
+        "--bootstrap.filters.truncated", "keep",
+        "--bootstrap.zero_shot.limit", "4",
+        "--bootstrap.zero_shot.max_new_tokens", "12",
         "--model.lora_r", "8",
         *extra,
     ]

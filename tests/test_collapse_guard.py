@@ -21,6 +21,7 @@ from soft_lightning import stats
 from soft_lightning.data import SoftDataModule
 from soft_lightning.encoding import TrainExample
 from soft_lightning.errors import ConfigError
+from soft_lightning.filters import FilterSettings
 from soft_lightning.evaluation import choice_logprobs, distinct_n, labelled_logprobs, token_entropy
 from soft_lightning.mc import collate_mc, mc_pair
 from soft_lightning.module import SoftModule
@@ -129,7 +130,7 @@ def scripted_fit(tiny_model, tmp_path, script: list[float], items: int, callback
     """A real Trainer and BootstrapCallback over len(script) rounds of ScriptedValidation."""
     out, rounds = tmp_path / "store", len(script)
     bootstrap = BootstrapCallback(rounds=rounds, out_dir=str(out), sampler="hf", icl_examples=2,
-                                  sampling=SamplingConfig(max_new_tokens=8))
+                                  sampling=SamplingConfig(max_new_tokens=8), filters=FilterSettings(truncated="keep"))
     dm = SoftDataModule(prompts_per_round=6, rounds=rounds, val_limit=2, tokenizer=tiny_model, batch_size=3,
                         out_dir=str(out))
     module = ScriptedValidation(tiny_model, quantization="none", compute_dtype="float32", lora_r=8,

@@ -45,7 +45,29 @@ def test_filter_records_judges_each_record_by_the_examples_it_was_shown():
     records = [{"id": "a", "prompt": "Tell me a craft.", "response": EXAMPLE, "icl_ids": ["plane"]},
                {"id": "b", "prompt": "Tell me a craft.", "response": EXAMPLE, "icl_ids": ["other"]},
                {"id": "c", "prompt": "Say nothing.", "response": " ", "icl_ids": []}]
+    for rec in records:
+        rec["finish_reason"] = "stop"
     dropped = filter_records(records, FilterSettings(), pool)
     assert dropped == {"copies_example": 1, "empty": 1}
     assert [r["kept"] for r in records] == [False, True, False]
     assert records[0]["drop_reason"] == "copies_example" and "drop_reason" not in records[1]
+
+
+def test_an_answer_cut_off_at_the_cap_never_reaches_training_as_finished(tiny_model):
+    """Dropped as `truncated` by default; kept only on request, and then trained without the
+    end-of-turn marker a finished answer gets."""
+    from soft_lightning.encoding import Encoder
+
+    cut = {"id": "cut", "prompt": "Tell me a craft.", "response": "Fold the paper in half, then", "icl_ids": [],
+           "finish_reason": "length"}
+    done = {**cut, "id": "done", "response": "Fold the paper in half.", "finish_reason": "stop"}
+    records = [dict(cut), dict(done)]
+    assert filter_records(records, FilterSettings(), []) == {"truncated": 1}
+    assert [r["kept"] for r in records] == [False, True]
+
+    records = [dict(cut), dict(done)]
+    assert filter_records(records, FilterSettings(truncated="keep"), []) == {}
+    encoder = Encoder.load(tiny_model)
+    end = encoder.ids(encoder.format.training_pair("x", "y", finished=True)[1])[-1]
+    cut_ids, done_ids = (encoder.encode_record(r) for r in records)
+    assert done_ids.labels[-1] == end and end not in cut_ids.labels, "a cut-off answer must not learn to end"

@@ -39,7 +39,7 @@ def test_validate_subcommand_reports_mc_accuracy(tiny_model, tmp_path):
     result = run_cli(
         "validate", "--config", str(ROOT / "configs" / "demo.yaml"),
         "--model.model_name_or_path", tiny_model, "--model.lora_r", "8",
-        "--data.val_limit", "8", "--bootstrap.out_dir", str(tmp_path / "store"),
+        "--data.val_path", "demo", "--data.val_limit", "8", "--bootstrap.out_dir", str(tmp_path / "store"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "val/mc_acc" in result.stdout

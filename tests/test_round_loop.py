@@ -80,7 +80,7 @@ def test_checkpoints_hold_the_adapter_and_the_loop_position_only(finished_run):
     round_end = out / "checkpoints" / "last-round-end.ckpt"
     assert round_end.is_file() and (out / "checkpoints" / "last.ckpt").is_file()
     state = torch.load(round_end, map_location="cpu", weights_only=True)
-    assert state["epoch"] == 1, "the round-end checkpoint of the last round"
+    assert state["epoch"] == 3, "the round-end checkpoint of the last round (2 rounds x 2 epochs)"
     assert state["state_dict"] and all("lora_" in k for k in state["state_dict"]), "LoRA weights only"
     assert not any(v for k, v in state["callbacks"].items() if "BootstrapCallback" in k), "no callback state"
     plan = json.loads((out / "plan.json").read_text())
