@@ -21,8 +21,8 @@ from soft_lightning import stats
 from soft_lightning.data import SoftDataModule
 from soft_lightning.encoding import TrainExample
 from soft_lightning.errors import ConfigError
-from soft_lightning.filters import FilterSettings
 from soft_lightning.evaluation import choice_logprobs, distinct_n, labelled_logprobs, token_entropy
+from soft_lightning.filters import FilterSettings
 from soft_lightning.mc import collate_mc, mc_pair
 from soft_lightning.module import SoftModule
 from soft_lightning.prompts import asset_path
