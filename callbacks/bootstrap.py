@@ -299,8 +299,10 @@ class BootstrapCallback(L.Callback):
                                               strategy=trainer.strategy, model=pl_module.model, sampling=sampling,
                                               description="zero-shot answers")
 
+        engine_start = self.sampler.start()  # the run's first generation: started and warmed outside the timing
         result = zero_shot_eval.measure(generate, self.zero_shot_prompts, trainer.datamodule.encoder.format,
                                         self.checks, self.zero_shot)
+        result["engine_start_seconds"] = round(engine_start, 3)
         self.sampler.pause()
         if trainer.is_global_zero:
             self.store.write_zero_shot(r, result)

@@ -219,7 +219,9 @@ class SoftDataModule(L.LightningDataModule):
             held = self.round_data(self.current_round()).heldout
             units += [("heldout", held[i : i + self.batch_size]) for i in range(0, len(held), self.batch_size)]
         world = self.trainer.world_size if self.trainer is not None else 1
-        units += [("empty", [])] * (-len(units) % world)
+        # (Nothing to score still runs one validation per round: its end is where a round's
+        # zero-shot adherence is measured and the collapse guard decides.)
+        units += [("empty", [])] * (-len(units) % world or (world if not units else 0))
         return DataLoader(units, batch_size=None, shuffle=False, collate_fn=self._collate_val,
                           num_workers=self.num_workers)
 

@@ -9,6 +9,7 @@ on a signal a small model can move.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from jsonargparse.typing import PositiveInt
@@ -68,12 +69,15 @@ def measure(generate, prompts: list[dict], fmt: PromptFormat, checks: RuleChecks
     """Greedy zero-shot answers from `generate(requests, sampling)`, each with its checks, and
     the rates per rule with 95% intervals: what `zero_shot.json` holds."""
     sampling = SamplingConfig(temperature=0.0, top_p=1.0, max_new_tokens=settings.max_new_tokens)
+    t0 = time.perf_counter()
     records = generate(requests(prompts, fmt), sampling)
+    seconds = time.perf_counter() - t0
     for rec, prompt in zip(records, prompts):
         rec["harmful"] = prompt["harmful"]
         rec["checks"] = checks.check(rec["response"], prompt["harmful"], rec["finish_reason"] == "stop")
     return {"prompts": settings.path(), "prompts_sha256": sha256_file(settings.path()), "checks": checks.describe(),
-            "adherence": Adherence.of(checks, records).rates(), "records": records}
+            "adherence": Adherence.of(checks, records).rates(), "seconds": round(seconds, 3),
+            "tokens": sum(rec["n_tokens"] for rec in records), "records": records}
 
 
 def metrics(result: dict) -> dict[str, float]:
