@@ -56,9 +56,11 @@ class SoftModule(L.LightningModule):
         optimizer: `adamw` (torch), or bitsandbytes `paged_adamw_8bit` / `paged_adamw_32bit` (CUDA).
         warmup_steps, min_lr_ratio: linear warmup from 0, then cosine decay to `min_lr_ratio` x lr
             (transformers' `get_cosine_with_min_lr_schedule_with_warmup`).
-        schedule: `run` is one warmup + cosine over the whole run (its length comes from the run
-            plan: rounds x the steps a full round takes); `round` restarts it every round over
-            that round's steps, as a per-round fine-tune (Dromedary-2 style recipes).
+        schedule: `round` (default) restarts warmup + cosine every round over that round's steps:
+            each round is a fine-tune on fresh data, so the last round learns as much as the
+            first. `run` is one warmup + cosine over the whole run (rounds x the steps a full
+            round takes), which leaves the late rounds, the ones bootstrapping is about, near
+            `min_lr_ratio` x lr.
         gradient_checkpointing: trade compute for activation memory (worth it on GPUs for 7B).
         trust_remote_code: run model code shipped with a checkpoint (off unless you trust it).
         adapter: start from a saved LoRA adapter (e.g. `runs/x/round_1/adapter` or `runs/x/best/adapter`)
@@ -79,7 +81,7 @@ class SoftModule(L.LightningModule):
         weight_decay: NonNegativeFloat = 0.0,
         warmup_steps: NonNegativeInt = 10,
         min_lr_ratio: ClosedUnitInterval = 0.1,
-        schedule: Literal["run", "round"] = "run",
+        schedule: Literal["round", "run"] = "round",
         optimizer: Literal["adamw", "paged_adamw_8bit", "paged_adamw_32bit"] = "adamw",
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,

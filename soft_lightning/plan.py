@@ -6,8 +6,10 @@ a changed hook order cannot move a prompt to another round. It holds
 
 - `identity`: what makes two runs the same run (a resume that changes any of it is refused);
 - `rounds`: each round's prompts, [{id, prompt, difficulty?}], disjoint unless reuse is allowed;
-- `order`: with an across-round curriculum, the whole pool's order [[id, difficulty], ...], so
-  extra rounds (`bootstrap.rounds` raised on resume) continue it without scoring again;
+- `order`: with an across-round curriculum, the whole pool's order [[id, difficulty], ...]: the
+  run's prompts (the same ones a run without a curriculum answers) are split over the rounds in
+  this order, and extra rounds (`bootstrap.rounds` raised on resume) are ordered by it without
+  scoring again;
 - `synthesis`: with prompt synthesis, the run's topics and what each round's synthesis kept and
   dropped. A round's synthesized prompts are appended to its slice ({id, prompt, source:
   synthesized, round, topic, seed_ids}) when the round starts, before any response exists, so
@@ -122,44 +124,49 @@ DrawFn = Callable[[int | None], list[dict]]
 OrderFn = Callable[[list[dict]], tuple[list[int], list[float]]]
 
 
-def ordered_pool(draw: DrawFn, order: OrderFn) -> list[dict]:
-    """The whole usable pool in curriculum order, each prompt with its difficulty."""
-    everything = draw(None)
-    positions, scores = order(everything)
-    return [{**everything[i], "difficulty": scores[i]} for i in positions]
+def in_curriculum_order(prompts: list[dict], order: list[list]) -> list[dict]:
+    """`prompts` sorted by their place in the whole pool's curriculum order ([[id, difficulty], ...]),
+    each with its difficulty."""
+    rank = {id_: (i, difficulty) for i, (id_, difficulty) in enumerate(order)}
+    return [{**p, "difficulty": rank[p["id"]][1]} for p in sorted(prompts, key=lambda p: rank[p["id"]][0])]
 
 
 def build_plan(identity: dict, *, draw: DrawFn, rounds: int, per_round: int, order: OrderFn | None = None,
                pool_stats: Callable[[], dict]) -> RunPlan:
-    """A fresh run's plan: the first `rounds` slices of the (ordered) pool."""
+    """A fresh run's plan: the first `rounds` slices of the seeded pool order. With an
+    across-round curriculum the run answers the *same* prompts, split over the rounds in
+    curriculum order: the whole pool is scored once (its order is saved for extra rounds), and
+    ordering changes only which round a prompt lands in, never which prompts the run sees (a
+    comparison with SOFT then measures the order alone)."""
     if order is None:
-        prompts, saved_order = draw(rounds * per_round), None
-    else:
-        prompts = ordered_pool(draw, order)
-        saved_order = [[p["id"], p["difficulty"]] for p in prompts]
-    return RunPlan(identity, slices(prompts, 0, rounds, per_round), pool_stats(), saved_order)
+        return RunPlan(identity, slices(draw(rounds * per_round), 0, rounds, per_round), pool_stats())
+    everything = draw(None)
+    positions, scores = order(everything)
+    saved_order = [[everything[i]["id"], scores[i]] for i in positions]
+    used = in_curriculum_order(everything[: rounds * per_round], saved_order)
+    return RunPlan(identity, slices(used, 0, rounds, per_round), pool_stats(), saved_order)
 
 
 def extend_plan(plan: RunPlan, *, draw: DrawFn, rounds: int, per_round: int,
                 pool_stats: Callable[[], dict]) -> RunPlan:
-    """The plan with slices for rounds len(plan.rounds)..rounds-1 added, continuing the same
-    sequence (the saved curriculum order, or the seeded pool order), so they are disjoint from
-    the planned ones."""
+    """The plan with slices for rounds len(plan.rounds)..rounds-1 added: the next prompts of the
+    seeded pool order, disjoint from the planned ones. With a curriculum they are ordered among
+    themselves by the saved order (no scoring again): each planning orders its own block of rounds."""
     planned = len(plan.rounds)
     if rounds <= planned:
         return plan
-    if plan.order is not None:
-        by_id = {p["id"]: p for p in draw(None)}
-        prompts = [{**by_id[i], "difficulty": d} for i, d in plan.order]
-    else:
-        prompts = draw(rounds * per_round)
+    prompts = draw(rounds * per_round)
     again = slices(prompts, 0, planned, per_round)
-    if [[p["id"] for p in s] for s in again] != [[p["id"] for p in plan.file_prompts(r)] for r in range(planned)]:
+    if sorted(p["id"] for s in again for p in s) != sorted(p["id"] for r in range(planned)
+                                                           for p in plan.file_prompts(r)):
         raise ConfigError(
             "bootstrap.rounds: the prompt pool no longer splits into the rounds already planned "
             "(was data.prompts or the tokenizer changed?); resume with the original settings."
         )
-    new = slices(prompts, planned, rounds - planned, per_round)
+    block = [p for s in slices(prompts, planned, rounds - planned, per_round) for p in s]
+    if plan.order is not None:
+        block = in_curriculum_order(block, plan.order)
+    new = slices(block, 0, rounds - planned, per_round)
     return RunPlan(plan.identity, plan.rounds + new, pool_stats(), plan.order, plan.synthesis)
 
 

@@ -135,3 +135,40 @@ def test_identity_changes_name_the_keys_and_ignore_the_path():
 def test_slices_wrap_only_past_the_end():
     prompts = [{"id": str(i)} for i in range(5)]
     assert [[p["id"] for p in s] for s in slices(prompts, 0, 3, 2)] == [["0", "1"], ["2", "3"], ["4", "0"]]
+
+
+def test_an_across_round_curriculum_reorders_the_run_s_prompts_and_never_changes_them(tmp_path, tiny_model):
+    """SOFT+ answers exactly the prompts SOFT does (the first rounds x per_round of the seeded pool
+    order), split over the rounds easiest first; the rest of the pool is never planned, with or
+    without the curriculum. Extra rounds take the next prompts, ordered among themselves."""
+    rows = [{"id": f"p{i}", "prompt": f"Prompt number {i}"} for i in range(30)]
+
+    def data(rounds):
+        dm = SoftDataModule(prompts=pool_file(tmp_path, rows), prompts_per_round=4, rounds=rounds, val_path=None,
+                            tokenizer=tiny_model)
+        dm.setup("fit")
+        return dm
+
+    def by_number(prompts):  # a stand-in scorer: the prompt's number is its difficulty
+        scores = [float(p["id"][1:]) for p in prompts]
+        return sorted(range(len(prompts)), key=scores.__getitem__), scores
+
+    dm = data(3)
+    soft = build_plan({}, draw=dm.draw_prompts, rounds=3, per_round=4, pool_stats=dm.pool_stats)
+    dm = data(3)
+    plus = build_plan({}, draw=dm.draw_prompts, rounds=3, per_round=4, order=by_number, pool_stats=dm.pool_stats)
+    ids = [[p["id"] for p in s] for s in plus.rounds]
+    assert sorted(sum(ids, [])) == sorted(p["id"] for s in soft.rounds for p in s), "the same prompts as SOFT"
+    difficulty = [[p["difficulty"] for p in s] for s in plus.rounds]
+    assert sum(difficulty, []) == sorted(sum(difficulty, [])), "easiest first, across and within rounds"
+    assert len(plus.order) == 30, "the whole pool's order is saved"
+
+    dm = data(5)
+    longer = extend_plan(plus, draw=dm.draw_prompts, rounds=5, per_round=4, pool_stats=dm.pool_stats)
+    assert longer.rounds[:3] == plus.rounds
+    dm = data(5)
+    soft5 = build_plan({}, draw=dm.draw_prompts, rounds=5, per_round=4, pool_stats=dm.pool_stats)
+    new = [p["id"] for s in longer.rounds[3:] for p in s]
+    assert sorted(new) == sorted(p["id"] for s in soft5.rounds[3:] for p in s)
+    extra = [p["difficulty"] for s in longer.rounds[3:] for p in s]
+    assert extra == sorted(extra), "the extra rounds are ordered among themselves"

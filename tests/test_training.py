@@ -87,3 +87,43 @@ def test_nf4_lora_gradients_match_a_dequantised_reference(tiny_model, after_gene
         for n, p in r.model.named_parameters() if p.grad is not None
     )
     assert worst < 2e-2
+
+
+@pytest.mark.parametrize("schedule", ["round", "run"])
+def test_every_round_trains_at_the_peak_learning_rate_by_default(schedule, tiny_model, tmp_path):
+    """`schedule: round` (the default) restarts warmup + cosine each round, so the last round
+    starts where the first did; `run` (one cosine over the run) starves the late rounds."""
+    import lightning as L
+
+    from callbacks.bootstrap import BootstrapCallback
+    from soft_lightning.data import SoftDataModule
+    from soft_lightning.filters import FilterSettings
+    from soft_lightning.sampler import SamplingConfig
+
+    lrs: list[list[float]] = []
+
+    class Rates(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            lrs.append([])
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            lrs[-1].append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    out, rounds = tmp_path / "store", 3
+    bootstrap = BootstrapCallback(rounds=rounds, out_dir=str(out), sampler="hf", icl_examples=2,
+                                  sampling=SamplingConfig(max_new_tokens=6), filters=FilterSettings(truncated="keep"))
+    dm = SoftDataModule(prompts_per_round=6, rounds=rounds, val_path=None, val_holdout=0.0, tokenizer=tiny_model,
+                        batch_size=2, out_dir=str(out))
+    kwargs = {} if schedule == "round" else {"schedule": "run"}
+    module = SoftModule(tiny_model, quantization="none", compute_dtype="float32", lora_r=8, learning_rate=1e-3,
+                        warmup_steps=1, **kwargs)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=rounds, reload_dataloaders_every_n_epochs=1, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                        default_root_dir=tmp_path, num_sanity_val_steps=0, callbacks=[bootstrap, Rates()])
+    trainer.fit(module, datamodule=dm)
+    assert [len(r) for r in lrs] == [3] * rounds
+    peaks = [max(r) for r in lrs]
+    if schedule == "round":
+        assert all(r[0] == 0.0 and peak == pytest.approx(1e-3) for r, peak in zip(lrs, peaks)), lrs
+    else:
+        assert peaks[0] == pytest.approx(1e-3) and peaks[-1] < 0.5e-3, lrs
