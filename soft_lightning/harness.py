@@ -84,13 +84,16 @@ def run_harness(model: str, adapter: Path | None, data: str, *, with_mc2: bool, 
 
 
 def evaluate(out_dir: str, rounds: str = "all", data: str = "demo", limit: int | None = None,
-             tasks: Literal["both", "mc1", "mc2"] = "both",
+             tasks: Literal["both", "mc1", "mc2", "principles"] = "both",
              dtype: ComputeDtype = "auto", device: str = "auto",
-             batch_size: int = 8, model: str | None = None) -> None:
-    """Score a run's rounds with lm-evaluation-harness and add the results to its round table.
+             batch_size: int = 8, model: str | None = None, prompts: str = "rules-test",
+             principles: str = "rules") -> None:
+    """Score a run's rounds with lm-evaluation-harness (or their zero-shot principle adherence)
+    and add the results to its round table.
 
     Args:
-        out_dir: the run's out_dir (its plan names the model).
+        out_dir: the run's out_dir (its plan names the model); with `--tasks principles` also an
+            exported model folder (`python -m soft_lightning export`).
         rounds: `all` (base and every trained round), or a comma list of round numbers, `base`,
             `best` and `last`, e.g. `base,best,last`.
         data: a multiple-choice JSONL {question, choices, label} (with `mc2_choices`/`mc2_labels`,
@@ -103,7 +106,13 @@ def evaluate(out_dir: str, rounds: str = "all", data: str = "demo", limit: int |
         device: `auto` (the GPU where there is one), `cpu`, `cuda`, `cuda:1`, ...
         batch_size: lm-eval's batch size.
         model: the base model, if not the run's (its plan's `model`).
+        prompts: for `--tasks principles`, held-out {prompt, harmful?} JSONL the model answers
+            zero-shot (greedy, in the training chat format, no principles or examples);
+            `rules-test` (default) and `rules` (validation) are the bundled splits. `limit` applies.
+        principles: the principle set whose `checks` judge the answers (`rules` is bundled).
     """
+    if tasks == "principles":
+        return evaluate_principles(out_dir, rounds, prompts, principles, limit, dtype, device, model)
     try:
         import lm_eval  # noqa: F401
     except ImportError:
@@ -128,6 +137,11 @@ def evaluate(out_dir: str, rounds: str = "all", data: str = "demo", limit: int |
         summary = {f"{t}/{m}": v for t, res in result["tasks"].items() for m, v in res.items()
                    if isinstance(v, float)}
         print(f"[soft] {'base model' if r == 'base' else f'round {r}'}: {json.dumps(summary)} -> {path}")
+    refresh_table(store)
+
+
+def refresh_table(store: RoundStore) -> None:
+    """rounds.csv and the plot again, with the new results, by the run's own best-round monitor."""
     best = store.root / "best" / "best.json"
     note = json.loads(best.read_text()) if best.is_file() else {}
     report.update(store, note.get("monitor"), note.get("mode", "max"))
@@ -140,3 +154,37 @@ def _chosen_rounds(rounds: str, store: RoundStore) -> list[int | str]:
     chosen = ["base" if part == "base" else store.round_named(part, "evaluate --rounds")
               for part in (p.strip() for p in rounds.split(","))]
     return list(dict.fromkeys(chosen))
+
+
+def evaluate_principles(out_dir: str, rounds: str, prompts: str, principles: str, limit: int | None, dtype: str,
+                        device: str, model: str | None) -> None:
+    """`evaluate --tasks principles`: each chosen round's (or an export's) zero-shot adherence on
+    `prompts`, per rule with 95% intervals, into `principles_eval.json` and the round table."""
+    from soft_lightning import zero_shot
+    from soft_lightning.prompts import load_checks
+
+    checks = load_checks(principles)
+    if checks is None:
+        raise ConfigError(f"evaluate --principles: {principles!r} has no `checks` section; use rules or a JSON "
+                          "principles file with one.")
+    settings = zero_shot.ZeroShot(prompts=prompts, limit=limit)
+    zero_shot.load_prompts(settings, key="evaluate --prompts")  # checked before any model loads
+    dtype, device = command_numerics(dtype, device)
+    folder, store = Path(out_dir), RoundStore(out_dir)
+    plan = store.read_plan()
+    if plan is None:
+        if not (folder / "config.json").is_file():
+            raise ConfigError(f"evaluate: {out_dir} is neither a run (no plan.json) nor a model folder (no "
+                              "config.json); give a run's out_dir or an export.")
+        targets = [("export", folder / "principles_eval.json", str(folder), None)]
+    else:
+        source = resolve_model(model or plan.identity["model"])
+        targets = [(r, store.principles_eval_path(r), source, None if r == "base" else store.adapter_dir(r))
+                   for r in _chosen_rounds(rounds, store)]
+    for name, path, source, adapter in targets:
+        result = zero_shot.evaluate_model(source, adapter, settings, checks, dtype=dtype, device=device)
+        write_json_atomic(path, result)
+        label = {"base": "base model", "export": f"export {out_dir}"}.get(name, f"round {name}")
+        print(f"[soft] {label}: zero-shot adherence on {prompts} {zero_shot.summary(result)} -> {path}")
+    if plan is not None:
+        refresh_table(store)

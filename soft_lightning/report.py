@@ -19,8 +19,8 @@ from soft_lightning.jsonl import write_bytes_atomic
 from soft_lightning.store import RoundStore
 
 TABLE_COLUMNS = ["round", "prompts_written", "pool_size", "kept", "tokens_generated", "generation_s", "train_s",
-                 "train/loss", "val/loss", "fewshot/adherence", "val/adherence", "adherence 95% CI", "val/mc_acc",
-                 "mc_acc 95% CI", "vs best", "val/mc_margin",
+                 "train/loss", "val/loss", "fewshot/adherence", "val/adherence", "adherence 95% CI", "eval/adherence",
+                 "val/mc_acc", "mc_acc 95% CI", "vs best", "val/mc_margin",
                  "lm_eval/mc1/acc", "lm_eval/mc2/mc2", "gen/entropy", "gen/distinct2"]
 
 
@@ -117,11 +117,14 @@ def rows(store: RoundStore, found: dict[int, dict] | None = None, compare: bool 
 
 
 def zero_shot_fields(store: RoundStore, r: int | str) -> dict:
-    """The zero-shot adherence interval and per-rule rates of round r (the rate itself is the
-    logged `val/adherence`)."""
+    """Round r's zero-shot adherence: the validation split's interval and per-rule rates (the rate
+    itself is the logged `val/adherence`), and `eval/adherence*` from `evaluate --tasks principles`."""
     result = store.read_zero_shot(r)
     fields = adherence_fields("val/adherence", result["adherence"]) if result else {}
-    return {k: v for k, v in fields.items() if k != "val/adherence"}
+    path = store.principles_eval_path(r)
+    evaluated = json.loads(path.read_text(encoding="utf-8"))["adherence"] if path.is_file() else None
+    fields.pop("val/adherence", None)
+    return {**fields, **adherence_fields("eval/adherence", evaluated)}
 
 
 def best_monitor(store: RoundStore) -> str | None:

@@ -142,6 +142,10 @@ class RoundStore:
         """`python -m soft_lightning evaluate`'s results for round r (`base`: the base model)."""
         return self.root / "base_lm_eval.json" if r == "base" else self.round_dir(r) / "lm_eval.json"
 
+    def principles_eval_path(self, r: int | str) -> Path:
+        """`evaluate --tasks principles`' results for round r (`base`: the base model's)."""
+        return self.root / "base_principles_eval.json" if r == "base" else self.round_dir(r) / "principles_eval.json"
+
     def zero_shot_path(self, r: int | str) -> Path:
         """Round r's zero-shot answers to the held-out prompts and their principle checks (`base`:
         the base model's, measured when the run starts)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from jsonargparse.typing import PositiveInt
 
@@ -93,3 +94,23 @@ def summary(result: dict) -> str:
     low, high = rates["all"]["ci95"]
     rules = ", ".join(f"{rule} {r['kept']}/{r['n']}" for rule, r in rates.items() if rule != "all")
     return f"{rates['all']['kept']}/{rates['all']['n']} = {rates['all']['rate']:.3f} [{low:.3f}-{high:.3f}] ({rules})"
+
+
+def evaluate_model(source: str, adapter: Path | None, settings: ZeroShot, checks: RuleChecks, *, dtype: str,
+                   device: str, batch_tokens: int = 16384) -> dict:
+    """Zero-shot adherence of one model outside a run (`evaluate --tasks principles`): the base
+    (or an exported folder) with `adapter` merged into a `dtype` copy, greedy, on the hf backend."""
+    from soft_lightning.models import load_tokenizer
+    from soft_lightning.sampler_hf import GenerationCopy, HFSampler
+
+    tokenizer = load_tokenizer(source)
+    fmt = PromptFormat(tokenizer)
+    sampler = HFSampler(SamplingConfig(), fmt.stop_strings(), 0, tokenizer, batch_tokens,
+                        copy=GenerationCopy(source, dtype, device))
+
+    def generate(requests, sampling):
+        return sampler.generate(requests, round_index=0, adapter=adapter, model=None, sampling=sampling)
+
+    result = measure(generate, load_prompts(settings, key="evaluate --prompts"), fmt, checks, settings)
+    return {**result, "model": source, "adapter": str(adapter) if adapter else None, "dtype": dtype,
+            "backend": "hf"}

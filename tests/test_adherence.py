@@ -67,7 +67,8 @@ def test_the_bundled_splits_are_disjoint_and_label_harmful_prompts():
 
 def test_rates_count_every_record_with_wilson_intervals():
     records = [{"response": GOOD, "finish_reason": "stop"}, {"response": GOOD, "finish_reason": "length"},
-               {"response": REFUSAL, "harmful": True, "finish_reason": "stop"}, {"response": "", "finish_reason": "stop"}]
+               {"response": REFUSAL, "harmful": True, "finish_reason": "stop"},
+               {"response": "", "finish_reason": "stop"}]
     rates = Adherence.of(CHECKS, records).rates()
     assert rates["all"]["kept"] == 2 and rates["all"]["n"] == 4 and rates["all"]["rate"] == 0.5
     low, high = rates["all"]["ci95"]

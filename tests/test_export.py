@@ -78,3 +78,27 @@ def test_export_loads_in_vllm_and_generates_what_transformers_generates(exported
         sampler.close()
     assert [r["response"] for r in ours] == [r["response"] for r in hf]
     assert [r["mean_logprob"] for r in ours] == pytest.approx([r["mean_logprob"] for r in hf], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_evaluate_principles_on_a_run_and_on_its_export(exported):
+    """`evaluate --tasks principles` answers held-out prompts zero-shot for a run's rounds (into
+    the store and its round table) and for an exported folder (into the folder)."""
+    import csv
+    import io
+
+    out, folder, _ = exported
+    result = run_ok("evaluate", str(out), "--tasks", "principles", "--rounds", "base,0", "--limit", "3",
+                    "--dtype", "float32")
+    assert "round 0: zero-shot adherence on rules-test" in result.stdout
+    evaluated = json.loads((out / "round_0" / "principles_eval.json").read_text())
+    assert evaluated["adherence"]["all"]["n"] == 3 and len(evaluated["records"]) == 3
+    assert all(set(rec["checks"]) == {"summary", "points", "length", "refusal", "all"} for rec in evaluated["records"])
+    assert (out / "base_principles_eval.json").is_file()
+    table = list(csv.DictReader(io.StringIO((out / "rounds.csv").read_text())))
+    assert float(table[0]["eval/adherence"]) == evaluated["adherence"]["all"]["rate"]
+
+    run_ok("evaluate", str(folder), "--tasks", "principles", "--prompts", "rules", "--limit", "2")
+    assert json.loads((folder / "principles_eval.json").read_text())["adherence"]["all"]["n"] == 2
+    refused = run_cli("evaluate", str(out), "--tasks", "principles", "--principles", "default")
+    assert refused.returncode == 2 and "has no `checks` section" in refused.stderr
