@@ -199,8 +199,10 @@ class BootstrapCallback(L.Callback):
         self._finish_round(trainer, pl_module, trainer.current_epoch // self.epochs_per_round - 1, if_skipped=True)
 
     def on_fit_end(self, trainer, pl_module):
+        base = self.store.read_zero_shot("base")
         rank_zero_info("[soft] per-round summary (train_s includes validation)\n"
-                       + report.format_table(report.rows(self.store), self.store.best_round()))
+                       + report.format_table(report.rows(self.store), self.store.best_round())
+                       + (f"\nbase model: zero-shot adherence {zero_shot_eval.summary(base)}" if base else ""))
 
     def teardown(self, trainer, pl_module, stage):
         if self.sampler is not None:
