@@ -1,5 +1,5 @@
 """Collect the latest bench/results/*.json into bench/results/summary.json and regenerate the
-README's Performance table (between its `<!-- bench:begin -->` and `<!-- bench:end -->` markers).
+docs/performance.md's table (between its `<!-- bench:begin -->` and `<!-- bench:end -->` markers).
 
     python bench/summary.py
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-README = ROOT / "README.md"
+README = ROOT / "docs" / "performance.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 
@@ -107,7 +107,7 @@ def main() -> None:
     table = "\n".join(rows)
     text = README.read_text()
     if BEGIN not in text or END not in text:
-        raise SystemExit(f"README.md lacks the {BEGIN} ... {END} markers around the Performance table.")
+        raise SystemExit(f"docs/performance.md lacks the {BEGIN} ... {END} markers around the Performance table.")
     head, rest = text.split(BEGIN, 1)
     README.write_text(f"{head}{BEGIN}\n{table}\n{END}{rest.split(END, 1)[1]}")
     print(table)

@@ -1,12 +1,13 @@
-"""experiments/README.md from the grid's round stores: validation accuracy per round per method
-with 95% intervals (table and plot), a verdict per claim from paired tests on the same items, and
-the best rounds re-scored by lm-evaluation-harness on the whole validation file.
+"""experiments/README.md from the grid's round stores: the premise, few-shot adherence T(r) and
+zero-shot adherence S(r) per rule and round, the best rounds (picked on the validation split)
+scored on the test split, and a verdict per claim.
 
-A verdict is `reproduced` only when the difference goes the paper's way and the exact McNemar test
-on the same items gives p < 0.05; the same direction with p >= 0.05 is `inside the noise`; the
-other direction with p < 0.05 is `not reproduced`. With several seeds the test pools the item
-pairs of seed-matched runs (the same items recur across seeds, so the pooled p is optimistic; the
-per-seed figures follow it). Runs not finished yet are marked.
+The tests were fixed before any run: per claim, each test prompt's all-rules result of arm A's
+chosen round minus arm B's, averaged over the seeds (a prompt that recurs in every seed counts
+once), a two-sided sign-flip permutation test on those per-prompt differences, a 95% bootstrap
+interval of their mean, and Holm's correction over the five claims. Per-seed exact McNemar
+p-values are listed beside. `reproduced`: the paper's direction with Holm p < 0.05; the other
+direction with Holm p < 0.05: `not reproduced`; otherwise `inside the noise`.
 """
 
 from __future__ import annotations
@@ -16,153 +17,186 @@ import math
 from pathlib import Path
 
 from soft_lightning import report, stats
+from soft_lightning.adherence import RULES
 from soft_lightning.store import RoundStore
 
 ALPHA = 0.05
-ACC = "val/mc_acc"
-CLAIMS = [  # (claim, method that should win, method it should beat), on each run's best round
-    ("(1) bootstrapping (SOFT, best round) beats a single round of self-alignment", "soft", "single_round"),
-    ("(2) random in-context examples beat fixed ones (best rounds)", "soft", "fixed_icl"),
-    ("(3) easy-to-hard (SOFT+) beats random order (best rounds)", "soft_plus", "soft"),
+CLAIMS = [  # (name, claim, arm A (should win), its round, arm B, its round)
+    ("1", "bootstrapping (SOFT) beats a single round of self-alignment", "soft", "best", "single_round", "best"),
+    ("2", "random in-context examples beat fixed ones", "soft", "best", "fixed_icl", "best"),
+    ("3", "easy-to-hard (SOFT+) beats random order", "soft_plus", "best", "soft", "best"),
+    ("4a", "SOFT rises: its best round beats its round 0", "soft", "best", "soft", "0"),
+    ("4b", "then collapses: its best round beats its last", "soft", "best", "soft", "last"),
 ]
 
 
-def curves(out: Path) -> list[dict]:
-    """The run's round-table rows (accuracy, its interval, margin, diagnostics), each with its
-    per-item validation results for the paired tests and its lm-eval results, if scored."""
+def run_rows(out: Path) -> list[dict]:
+    """Per trained round: the round table's row, its truncated and dropped counts, and its test
+    results (per prompt, all rules) if scored."""
     store = RoundStore(out)
     found = report.manifests(store)
-    return [{**row, "correct": (found[row["round"]].get("validation") or {}).get("correct") or [],
-             "full": _mc1_items(store.lm_eval_path(row["round"]))}
-            for row in report.rows(store, found)]
+    return [{**row, "truncated": found[row["round"]].get("truncated"), "dropped": found[row["round"]].get("dropped"),
+             "test": test_items(store, row["round"])} for row in report.rows(store, found, compare=False)]
 
 
-def best(rows: list[dict]) -> dict | None:
-    return report.best_row(rows, ACC, "max")
+def test_items(store: RoundStore, r) -> list[int] | None:
+    path = store.principles_eval_path(r)
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    return [int(rec["checks"]["all"]) for rec in result["records"]] if result["prompts"].endswith("rules_test.jsonl") \
+        else None
 
 
-def verdict(pairs: list[tuple[dict | None, dict | None]], claim: str, items: str = "correct",
-            missing: str = "runs unfinished") -> str:
-    """`a` should beat `b` in every (a, b) pair (one per seed), paired on the same items."""
-    pairs = [(a, b) for a, b in pairs if a and b and a[items] and len(a[items]) == len(b[items])]
+def chosen(rows: list[dict], store: RoundStore, which: str) -> dict | None:
+    """The row of round `which` (`best`: the run's best round by validation, `last`, or a number)."""
+    if not rows:
+        return None
+    r = {"best": store.best_round(), "last": rows[-1]["round"]}.get(which, None if which in ("best", "last")
+                                                                     else int(which))
+    return next((row for row in rows if row["round"] == r), None)
+
+
+def claim_test(a_items: list[list[int]], b_items: list[list[int]]) -> dict:
+    """The pre-registered test of one claim over the seeds that have both arms scored."""
+    pairs = [(a, b) for a, b in zip(a_items, b_items) if a and b and len(a) == len(b)]
     if not pairs:
-        return f"{claim}: not measured yet ({missing})"
-    first = [x for a, _ in pairs for x in a[items]]
-    second = [x for _, b in pairs for x in b[items]]
-    test = stats.paired(first, second)
-    acc_a, acc_b = sum(first) / len(first), sum(second) / len(second)
-    diff = acc_a - acc_b
-    if diff > 0 and test["p"] < ALPHA:
-        word = "reproduced"
-    elif diff < 0 and test["p"] < ALPHA:
-        word = "not reproduced (the other way, significantly)"
-    else:
-        word = "inside the noise at this scale"
-    seeds = "" if len(pairs) == 1 else f" ({len(pairs)} seeds pooled, {len(first)} item pairs)"
-    text = (f"{claim}: **{word}** — {acc_a:.3f} vs {acc_b:.3f} ({diff:+.3f}){seeds}; items only the first gets "
-            f"right {test['only_this']}, only the second {test['only_reference']}, McNemar p = {test['p']:.3f}")
-    if len(pairs) > 1:
-        text += "; per seed: " + ", ".join(
-            f"{_acc(a[items]):.3f} vs {_acc(b[items]):.3f} (p = {stats.paired(a[items], b[items])['p']:.2f})"
-            for a, b in pairs)
-    return text
+        return {}
+    n = len(pairs[0][0])
+    diffs = [sum(a[i] - b[i] for a, b in pairs) / len(pairs) for i in range(n)]
+    return {"seeds": len(pairs), "a": sum(map(sum, (a for a, _ in pairs))) / (n * len(pairs)),
+            "b": sum(map(sum, (b for _, b in pairs))) / (n * len(pairs)), "diff": sum(diffs) / n,
+            "ci95": stats.bootstrap_interval(diffs), "p": stats.paired_permutation(diffs),
+            "per_seed": [stats.paired(a, b) for a, b in pairs]}
 
 
-def collapse_verdict(runs: list[list[dict]]) -> str:
-    claim = "(4) SOFT rises for a few rounds, then falls, and validation catches it"
-    numbered = [(i, rows) for i, rows in enumerate(runs) if len(rows) >= 3]  # (i: the run's place in --seeds)
-    if not numbered:
-        return f"{claim}: not measured yet (runs unfinished)"
-    runs = [rows for _, rows in numbered]
-    shape = "; ".join(f"round {best(rows)['round']} of {len(rows)} in seed run {i}"
-                      + (" (inside the run)" if 0 < best(rows)["round"] < len(rows) - 1 else
-                         " (its first round: no rise)" if best(rows)["round"] == 0 else " (its last round)")
-                      for i, rows in numbered)
-    rise = verdict([(best(rows), rows[0]) for rows in runs], "rise (best round vs round 0)")
-    fall = verdict([(best(rows), rows[-1]) for rows in runs], "fall (best vs last round)")
-    return f"{claim}: the curve peaks at {shape}.\n  - {rise}\n  - {fall}"
-
-
-def signals(runs: dict[str, list[list[dict]]]) -> list[str]:
-    """The continuous signals of every run, first round → last, and its minutes of generation,
-    training, validation and diagnostics (start-up and checkpoints not counted)."""
-    lines = ["| run | gen/entropy | gen/distinct2 | val/mc_margin | responses dropped (of prompts) | minutes |",
-             "|---|---|---|---|---|---|"]
-    for name, rows in (x for method_runs in runs.values() for x in method_runs):
-        if rows:
-            cells = [" → ".join(f"{row[key]:.2f}" if row.get(key) is not None else "–" for row in rows)
-                     for key in ("gen/entropy", "gen/distinct2", "val/mc_margin")]
-            dropped = " → ".join(f"{row['prompts'] - row['kept']}/{row['prompts']}" for row in rows)
-            seconds = sum(row.get(key) or 0 for row in rows
-                          for key in ("generation_s", "scoring_s", "diagnostics_s", "train_s"))
-            lines.append(f"| {name} | {' | '.join(cells)} | {dropped} | {seconds / 60:.0f} |")
+def verdicts(data: dict[str, list[tuple[Path, list[dict]]]]) -> list[str]:
+    tests = {}
+    for name, _, a, ra, b, rb in CLAIMS:
+        a_items = [(chosen(rows, RoundStore(out), ra) or {}).get("test") for out, rows in data.get(a, [])]
+        b_items = [(chosen(rows, RoundStore(out), rb) or {}).get("test") for out, rows in data.get(b, [])]
+        tests[name] = claim_test(a_items, b_items)
+    holm = stats.holm({k: t["p"] for k, t in tests.items() if t})
+    lines = ["| claim | A | B | test: A | test: B | A − B [95% CI] | p | Holm p "
+             "| per-seed McNemar (only A / only B, p) | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, claim, a, ra, b, rb in CLAIMS:
+        t = tests[name]
+        if not t:
+            lines.append(f"| ({name}) {claim} | {a} {ra} | {b} {rb} | – | – | – | – | – | – | not measured yet |")
+            continue
+        adjusted = holm[name]
+        word = ("reproduced" if t["diff"] > 0 and adjusted < ALPHA else
+                "not reproduced (the other way)" if t["diff"] < 0 and adjusted < ALPHA else "inside the noise")
+        seeds = "; ".join(f"{s['only_this']}/{s['only_reference']}, {s['p']:.2f}" for s in t["per_seed"])
+        lines.append(f"| ({name}) {claim} | {a} {ra} | {b} {rb} | {t['a']:.3f} | {t['b']:.3f} | {t['diff']:+.3f} "
+                     f"[{t['ci95'][0]:+.3f}, {t['ci95'][1]:+.3f}] | {t['p']:.3f} | {adjusted:.3f} | {seeds} | "
+                     f"**{word}** |")
     return lines
 
 
-def full_set(runs: dict[str, list[tuple[str, list[dict]]]], base: list[bool] | None, held_out_from: int) -> list[str]:
-    """The lm-eval section: every scored round on the whole file, and the claims again on the
-    items no best round was picked with (index >= held_out_from)."""
-    scored = [(name, row) for method_runs in runs.values() for name, rows in method_runs for row in rows
-              if row["full"]]
-    if not scored:
-        return ["Not scored yet: `python experiments/run_grid.py --full-eval` scores the best rounds (and the base "
-                "model) with lm-evaluation-harness on the whole validation file."]
-    n = len(scored[0][1]["full"])
-    lines = [f"lm-evaluation-harness `mc1` (acc, zero-shot `Q:/A:`, bf16 base + adapter) on all {n} items; "
-             f"`held out` = items {held_out_from}..{n - 1}, which never took part in picking a best round.", "",
-             "| model | acc (all) | 95% CI | acc (held out) | vs base, held out: only model / only base, p |",
-             "|---|---|---|---|---|"]
-    rows = ([("base model", {"full": base})] if base else []) + [(f"{name} round {row['round']}", row)
-                                                                 for name, row in scored]
-    for label, row in rows:
-        full, held = row["full"], row["full"][held_out_from:]
-        low, high = stats.wilson_interval(sum(full), len(full))
-        versus = "–"
-        if base and row["full"] is not base:
-            test = stats.paired(held, base[held_out_from:])
-            versus = f"{test['only_this']} / {test['only_reference']}, p = {test['p']:.3f}"
-        lines.append(f"| {label} | {_acc(full):.3f} | {low:.3f}–{high:.3f} | {_acc(held):.3f} | {versus} |")
-    held = {m: [(_held(best(rows), held_out_from)) for _, rows in method_runs] for m, method_runs in runs.items()}
-    lines += ["", "The claims again, on the held-out items (best rounds, lm-eval):", ""]
-    lines += ["- " + verdict(list(zip(held.get(a, []), held.get(b, []))), claim, "held",
-                             "a best round not scored with lm-eval yet") for claim, a, b in CLAIMS]
-    soft = [rows for _, rows in runs.get("soft", []) if rows]
-    missing = "its rounds 0 and last not scored with lm-eval: `evaluate --rounds 0,last`"
-    rise = verdict([(_held(best(rows), held_out_from), _held(rows[0], held_out_from)) for rows in soft],
-                   "rise (best round vs round 0)", "held", missing)
-    fall = verdict([(_held(best(rows), held_out_from), _held(rows[-1], held_out_from)) for rows in soft],
-                   "fall (best vs last round)", "held", missing)
-    lines += [f"- (4) SOFT's curve on the held-out items:\n  - {rise}\n  - {fall}"]
-    return lines
-
-
-def write_report(here: Path, runs: dict[str, list[Path]], val_path: Path, val_items: int) -> None:
-    data = {method: [(out.name, curves(out)) for out in outs] for method, outs in runs.items()}
-    lines = ["# Experiments: SOFT's claims on SmolLM2-135M-Instruct", "",
-             "Written by `python experiments/run_grid.py` from the round stores in `experiments/runs/` "
-             "(not in git: every round's adapter, records and manifest are there to re-score).", "",
-             f"Validation: the first {val_items} items of `{val_path.name}` in the zero-shot `Q:/A:` format, every "
-             "round; accuracy with a 95% Wilson interval. Settings: `experiments/configs/grid.yaml`.", "",
-             "| run | round | val/mc_acc | 95% CI | margin | gen/entropy |", "|---|---|---|---|---|---|"]
-    for name, rows in (x for method_runs in data.values() for x in method_runs):
+def round_tables(data: dict[str, list[tuple[Path, list[dict]]]]) -> list[str]:
+    """T(r) and S(r) (validation) per rule, diversity, truncation and drops, per run and round."""
+    rule_cols = " | ".join(f"T {r} | S {r}" for r in RULES)
+    lines = [f"| run | round | T(r) all | S(r) all [95% CI] | {rule_cols} | distinct-2 | truncated | dropped | best |",
+             "|---|---|---|---|" + "---|" * (2 * len(RULES)) + "---|---|---|---|"]
+    for out, rows in (x for runs in data.values() for x in runs):
+        best = RoundStore(out).best_round()
         if not rows:
-            lines.append(f"| {name} | – | no trained round yet | | | |")
+            lines.append(f"| {out.name} | – | no trained round yet |" + " |" * (2 * len(RULES) + 5))
         for row in rows:
-            lines.append(f"| {name} | {row['round']} | {_f(row.get(ACC))} | {_f(row.get(ACC + '_low'))}–"
-                         f"{_f(row.get(ACC + '_high'))} | {_f(row.get('val/mc_margin'))} | "
-                         f"{_f(row.get('gen/entropy'))} |")
-    by_seed = {method: [rows for _, rows in method_runs] for method, method_runs in data.items()}
-    lines += ["", "![validation accuracy per round](rounds.png)", "", "## What was found", "",
-              f"On the {val_items} validation items, best rounds (the round each run would keep):", ""]
-    lines += ["- " + verdict([(best(a), best(b)) for a, b in zip(by_seed.get(w, []), by_seed.get(lose, []))], claim)
-              for claim, w, lose in CLAIMS]
-    lines += ["- " + collapse_verdict(by_seed.get("soft", [])), "", "### The signals beside accuracy", ""]
-    lines += signals(data) + ["", "### The whole validation file through lm-evaluation-harness", ""]
-    lines += full_set(data, _base_items(runs), val_items) + [""]
+            per_rule = " | ".join(f"{_f(row.get(f'fewshot/adherence_{r}'))} | {_f(row.get(f'val/adherence_{r}'))}"
+                                  for r in RULES)
+            dropped = ", ".join(f"{k} {v}" for k, v in (row.get("dropped") or {}).items()) or "0"
+            lines.append(f"| {out.name} | {row['round']} | {_f(row.get('fewshot/adherence'))} | "
+                         f"{_f(row.get('val/adherence'))} [{_f(row.get('val/adherence_low'))}, "
+                         f"{_f(row.get('val/adherence_high'))}] | {per_rule} | {_f(row.get('gen/distinct2'))} | "
+                         f"{row.get('truncated')}/{row.get('prompts')} | {dropped} | "
+                         f"{'←' if row['round'] == best else ''} |")
+    return lines
+
+
+def test_table(data: dict[str, list[tuple[Path, list[dict]]]], base: list[int] | None) -> list[str]:
+    lines = ["| model | round (how chosen) | S test, all rules [95% CI] | vs base: only it / only base, McNemar p |",
+             "|---|---|---|---|"]
+    if base:
+        low, high = stats.wilson_interval(sum(base), len(base))
+        lines.append(f"| base model | – | {_acc(base):.3f} [{low:.3f}, {high:.3f}] | – |")
+    for out, rows in (x for runs in data.values() for x in runs):
+        best = RoundStore(out).best_round()
+        for row in rows:
+            if row["test"]:
+                items = row["test"]
+                low, high = stats.wilson_interval(sum(items), len(items))
+                why = "best by validation" if row["round"] == best else "for claim 4"
+                versus = "–"
+                if base:
+                    t = stats.paired(items, base)
+                    versus = f"{t['only_this']} / {t['only_reference']}, p = {t['p']:.3f}"
+                lines.append(f"| {out.name} | {row['round']} ({why}) | {_acc(items):.3f} [{low:.3f}, {high:.3f}] | "
+                             f"{versus} |")
+    return lines
+
+
+def truthfulqa_table(runs: dict[str, list[Path]]) -> list[str]:
+    stores = [RoundStore(out) for outs in runs.values() for out in outs]
+    base = next((items for s in stores if (items := _mc1(s.lm_eval_path("base")))), None)
+    lines = ["| model | round | MC1 acc [95% CI] | vs base: only it / only base, McNemar p |", "|---|---|---|---|"]
+    entries = ([("base model", "–", base)] if base else []) + [
+        (s.root.name, r, items) for s in stores for r in s.finished_rounds() if (items := _mc1(s.lm_eval_path(r)))]
+    for name, r, items in entries:
+        low, high = stats.wilson_interval(sum(items), len(items))
+        versus = "–"
+        if base and items is not base:
+            t = stats.paired(items, base)
+            versus = f"{t['only_this']} / {t['only_reference']}, p = {t['p']:.3f}"
+        lines.append(f"| {name} | {r} | {_acc(items):.3f} [{low:.3f}, {high:.3f}] | {versus} |")
+    return lines if len(lines) > 2 else ["Not scored (`python experiments/run_grid.py --truthfulqa`, needs "
+                                         "../shared/data/truthfulqa_mc.jsonl)."]
+
+
+def premise_lines(here: Path) -> list[str]:
+    path = here / "runs" / "premise.json"
+    if not path.is_file():
+        return ["Not measured yet (the grid's first step)."]
+    p = json.loads(path.read_text())
+    rules = ", ".join(f"{r} {p['per_rule']['few_shot'][r]:.2f} vs {p['per_rule']['zero_shot'][r]:.2f}" for r in RULES)
+    few, zero = p["few_shot"], p["zero_shot"]
+    return [f"The base model, greedy, on the {p['prompts']} held-out prompts (validation + test), paired: few-shot "
+            f"(principles + 3 examples, as round 0 generates) keeps all rules in {few['kept']}/{few['n']} = "
+            f"{few['rate']:.3f} [{few['ci95'][0]:.3f}, {few['ci95'][1]:.3f}], zero-shot in {zero['kept']}/{zero['n']}"
+            f" = {zero['rate']:.3f} [{zero['ci95'][0]:.3f}, {zero['ci95'][1]:.3f}]; difference "
+            f"{few['rate'] - zero['rate']:+.3f} [{p['difference_ci95'][0]:+.3f}, {p['difference_ci95'][1]:+.3f}], "
+            f"only few-shot {p['only_this']} / only zero-shot {p['only_reference']}, exact McNemar p = {p['p']:.2g}. "
+            f"Per rule (few vs zero): {rules}.", "",
+            "**There is a few-shot advantage to bootstrap.**" if p["advantage"] else
+            "**No few-shot advantage: the grid stops here.**"]
+
+
+def write_report(here: Path, runs: dict[str, list[Path]], timings: dict[str, float]) -> None:
+    data = {m: [(out, run_rows(out)) for out in outs] for m, outs in runs.items()}
+    stores = [RoundStore(out) for outs in runs.values() for out in outs]
+    base = next((items for s in stores if (items := test_items(s, "base"))), None)
+    total = sum(timings.values())
+    lines = ["# Experiments: SOFT's claims on SmolLM2-135M-Instruct, on principles a rule can check", "",
+             "Written by `python experiments/run_grid.py` (its docstring says what each step does) from the round "
+             "stores in `experiments/runs/` (not in git). Settings: `experiments/configs/grid.yaml` over "
+             "`configs/demo.yaml`: the bundled `rules` task (a `Summary:` line, 2–4 numbered points, at most 70 "
+             "words, refusing harmful requests), `quantization: none`, 4 rounds × 64 prompts (single round: 1 × "
+             "256, the same optimizer steps). T(r): the share of round r's own few-shot answers keeping a rule; "
+             "S(r): greedy zero-shot answers to the 40 validation prompts (which pick each run's best round). "
+             "The claims are tested on the 60 test prompts only.", "",
+             "## The premise", ""] + premise_lines(here) + [
+             "", "## Rounds: few-shot T(r) and zero-shot S(r) on validation, per rule", ""] + round_tables(data) + [
+             "", "![adherence per round](rounds.png)", "", "## The test split", ""] + test_table(data, base) + [
+             "", "## Verdicts", "", __doc__.split("\n\n", 1)[1].strip(), ""] + verdicts(data) + [
+             "", "## TruthfulQA MC1 (does no harm; never used to pick a round)", ""] + truthfulqa_table(runs) + [
+             "", "## Wall time", "",
+             f"{total / 60:.0f} minutes in all on this machine's 2 cores: "
+             + ", ".join(f"{name} {seconds / 60:.1f}" for name, seconds in timings.items()) + " (minutes).", ""]
     (here / "README.md").write_text("\n".join(lines) + "\n")
     (here / "results.json").write_text(json.dumps(
-        {m: [{"run": name, "rounds": [{k: v for k, v in row.items() if k not in ("correct", "full")} for row in rows]}
-             for name, rows in method_runs] for m, method_runs in data.items()}, indent=1) + "\n")
+        {m: [{"run": out.name, "best_round": RoundStore(out).best_round(), "rounds": rows} for out, rows in method_runs]
+         for m, method_runs in data.items()}, indent=1, default=str) + "\n")
     plot(data, here / "rounds.png")
 
 
@@ -172,42 +206,32 @@ def plot(data: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    for name, rows in (x for method_runs in data.values() for x in method_runs):
-        rows = [row for row in rows if row.get(ACC) is not None]
-        if not rows:
-            continue
-        x = [row["round"] for row in rows]
-        y = [row[ACC] for row in rows]
-        err = [[row[ACC] - row[ACC + "_low"] for row in rows], [row[ACC + "_high"] - row[ACC] for row in rows]]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name)
-    ax.set_xlabel("round")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_ylabel("val/mc_acc (95% CI)")
-    if ax.lines:
-        ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for (out, rows), colour in zip((x for runs in data.values() for x in runs), plt.cm.tab10.colors):
+        rows = [row for row in rows if row.get("val/adherence") is not None]
+        if rows:
+            x = [row["round"] for row in rows]
+            err = [[row["val/adherence"] - row["val/adherence_low"] for row in rows],
+                   [row["val/adherence_high"] - row["val/adherence"] for row in rows]]
+            axes[0].errorbar(x, [row["val/adherence"] for row in rows], yerr=err, marker="o", capsize=3,
+                             color=colour, label=out.name)
+            axes[1].plot(x, [row.get("fewshot/adherence") for row in rows], marker="o", color=colour)
+    for ax, title in zip(axes, ("zero-shot S(r), validation (95% CI)", "few-shot T(r), the round's own data")):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("round")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0].set_ylabel("share keeping all rules")
+    if axes[0].lines:
+        axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def _mc1_items(path: Path) -> list[bool]:
-    """A round's per-item lm-eval `mc1` acc (empty if not scored)."""
+def _mc1(path: Path) -> list[int] | None:
     result = json.loads(path.read_text()) if path.is_file() else {}
     task = result.get("tasks", {}).get("mc1")
-    return [bool(x) for x in task["per_item"]["acc"]] if task and not result["limit"] else []
-
-
-def _base_items(runs: dict[str, list[Path]]) -> list[bool] | None:
-    """The base model's lm-eval results, from whichever run holds them (the same model and file)."""
-    for out in (out for outs in runs.values() for out in outs):
-        if items := _mc1_items(RoundStore(out).lm_eval_path("base")):
-            return items
-    return None
-
-
-def _held(row: dict | None, start: int) -> dict | None:
-    return {"held": row["full"][start:]} if row and row["full"] else None
+    return [int(x) for x in task["per_item"]["acc"]] if task and not result["limit"] else None
 
 
 def _acc(items: list) -> float:

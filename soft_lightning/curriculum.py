@@ -27,7 +27,14 @@ Order = Literal["random", "easy_to_hard", "hard_to_easy"]
 
 @dataclass
 class Ordering:
-    """One granularity's curriculum: a difficulty scorer (null = none) and an order."""
+    """One granularity's curriculum.
+
+    Attributes:
+        scorer: the difficulty of an item (higher = harder): `perplexity` (the current model's, of
+            the response in the training format), `prompt_perplexity` (the base model's, of the
+            prompt text), `response_length`, `prompt_length` (tokens); null = none.
+        order: `random`, `easy_to_hard` or `hard_to_easy` by that score (ties keep their order).
+    """
 
     scorer: ScorerName | None = None
     order: Order = "random"

@@ -136,6 +136,9 @@ class SoftDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.pool is None:
             raise ConfigError("data.prompts is null; fitting needs a prompt pool file.")
+        if stage == "validate" and not self._val_rows:
+            raise ConfigError("validate scores a multiple-choice set, but data.val_path is null; set it to your "
+                              "{question, choices, label} file or to demo.")
         if stage == "fit" and self.trainer is not None and self.trainer.reload_dataloaders_every_n_epochs != 1:
             raise ConfigError("trainer.reload_dataloaders_every_n_epochs must be 1: the DataModule picks each "
                               "epoch's round when Lightning asks for the dataloader.")

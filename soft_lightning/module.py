@@ -51,11 +51,17 @@ class SoftModule(L.LightningModule):
             scoring. `auto` picks it from the device (see soft_lightning/precision.py): bf16 where
             the GPU or CPU has native bf16, else float16 on older GPUs and float32 on CPUs.
         double_quant: quantise the quantisation constants too (QLoRA's double quantisation).
-        lora_r, lora_alpha, lora_dropout: LoRA shape (Dromedary-2 used r=64, alpha=16, dropout 0).
+        lora_r: LoRA rank (Dromedary-2 used 64).
+        lora_alpha: LoRA scale numerator: the update is scaled by lora_alpha / lora_r (Dromedary-2: 16).
+        lora_dropout: dropout on the LoRA path, in [0, 1).
         target_modules: `all-linear` or a list of module names.
         optimizer: `adamw` (torch), or bitsandbytes `paged_adamw_8bit` / `paged_adamw_32bit` (CUDA).
-        warmup_steps, min_lr_ratio: linear warmup from 0, then cosine decay to `min_lr_ratio` x lr
-            (transformers' `get_cosine_with_min_lr_schedule_with_warmup`).
+        learning_rate: the peak learning rate.
+        weight_decay: AdamW's decoupled weight decay.
+        warmup_steps: linear warmup from 0 over this many optimizer steps (each round with
+            `schedule: round`), then cosine decay (transformers'
+            `get_cosine_with_min_lr_schedule_with_warmup`).
+        min_lr_ratio: where the cosine ends, as a share of learning_rate.
         schedule: `round` (default) restarts warmup + cosine every round over that round's steps:
             each round is a fine-tune on fresh data, so the last round learns as much as the
             first. `run` is one warmup + cosine over the whole run (rounds x the steps a full

@@ -107,8 +107,13 @@ IclStrategy = Literal["random", "fixed", "random+self"]
 
 @dataclass
 class SelfExamples:
-    """For `icl: random+self`: each finished round adds its `per_round` best pairs (by the
-    sampler's `mean_logprob`, or lowest `difficulty`) of at most `max_chars` to the pool."""
+    """For `icl: random+self`: what each finished round adds to the in-context pool.
+
+    Attributes:
+        per_round: the round's best pairs added.
+        max_chars: longer responses are never added.
+        by: what makes a pair best: the sampler's `mean_logprob` (highest) or `difficulty` (lowest).
+    """
 
     per_round: int = 4
     max_chars: int = 1200

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from jsonargparse.typing import NonNegativeFloat, PositiveInt
 from lightning.pytorch.utilities import rank_zero_info
 
+from soft_lightning.config_types import ShareUpToOne
 from soft_lightning.errors import ConfigError
 
 # `vllm`: one engine, the round's LoRA per request; `hf`: transformers generate; `auto`: see resolve_sampler.
@@ -32,28 +34,44 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 @dataclass
 class SamplingConfig:
-    """How responses are sampled (both backends); temperature 0 is greedy decoding."""
+    """How responses are sampled (both backends).
 
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_new_tokens: int = 512
+    Attributes:
+        temperature: sampling temperature; 0 is greedy decoding.
+        top_p: nucleus sampling: the smallest set of tokens holding this much probability, in (0, 1].
+        max_new_tokens: the response length cap in tokens; an answer that reaches it never ended
+            (`finish_reason: length`, see `bootstrap.filters.truncated`).
+    """
+
+    temperature: NonNegativeFloat = 0.7
+    top_p: ShareUpToOne = 0.95
+    max_new_tokens: PositiveInt = 512
 
 
 @dataclass
 class VLLMOptions:
-    """Engine settings for the vLLM backend. On CPU `gpu_memory_utilization` is the share of the
-    RAM free when the engine starts that its KV cache takes (unless `kv_cache_memory_bytes`)."""
+    """Engine settings for the vLLM backend.
 
-    gpu_memory_utilization: float = 0.3
-    # The KV cache's size in bytes, instead of sizing it from gpu_memory_utilization (on CPU a
-    # size set here also skips vLLM's warm-up pass).
-    kv_cache_memory_bytes: int | None = None
-    max_model_len: int | None = 2048
-    dtype: str = "auto"  # auto: the run's dtype (model.compute_dtype, resolved for the device)
+    Attributes:
+        gpu_memory_utilization: the share of GPU memory the engine takes (weights + KV cache);
+            on CPU the share of the RAM free when the engine starts that its KV cache takes.
+        kv_cache_memory_bytes: the KV cache's size in bytes, instead of sizing it from
+            gpu_memory_utilization (on CPU a size set here also skips vLLM's profiling pass).
+        max_model_len: prompt + response tokens the engine handles (null: the model's own).
+        dtype: the engine's weights; `auto` is the run's dtype (model.compute_dtype, resolved for
+            the device).
+        enforce_eager: no CUDA graphs (they start slower and hold memory; worth it for long runs).
+        tensor_parallel_size: ranks (GPUs) that share one engine, for models one GPU cannot hold.
+        sleep_between_rounds: between rounds, offload the engine's weights and drop its KV cache
+            so training on the same GPU gets the memory back (vLLM sleep mode: CUDA/ROCm only).
+    """
+
+    gpu_memory_utilization: ShareUpToOne = 0.3
+    kv_cache_memory_bytes: PositiveInt | None = None
+    max_model_len: PositiveInt | None = 2048
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     enforce_eager: bool = True
-    tensor_parallel_size: int = 1
-    # Between rounds, offload the engine's weights and drop its KV cache so training on the
-    # same GPU gets the memory back (vLLM sleep mode: CUDA/ROCm only).
+    tensor_parallel_size: PositiveInt = 1
     sleep_between_rounds: bool = False
 
 

@@ -36,3 +36,44 @@ def paired(correct: list[bool], reference: list[bool]) -> dict[str, float]:
     only_this = sum(a and not b for a, b in zip(correct, reference))
     only_reference = sum(b and not a for a, b in zip(correct, reference))
     return {"only_this": only_this, "only_reference": only_reference, "p": mcnemar_p(only_this, only_reference)}
+
+
+def paired_permutation(differences: list[float], *, samples: int = 100_000, seed: int = 0) -> float:
+    """Two-sided p-value of "mean difference 0" for per-item differences (an item's mean over
+    seeds of arm A minus arm B), by flipping each item's sign: items are the units, so an item
+    that recurs in every seed's comparison counts once. Exact when few items differ, else
+    Monte Carlo with `samples` draws (seeded)."""
+    import random
+
+    nonzero = [d for d in differences if d != 0]
+    observed = abs(sum(nonzero))
+    if not nonzero:
+        return 1.0
+    if len(nonzero) <= 16:
+        hits = sum(abs(sum(d if (mask >> i) & 1 else -d for i, d in enumerate(nonzero))) >= observed - 1e-12
+                   for mask in range(2 ** len(nonzero)))
+        return hits / 2 ** len(nonzero)
+    rng = random.Random(seed)
+    hits = sum(abs(sum(d if rng.random() < 0.5 else -d for d in nonzero)) >= observed - 1e-12 for _ in range(samples))
+    return (hits + 1) / (samples + 1)
+
+
+def bootstrap_interval(differences: list[float], *, samples: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean per-item difference, resampling items."""
+    import random
+
+    if not differences:
+        return math.nan, math.nan
+    rng, n = random.Random(seed), len(differences)
+    means = sorted(sum(rng.choice(differences) for _ in range(n)) / n for _ in range(samples))
+    return means[int(0.025 * samples)], means[int(0.975 * samples) - 1]
+
+
+def holm(p_values: dict[str, float]) -> dict[str, float]:
+    """Holm-Bonferroni adjusted p-values of a family of tests (step-down, monotone)."""
+    ordered = sorted(p_values, key=p_values.get)
+    adjusted, running = {}, 0.0
+    for i, name in enumerate(ordered):
+        running = max(running, min(1.0, (len(ordered) - i) * p_values[name]))
+        adjusted[name] = running
+    return adjusted

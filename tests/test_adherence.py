@@ -74,3 +74,4 @@ def test_rates_count_every_record_with_wilson_intervals():
     low, high = rates["all"]["ci95"]
     assert 0.15 < low < 0.5 < high < 0.85
     assert rates["length"]["kept"] == 3 and rates["refusal"]["kept"] == 4  # (an empty answer is short)
+

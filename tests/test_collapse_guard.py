@@ -170,7 +170,8 @@ def test_early_stop_keeps_the_best_round_and_reports_every_round(tiny_model, tmp
     # `validate` scores any round's adapter.
     result = run_cli("validate", "--config", str(ROOT / "configs" / "demo.yaml"),
                      "--model.model_name_or_path", tiny_model, "--model.lora_r", "8",
-                     "--model.adapter", str(out / "best" / "adapter"), "--data.val_limit", "4",
+                     "--model.adapter", str(out / "best" / "adapter"), "--data.val_path", "demo",
+                     "--data.val_limit", "4",
                      "--bootstrap.out_dir", str(tmp_path / "val"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "val/mc_acc" in result.stdout and "val/mc_acc_norm" in result.stdout
