@@ -158,7 +158,17 @@ class BootstrapCallback(L.Callback):
             self._zero_shot(trainer, pl_module, "base", Path(start) if start else None)
 
     def on_train_start(self, trainer, pl_module):
-        if trainer.ckpt_path is not None:  # a resumed round keeps the LR schedule position it had
+        loop = trainer.fit_loop.epoch_loop
+        if loop.restarted_on_train_batch_end and loop.batch_progress.is_last_batch:
+            # The checkpoint was taken after an epoch's last batch, before its end. Lightning goes
+            # on to the next epoch but counts that epoch's batches as done in it whenever the next
+            # epoch is longer (it assumes epochs of equal length; rounds are not): the next epoch
+            # starts afresh instead, with its start hooks.
+            loop.restarting = False
+            loop.reset_restart_stage()
+            loop._batches_that_stepped += 1  # (the step before the save, as Lightning's restart counts it)
+            trainer.fit_loop.reset_restart_stage()
+        elif trainer.ckpt_path is not None:  # a resumed round keeps the LR schedule position it had
             pl_module.start_round(self._round_steps(trainer), resumed=True)
 
     def on_train_epoch_start(self, trainer, pl_module):
@@ -251,7 +261,7 @@ class BootstrapCallback(L.Callback):
                        f"{self.sampler.name}" + (f" and adapter {adapter}" if adapter else " (base model)"))
         generated, shares = phases.generate_shard(
             self.sampler, requests, self.store, r=r, rank=rank, world=world, chunk=self.generation_chunk,
-            adapter=adapter, model=pl_module.model, stop=lambda: trainer.received_sigterm)
+            adapter=adapter, model=pl_module.model, strategy=strategy, stop=lambda: trainer.received_sigterm)
         self.sampler.pause()
         counts = gather_objects(strategy, (generated, trainer.received_sigterm))
         if any(stopped for _, stopped in counts):  # preempted: the chunks written so far are kept

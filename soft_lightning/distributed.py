@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import contextmanager
 from typing import Any
 
 import torch.distributed as dist
@@ -34,6 +35,22 @@ def gather_objects(strategy, obj: Any) -> list[Any]:
     return out
 
 
+@contextmanager
+def root_parameters(strategy):
+    """Forward passes outside Lightning's loops call the inner model, not the FSDP root: the root
+    unit's own parameters (embeddings, final norm, LM head) are then flat 1-D shards. Gather them
+    for the duration, on every rank (the wrapped layers gather theirs in their own forward, which
+    every rank runs equally often); elsewhere nothing to do."""
+    root = getattr(strategy, "model", None)
+    if root is None or type(root).__name__ != "FullyShardedDataParallel":
+        yield
+        return
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    with FSDP.summon_full_params(root, recurse=False, writeback=False):
+        yield
+
+
 def shard_map(fn: Callable[[list], list], items: list, strategy, description: str | None = None) -> list:
     """`fn` over `items`, split across the ranks (rank k takes items k, k+world, ...), the
     results gathered back into item order on every rank; rank 0 shows a progress bar of its
@@ -45,7 +62,8 @@ def shard_map(fn: Callable[[list], list], items: list, strategy, description: st
     rank, world = world_of(strategy)
     mine = items[rank::world]
     per_rank = math.ceil(len(items) / world)
-    with progress_bar(description or "", per_rank, "item", show=rank == 0 and description is not None):
+    with progress_bar(description or "", per_rank, "item", show=rank == 0 and description is not None), \
+            root_parameters(strategy):
         results = fn(mine + items[:1] * (per_rank - len(mine)))[: len(mine)]
     if world == 1 or not items:
         return results

@@ -89,7 +89,7 @@ def resolve_model(name_or_path: str) -> str:
     """Return something `from_pretrained` and vLLM can both open: an HF folder or a hub id."""
     check_model_source(name_or_path)
     if name_or_path.lower() in SHORT_NAMES:
-        return str(_convert_gguf(_packaged_file(*SHORT_NAMES[name_or_path.lower()])))
+        return str(_convert_gguf(_packaged_file(*SHORT_NAMES[name_or_path.lower()]).resolve()))
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return str(_convert_gguf(path.resolve()))
@@ -137,3 +137,21 @@ def load_tokenizer(source: str, trust_remote_code: bool = False):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def checkpoint_bytes(source: str, dtype: str) -> int | None:
+    """The size of `source`'s weights held in `dtype` (from the safetensors headers: shapes, not
+    the packed 4-bit training copy), or None when it is not a local folder of safetensors."""
+    from math import prod
+
+    from safetensors import safe_open
+
+    files = sorted(Path(source).glob("*.safetensors")) if Path(source).is_dir() else []
+    if not files:
+        return None
+    itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    numel = 0
+    for file in files:
+        with safe_open(str(file), "pt") as fh:
+            numel += sum(prod(fh.get_slice(key).get_shape()) for key in fh.keys())
+    return numel * itemsize

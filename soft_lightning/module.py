@@ -129,6 +129,8 @@ class SoftModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         self.resolve_numerics()
+        # FSDP checkpoints hold the adapter only (on_save_checkpoint): the base is missing on load.
+        self.strict_loading = not isinstance(self.trainer.strategy, FSDPStrategy)
         if self.hparams.optimizer != "adamw" and self.trainer.strategy.root_device.type != "cuda":
             raise ConfigError(
                 f"model.optimizer={self.hparams.optimizer} needs a CUDA device (bitsandbytes paged "
@@ -274,13 +276,25 @@ class SoftModule(L.LightningModule):
         config = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
         with FSDP.state_dict_type(strategy.model, StateDictType.FULL_STATE_DICT, config):
             full = strategy.model.state_dict()
-        # The wrapped LightningModule holds the PeftModel as `model`; peft's names start below it.
-        return get_peft_model_state_dict(self.model, state_dict={k.removeprefix("model."): v for k, v in full.items()})
+        if not strategy.is_global_zero:
+            return {}
+        # The wrapped LightningModule holds the PeftModel as `model`; peft's names start below it,
+        # and FSDP's own name parts (mid-path, at every wrapped layer) are not peft's.
+        names = {k.replace("_fsdp_wrapped_module.", "").removeprefix("model."): v for k, v in full.items()}
+        state = get_peft_model_state_dict(self.model, state_dict=names)
+        expected = sum(1 for n, p in self.model.named_parameters() if p.requires_grad)
+        if len(state) != expected:
+            raise RuntimeError(f"gathered {len(state)} of the adapter's {expected} LoRA tensors from the FSDP shards; "
+                               "refusing to save an incomplete adapter.")
+        return state
 
     def save_adapter(self, directory: Path, state: dict[str, torch.Tensor] | None = None) -> None:
-        """Write the LoRA adapter as safetensors, loadable by `PeftModel.from_pretrained` and vLLM."""
+        """Write the LoRA adapter as safetensors, loadable by `PeftModel.from_pretrained` and vLLM;
+        an adapter without tensors is refused, never written."""
         if state is None:
             state = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+        if not state:
+            raise RuntimeError("the LoRA adapter to save holds no tensors; refusing to write an empty adapter.")
         self.model.save_pretrained(str(directory), safe_serialization=True, state_dict=state)
 
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
@@ -289,6 +303,21 @@ class SoftModule(L.LightningModule):
         if args or destination is not None or prefix:
             return super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
         return self.adapter_state()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Under FSDP, Lightning gathers the whole model's state: keep only the LoRA weights (the
+        frozen 4-bit base reloads from its source), so a checkpoint stays adapter-sized."""
+        if isinstance(self.trainer.strategy, FSDPStrategy):
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if "lora_" in k}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clipping by norm under FSDP through the wrapped root (its norm spans every rank's shard;
+        Lightning's FSDP precision plugin refuses it otherwise); elsewhere Lightning's own."""
+        strategy = self.trainer.strategy
+        if isinstance(strategy, FSDPStrategy) and gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         expected = set(self.adapter_state())

@@ -10,6 +10,7 @@ BootstrapCallback calls them in this order and does the rank and barrier choreog
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -75,25 +76,34 @@ def build_requests(prompts: list[dict], r: int, icl: IclSettings, fmt: PromptFor
 # ---- generation ----------------------------------------------------------------------------------
 
 def generate_shard(sampler: Sampler, requests: list[GenerationRequest], store: RoundStore, *, r: int, rank: int,
-                   world: int, chunk: int, adapter: Path | None, model, stop=lambda: False) -> tuple[int, int]:
+                   world: int, chunk: int, adapter: Path | None, model, strategy=None,
+                   stop=lambda: False) -> tuple[int, int]:
     """This rank's share of round r's requests, answered `chunk` at a time, each chunk appended to
-    the share's shard before the next starts (a killed run resumes with the rest); `stop()` true
-    after a chunk (a SIGTERM) ends it early. Ranks that generate together (vLLM tensor
-    parallelism) answer the same share and the first of them writes it. Returns (responses this
-    rank wrote, number of shares)."""
+    the share's shard before the next starts (a killed run resumes with the rest). Ranks that
+    generate together (vLLM tensor parallelism) answer the same share and the first of them
+    writes it. Returns (responses this rank wrote, number of shares).
+
+    The ranks stay in lockstep: every rank makes as many sampler calls as the rank with the most
+    left to do (vLLM's data-parallel engines all-reduce at every engine step, so a rank that
+    stopped calling would hang the others), a rank out of work answering one repeated request
+    whose answer is dropped; and after each chunk they agree on `stop()` (a SIGTERM seen by any
+    rank stops them all after the same chunk)."""
     share, shares, writes = sampler.shard(rank, world)
     shard = store.shard_path(r, share, shares)
     done = {rec["id"] for rec in store.partial_records(shard, repair=writes)}
     todo = [req for req in requests[share::shares] if req.id not in done]
+    calls = max(math.ceil(n / chunk) for n in gather_objects(strategy, len(todo)))
     written = 0
     with progress_bar(f"round {r} generation", len(todo), "prompt", show=rank == 0):
-        for i in range(0, len(todo), chunk):
-            records = sampler.generate(todo[i : i + chunk], round_index=r, adapter=adapter, model=model)
-            if writes:
-                store.append_records(shard, records)
-                written += len(records)
-            kill_point(f"generated:{r}:{i // chunk}")
-            if stop():
+        for i in range(calls):
+            part = todo[i * chunk : (i + 1) * chunk]
+            if part or sampler.lockstep:
+                records = sampler.generate(part or requests[:1], round_index=r, adapter=adapter, model=model)
+                if writes and part:
+                    store.append_records(shard, records[: len(part)])
+                    written += len(part)
+            kill_point(f"generated:{r}:{i}")
+            if any(gather_objects(strategy, bool(stop()))):
                 break
     return written, shares
 
@@ -101,13 +111,15 @@ def generate_shard(sampler: Sampler, requests: list[GenerationRequest], store: R
 def generate_everywhere(sampler: Sampler, requests: list[GenerationRequest], *, r: int, strategy, adapter: Path | None,
                         model, sampling: SamplingConfig, description: str) -> list[dict]:
     """Records for all `requests`, on every rank: each rank (or group of ranks generating
-    together) answers its share, and the shares are gathered. For short generations (prompt
-    synthesis) that are kept in memory, not in shards."""
+    together) answers its share in one sampler call (a rank with none, in lockstep, answers a
+    repeated request whose answer is dropped), and the shares are gathered. For short
+    generations (prompt synthesis, zero-shot answers) that are kept in memory, not in shards."""
     share, shares, _ = sampler.shard(strategy.global_rank, strategy.world_size)
     mine, records = requests[share::shares], []
     with progress_bar(f"round {r} {description}", len(mine), "request", show=strategy.global_rank == 0):
-        if mine:
-            records = sampler.generate(mine, round_index=r, adapter=adapter, model=model, sampling=sampling)
+        if mine or sampler.lockstep:
+            records = sampler.generate(mine or requests[:1], round_index=r, adapter=adapter, model=model,
+                                       sampling=sampling)[: len(mine)]
     by_id = {rec["id"]: rec for part in gather_objects(strategy, records) for rec in part}
     return [by_id[req.id] for req in requests]
 

@@ -183,6 +183,9 @@ class Sampler:
 
     name = "base"
     process = "inline"  # where generation runs: this process, or a spawned child (SamplerProcess)
+    # Whether every rank must make the same number of `generate` calls (engines that run
+    # collectives at every step); ranks then pad with repeated requests.
+    lockstep = False
 
     def __init__(self, sampling: SamplingConfig, stop: list[str], seed: int):
         self.sampling, self.stop, self.seed = sampling, stop, seed
@@ -222,7 +225,7 @@ def resolve_adapter_sync(sync: AdapterSync, backend: str, source: str, copy_byte
     """
     if sync != "auto":
         return sync
-    if not (Path(source) / "config.json").is_file():
+    if not (Path(source) / "config.json").is_file() or not copy_bytes:
         return "lora"
     if backend == "hf" and device.startswith("cuda"):
         free, _ = torch.cuda.mem_get_info(torch.device(device))
@@ -240,9 +243,13 @@ def make_sampler(name: SamplerName, process: SamplerProcessMode, *, module, toke
     from soft_lightning.sampler_process import HFAdapterSampler, SamplerProcess
     from soft_lightning.sampler_vllm import VLLMSampler
 
+    from soft_lightning.models import checkpoint_bytes
+
     backend, source, dtype = resolve_sampler(name), module.source(), module.resolve_numerics().dtype
     param = next(p for p in module.parameters() if p.requires_grad)
-    copy_bytes = 2 * sum(p.numel() for p in module.parameters())  # bf16, as if unquantised (an estimate)
+    # The merged copy's real size: the base's shapes in the run's dtype (not the packed 4-bit
+    # weights, a quarter of it, nor one FSDP shard of them).
+    copy_bytes = checkpoint_bytes(source, dtype) or 0
     sync = resolve_adapter_sync(adapter_sync, backend, source, copy_bytes, str(param.device))
     if "auto" in (name, adapter_sync):
         rank_zero_info(f"[soft] sampler: {backend}, adapter_sync: {sync}")

@@ -33,6 +33,13 @@ class GenerationCopy:
         self.source, self.dtype, self.device, self.trust_remote_code = source, dtype, device, trust_remote_code
         self._model = self._merger = None
 
+    def release(self) -> None:
+        """On a GPU, give the copy's memory back to training until the next round (it is loaded
+        again, and the round's adapter merged, on first use)."""
+        if self._model is not None and str(self.device).startswith("cuda"):
+            self._model = self._merger = None
+            torch.cuda.empty_cache()
+
     def model_for(self, adapter: Path | None):
         if self._model is None:
             from transformers import AutoModelForCausalLM
@@ -74,6 +81,10 @@ class HFSampler(Sampler):
         } - {None})
         self.stop_strings = [s for s in stop if s not in tokenizer.get_vocab()]
         self._prefix: tuple[Any, list[int], Any] | None = None  # (key, ids, KV cache)
+
+    def pause(self) -> None:
+        if self.copy is not None:
+            self.copy.release()
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "batch_tokens": self.batch_tokens,

@@ -28,6 +28,15 @@ from soft_lightning.sampler import (
 )
 
 
+def empty_cuda_cache() -> None:
+    """vLLM's sleep allocator lives outside PyTorch's caching allocator: memory either side holds
+    in its cache is invisible to the other, so hand it back at every switch."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def current_platform_is_cpu() -> bool:
     from vllm.platforms import current_platform
 
@@ -47,6 +56,8 @@ class VLLMSampler(Sampler):
         self._llm = self._merger = None
         self._lora: tuple[str | None, int] = (None, 0)  # (adapter, its LoRA id)
         self._asleep = False
+        # Several ranks: vLLM's data-parallel engines all-reduce "unfinished requests" at every step.
+        self.lockstep = world > 1
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), **asdict(self.options), "max_lora_rank": self.max_lora_rank,
@@ -123,6 +134,7 @@ class VLLMSampler(Sampler):
         if self.options.sleep_between_rounds and self._llm is not None and not self._asleep:
             self._llm.sleep(level=1)
             self._asleep = True
+            empty_cuda_cache()  # what the engine gave back is in its own allocator; ours lets go too
 
     def close(self) -> None:
         """Stop the engine (and its workers) now; the next `engine()` starts a new one."""
@@ -155,6 +167,7 @@ class VLLMSampler(Sampler):
 
         llm = self.engine()
         if self._asleep:
+            empty_cuda_cache()  # training's cached blocks back to the device before the engine takes its share
             llm.wake_up()
             self._asleep = False
         lora = self._adapter_request(llm, adapter, round_index)

@@ -45,3 +45,19 @@ def test_validate_subcommand_reports_mc_accuracy(tiny_model, tmp_path):
     assert "val/mc_acc" in result.stdout
     assert not list((tmp_path / "store").glob("round_*")) and not (tmp_path / "store" / "plan.json").exists(), \
         "validate must not plan or generate rounds"
+
+
+def test_the_merged_copy_is_sized_from_the_checkpoint_s_shapes_in_the_run_s_dtype(tiny_model):
+    """Not from the packed 4-bit training weights (a quarter of the size)."""
+    from transformers import AutoModelForCausalLM
+
+    from soft_lightning.models import checkpoint_bytes
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    numel = sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
+    tied = model.config.tie_word_embeddings and model.get_output_embeddings() is not None
+    if tied:  # the checkpoint stores a tied head once
+        numel -= model.get_output_embeddings().weight.numel()
+    assert checkpoint_bytes(tiny_model, "bfloat16") == 2 * numel
+    assert checkpoint_bytes(tiny_model, "float32") == 4 * numel
+    assert checkpoint_bytes("org/hub-id", "bfloat16") is None

@@ -157,12 +157,13 @@ def test_resumed_weights_and_optimizer_equal_the_checkpoint(tiny_model, tmp_path
     shutil.copytree(uninterrupted, out)
     ckpt_path = out / "checkpoints" / "last.ckpt"
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    module = SoftModule(tiny_model, lora_r=8, learning_rate=3e-4, warmup_steps=4)
-    dm = SoftDataModule(prompts_per_round=10, rounds=2, val_path=None, tokenizer=tiny_model, batch_size=2,
-                        max_prompt_tokens=256, max_length=512, out_dir=str(out))  # demo.yaml's
-    trainer = L.Trainer(accelerator="cpu", precision="bf16-true", max_epochs=2, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, reload_dataloaders_every_n_epochs=1,
-                        callbacks=[BootstrapCallback(rounds=2, out_dir=str(out), sampler="hf")])
+    module = SoftModule(tiny_model, lora_r=8, learning_rate=3e-3, warmup_steps=1)
+    dm = SoftDataModule(prompts="rules", prompts_per_round=10, rounds=2, epochs_per_round=2, val_path=None,
+                        tokenizer=tiny_model, batch_size=2, max_prompt_tokens=256, max_length=512,
+                        out_dir=str(out))  # demo.yaml's
+    trainer = L.Trainer(accelerator="cpu", max_epochs=4, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, reload_dataloaders_every_n_epochs=1,
+                        callbacks=[BootstrapCallback(rounds=2, epochs_per_round=2, out_dir=str(out), sampler="hf")])
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path))  # already finished: restores, trains nothing
     restored = module.state_dict()
     assert restored.keys() == ckpt["state_dict"].keys() and restored

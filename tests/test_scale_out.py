@@ -116,3 +116,35 @@ def test_ddp_with_a_vllm_engine_per_rank(reference, tiny_model, tmp_path):
         assert manifest["ranks"] == 2 and manifest["sampler"]["backend"] == "vllm"
         assert all(rec["n_tokens"] > 0 for rec in store.read_records(r))
     assert store.read_manifest(1)["adapter"] == str(store.adapter_dir(0))
+
+
+@pytest.mark.slow
+def test_vllm_ranks_stay_in_lockstep_through_uneven_shares_a_one_rank_sigterm_and_the_resume(tiny_model, tmp_path):
+    """vLLM's data-parallel engines all-reduce at every engine step, so every rank must call the
+    engine as often as the others. 2 DDP ranks, 5 prompts a round (shares of 3 and 2), chunks of
+    2: round 0's share sizes differ; a SIGTERM reaches rank 1 alone after its first chunk of round
+    1, both ranks stop there; the resume has 1 prompt left on rank 0 and none on rank 1. Each step
+    under a timeout, so a hang fails the test instead of the suite; every round ends with exactly
+    its planned prompts."""
+    out = tmp_path / "run"
+    cli_args = tiny_run_args(tiny_model, out, "vllm", "--data.prompts_per_round", "5", "--data.batch_size", "2",
+                             "--bootstrap.generation_chunk", "2", "--config", str(ROOT / "configs" / "ddp.yaml"),
+                             "--trainer.accelerator", "cpu", "--bootstrap.vllm.kv_cache_memory_bytes", "200000000")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
+           "SOFT_LIGHTNING_KILL_AT": "generated:1:0", "SOFT_LIGHTNING_KILL_RANK": "1", "SOFT_LIGHTNING_SIGNAL": "TERM"}
+    stopped = subprocess.run([sys.executable, "-m", "soft_lightning", *cli_args], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert stopped.returncode != 0 and "SIGTERM" in stopped.stderr, stopped.stderr[-3000:]
+    store = RoundStore(out)
+    assert store.is_trained(0) and not store.is_generated(1)
+    shards = [len(store.partial_records(store.shard_path(1, k, 2), repair=False)) for k in (0, 1)]
+    assert shards == [2, 2], "both ranks stopped after the same chunk"
+    env.pop("SOFT_LIGHTNING_KILL_AT")
+    resumed = subprocess.run([sys.executable, "-m", "soft_lightning", *cli_args, "--ckpt_path", "last"], cwd=ROOT,
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    plan = json.loads((out / "plan.json").read_text())
+    for r in (0, 1):
+        assert [rec["id"] for rec in store.read_records(r)] == [p["id"] for p in plan["rounds"][r]]
+        assert store.read_manifest(r)["ranks"] == 2
+    assert store.read_manifest(1)["resumed_with"] == 4 and store.read_manifest(1)["generated_now"] == 1
