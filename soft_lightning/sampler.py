@@ -239,11 +239,10 @@ def make_sampler(name: SamplerName, process: SamplerProcessMode, *, module, toke
     """The sampler a run uses; `auto` choices are resolved here, once, and logged. `module` is
     the SoftModule being trained (the vLLM engine loads its source; a spawned hf sampler rebuilds
     it from its hyperparameters); `ranks` is (global rank, local rank, world size)."""
+    from soft_lightning.models import checkpoint_bytes
     from soft_lightning.sampler_hf import GenerationCopy, HFSampler
     from soft_lightning.sampler_process import HFAdapterSampler, SamplerProcess
     from soft_lightning.sampler_vllm import VLLMSampler
-
-    from soft_lightning.models import checkpoint_bytes
 
     backend, source, dtype = resolve_sampler(name), module.source(), module.resolve_numerics().dtype
     param = next(p for p in module.parameters() if p.requires_grad)
