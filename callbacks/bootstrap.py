@@ -29,7 +29,7 @@ from soft_lightning import rounds as phases
 from soft_lightning import sampler as backends
 from soft_lightning import zero_shot as zero_shot_eval
 from soft_lightning.curriculum import Ordering
-from soft_lightning.distributed import gather_objects
+from soft_lightning.distributed import any_rank, gather_objects, sigterm_without_collectives
 from soft_lightning.errors import ConfigError
 from soft_lightning.faults import kill_point
 from soft_lightning.filters import FilterSettings
@@ -130,6 +130,7 @@ class BootstrapCallback(L.Callback):
     def setup(self, trainer, pl_module, stage):
         if stage != "fit":
             return
+        sigterm_without_collectives(trainer)
         backends.check_sampler_for_run(self.sampler_name, self.sampler_process, self.vllm_options,
                                        pl_module.hparams.lora_r, trainer.world_size,
                                        sharded=isinstance(trainer.strategy, FSDPStrategy))
@@ -178,7 +179,7 @@ class BootstrapCallback(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         kill_point(f"train_step:{trainer.global_step}")
-        if trainer.received_sigterm and trainer.world_size == 1:  # (several ranks: Lightning agrees on it)
+        if any_rank(trainer):  # a preemption that reached one rank stops them all, after the same step
             raise SIGTERMException()
 
     def on_validation_epoch_end(self, trainer, pl_module):

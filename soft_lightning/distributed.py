@@ -35,6 +35,33 @@ def gather_objects(strategy, obj: Any) -> list[Any]:
     return out
 
 
+def sigterm_without_collectives(trainer) -> None:
+    """Lightning 2.6's SIGTERM handler broadcasts from rank 0 inside the handler, on whichever rank
+    the signal reaches: on a rank signalled alone, or between two collectives (generation, scoring),
+    that broadcast pairs with another rank's all-gather and every rank hangs. Here the handler only
+    forwards the signal to the ranks the launcher started and sets the flag; the ranks agree on it
+    at points where all of them call a collective (`any_rank`)."""
+    connector = trainer._signal_connector  # registered after the setup hooks, so this one is used
+
+    def notify(signum, _frame) -> None:
+        if not connector.received_sigterm and trainer.strategy.launcher is not None:
+            trainer.strategy.launcher.kill(signum)
+        connector.received_sigterm = True
+
+    connector._sigterm_notifier_fn = notify
+
+
+def any_rank(trainer) -> bool:
+    """Whether any rank has seen a SIGTERM (a collective: every rank calls it at the same point);
+    if so every rank's flag is set, so Lightning's own checks stop them all."""
+    seen = trainer.received_sigterm
+    if trainer.world_size > 1:
+        seen = trainer.strategy.reduce_boolean_decision(seen, all=False)
+    if seen:
+        trainer._signal_connector.received_sigterm = True
+    return seen
+
+
 @contextmanager
 def root_parameters(strategy):
     """Forward passes outside Lightning's loops call the inner model, not the FSDP root: the root

@@ -115,7 +115,7 @@ def test_training_order_is_the_recorded_position_order(ordered_run, tiny_model):
         assert difficulties == sorted(difficulties, reverse=(order == "hard_to_easy"))
         dm = SoftDataModule(prompts=None, val_path=None, tokenizer=tiny_model, batch_size=4, out_dir=str(out),
                             rounds=2, epochs_per_round=2, max_length=512)
-        dm.setup("validate")
+        dm.setup("predict")  # only the tokenizer: no pool, no validation set
         for epoch in (2 * r, 2 * r + 1):  # repeated epochs replay the same order
             dm.trainer = SimpleNamespace(current_epoch=epoch)
             seen = [row for batch in dm.train_dataloader() for row in batch["input_ids"].tolist()]
