@@ -129,8 +129,8 @@ def main() -> None:
                 first = method == args.methods[0] and seed == args.seeds[0]
                 rounds = (["base"] if first else []) + (["0", "best", "last"] if method == "soft" else ["best"])
                 evaluate(out, rounds, "test", ["--tasks", "principles", "--prompts", "rules-test"], tested)
-                if args.truthfulqa and TRUTHFULQA.is_file():
-                    evaluate(out, rounds, "truthfulqa", ["--tasks", "mc1", "--data", str(TRUTHFULQA),
+                if args.truthfulqa and TRUTHFULQA.is_file():  # the base and the best rounds: does it harm?
+                    evaluate(out, ["base", "best"] if first else ["best"], "truthfulqa", ["--tasks", "mc1", "--data", str(TRUTHFULQA),
                                                          "--batch_size", "32"], truthful)
     from write_up import write_report  # experiments/ is this script's folder
 

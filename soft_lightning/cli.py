@@ -106,6 +106,9 @@ class SoftCLI(LightningCLI):
 def main(args: list[str] | None = None) -> None:
     args = sys.argv[1:] if args is None else args
     try:
+        if any(a.split("=")[0] == "--trainer.default_root_dir" for a in args):
+            raise ConfigError("trainer.default_root_dir follows bootstrap.out_dir (the run's folder, where Lightning's "
+                              "logs and checkpoints go too); set --bootstrap.out_dir instead.")
         if args[:1] and args[0] in RUN_COMMANDS:  # commands on a finished run: no Trainer involved
             module, function = RUN_COMMANDS[args[0]].split(":")
             CLI(getattr(importlib.import_module(module), function), args=args[1:],

@@ -58,6 +58,17 @@ def check_model_source(name_or_path: str) -> None:
                 f"model.model_name_or_path: folder {path} has no config.json; point it at a "
                 "Hugging Face model folder or a .gguf file."
             )
+        if config_model_type(str(path)) is None:
+            raise ConfigError(
+                f"model.model_name_or_path: {path / 'config.json'} is not valid JSON with a 'model_type'; "
+                "a Hugging Face model folder's config.json names its architecture."
+            )
+        tokenizer_files = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+        if not any((path / name).is_file() for name in tokenizer_files):
+            raise ConfigError(
+                f"model.model_name_or_path: folder {path} has no tokenizer ({', '.join(tokenizer_files)}); "
+                "save the tokenizer next to the weights (tokenizer.save_pretrained)."
+            )
         return
     if path.is_file():
         if path.suffix != ".gguf":

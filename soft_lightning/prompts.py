@@ -90,7 +90,12 @@ def load_icl_pool(path: str | None) -> list[Example]:
     file = asset_path(BUNDLED_POOLS[path or "default"]) if path in (None, *BUNDLED_POOLS) else Path(path)
     rows = read_records(file, key="bootstrap.icl_pool", required={"id": str, "prompt": str, "response": str})
     pool = [Example(str(r["id"]), r["prompt"], r["response"]) for r in rows]
+    seen: dict[str, int] = {}
     for row, line in zip(pool, rows):
+        if row.id in seen:
+            raise ConfigError(f"bootstrap.icl_pool: {file} line {line['_line']}: duplicate id {row.id!r} (first on "
+                              f"line {seen[row.id]}); each example needs its own id.")
+        seen[row.id] = line["_line"]
         if not row.response.strip():
             raise ConfigError(
                 f"bootstrap.icl_pool: {file} line {line['_line']}: example {row.id!r} has an empty response."

@@ -51,6 +51,12 @@ CASES = {
                                                   "bootstrap.prompt_synthesis.per_round=7 is more than data.prompts_per_round=6"),
     "fp16 compute under bf16-true": (["--model.compute_dtype", "float16", "--trainer.precision", "bf16-true"],
                                      "model.compute_dtype=float16 with trainer.precision=bf16-true: Lightning numerically casts bitsandbytes' packed 4-bit weights"),
+    "ICL pool with a repeated id": (["--bootstrap.icl_pool", "{tmp}/icl-dups.jsonl"],
+                                    "icl-dups.jsonl line 2: duplicate id 'x' (first on line 1)"),
+    "model folder whose config.json is {}": (["--model.model_name_or_path", "{tmp}/empty-model"],
+                                            "empty-model/config.json is not valid JSON with a 'model_type'"),
+    "trainer.default_root_dir": (["--trainer.default_root_dir", "{tmp}/logs"],
+                                 "trainer.default_root_dir follows bootstrap.out_dir"),
     "missing seed tasks": (["--bootstrap.prompt_synthesis.per_round", "2", "--bootstrap.prompt_synthesis.seed_tasks",
                             "{tmp}/no-seeds.jsonl"],
                            "bootstrap.prompt_synthesis.seed_tasks: file {tmp}/no-seeds.jsonl does not exist"),
@@ -67,6 +73,9 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(case, tmp_path, capsys,
     write_jsonl(tmp_path / "dups.jsonl", [{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}])
     (tmp_path / "latin1.jsonl").write_bytes(b'{"prompt": "fine"}\n{"prompt": "caf\xe9"}\n')
     write_jsonl(tmp_path / "icl.jsonl", [{"id": "x", "prompt": "q", "response": "  "}])
+    write_jsonl(tmp_path / "icl-dups.jsonl", [{"id": "x", "prompt": "q", "response": "a"}] * 2)
+    (tmp_path / "empty-model").mkdir()
+    (tmp_path / "empty-model" / "config.json").write_text("{}")
     extra, expected = CASES[case]
     out = tmp_path / "out"
     args = tiny_run_args(tiny_model, out, "hf", *[a.format(tmp=tmp_path) for a in extra])
@@ -107,6 +116,9 @@ PARSER_CASES = {  # refused by jsonargparse from the types of the constructor ar
     "unknown scorer": (["--bootstrap.within_round.scorer", "ppl"], "bootstrap.within_round.scorer", "ppl"),
     "unknown sampler": (["--bootstrap.sampler", "gpu"], 'Parser key "bootstrap.sampler"', "gpu"),
     "held-out share of 1": (["--data.val_holdout", "1"], 'Parser key "data.val_holdout"', "v<1"),
+    "top_p above 1": (["--bootstrap.sampling.top_p", "1.5"], 'Parser key "bootstrap.sampling.top_p"', "1.5"),
+    "no new tokens": (["--bootstrap.sampling.max_new_tokens", "0"], "bootstrap.sampling.max_new_tokens", "v>0"),
+    "negative temperature": (["--bootstrap.sampling.temperature", "-1"], "bootstrap.sampling.temperature", "v>=0"),
 }
 
 

@@ -4,6 +4,7 @@ writes its results into a run's store and round table."""
 import csv
 import io
 import json
+import shutil
 
 import lightning as L
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from soft_lightning.data import SoftDataModule
 from soft_lightning.harness import has_mc2, run_harness
 from soft_lightning.module import SoftModule
-from tests.conftest import TRUTHFULQA, needs_truthfulqa, run_cli, run_ok, tiny_run_args
+from tests.conftest import TRUTHFULQA, needs_truthfulqa, run_cli, run_ok
 from tests.test_collapse_guard import small_mc_file
 
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (pip install -e '.[eval]')")
@@ -42,9 +43,9 @@ def test_our_multiple_choice_scorer_agrees_with_lm_eval(source, tiny_model, tmp_
 
 
 @pytest.mark.slow
-def test_evaluate_scores_every_round_into_the_store(tiny_model, tmp_path):
+def test_evaluate_scores_every_round_into_the_store(trained_run, tmp_path):
     out = tmp_path / "run"
-    run_ok(*tiny_run_args(tiny_model, out, "hf", "--bootstrap.rounds", "1"))
+    shutil.copytree(trained_run, out)  # a copy: the session's run stays as trained
     data = TRUTHFULQA if TRUTHFULQA.is_file() else "demo"
     result = run_ok("evaluate", str(out), "--data", str(data), "--limit", "6", "--rounds", "base,last,best")
     base, round_0 = json.loads((out / "base_lm_eval.json").read_text()), json.loads(

@@ -90,11 +90,11 @@ def test_kill_during_the_next_rounds_generation_keeps_the_round_with_the_shipped
     assert_same_adapters(out, uninterrupted)
 
 
-@pytest.mark.parametrize("ordering", [k for k in ORDERINGS if k != "none"])
-def test_every_ordering_resumes_with_the_planned_prompts(ordering, reference, tiny_model, tmp_path):
-    """The pool order lives in the plan: a resume never scores the pool again. (No ordering is
-    the test above.)"""
-    out = tmp_path / "run"
+def test_a_curriculum_run_resumes_with_the_planned_prompts_and_order(reference, tiny_model, tmp_path):
+    """The pool order lives in the plan and each round's order in its records: a resume never
+    scores the pool again. Both orderings at once (within and across rounds; no ordering is the
+    test above): each alone runs a subset of the same code."""
+    ordering, out = "both", tmp_path / "run"
     resumed = killed_then_resumed("generated:1:0", resume_args(tiny_model, out, *ORDERINGS[ordering]))
     assert "pool ordered" not in resumed.stderr + resumed.stdout, "the resume scored the pool again"
     assert round_ids(out) == round_ids(reference(ordering))
@@ -104,7 +104,7 @@ def test_every_ordering_resumes_with_the_planned_prompts(ordering, reference, ti
     assert_same_adapters(out, reference(ordering))
 
 
-@pytest.mark.parametrize("ordering", ["none", "across"])
+@pytest.mark.parametrize("ordering", ["none", "both"])
 def test_two_more_rounds_continue_a_finished_run_with_fresh_prompts(ordering, reference, tiny_model, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(reference(ordering), out)
@@ -117,7 +117,7 @@ def test_two_more_rounds_continue_a_finished_run_with_fresh_prompts(ordering, re
     assert all(len(set(r)) == 10 for r in ids) and len(set().union(*map(set, ids))) == 40, "rounds are disjoint"
     assert {r: RoundStore(out).read_manifest(r)["data_sha256"] for r in (0, 1)} == before, "rounds 0-1 untouched"
     assert RoundStore(out).is_trained(3) and (out / "rounds.csv").read_text().count("\n") == 5
-    if ordering == "across":  # each planned block of rounds easiest first, by the saved order
+    if ordering == "both":  # each planned block of rounds easiest first, by the saved order
         difficulty = [sorted(rec["pool_difficulty"] for rec in RoundStore(out).read_records(r)) for r in range(4)]
         assert difficulty[0][-1] <= difficulty[1][0] and difficulty[2][-1] <= difficulty[3][0]
 
