@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 SOFT_DEVICE ?= cpu
 
-.PHONY: demo test env clean-env browser
+.PHONY: demo test env clean-env browser gpu-kit
 
 demo: $(VENV)/.installed
 	$(PY) -m soft_lightning fit --config configs/demo.yaml
@@ -41,3 +41,14 @@ endif
 
 clean-env:
 	rm -rf $(VENV)
+
+# What the lent GPU machine's image lacks, carried there as `gpu-kit` (docs/gpu.md): the wheels
+# (no internet there; vLLM is too big to carry) and a 3 MB tokenizer folder for the model shapes.
+gpu-kit: $(VENV)/.installed
+	rm -rf gpu-kit && mkdir -p gpu-kit/wheels
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_24_x86_64 --python-version 3.12 \
+	  -d gpu-kit/wheels bitsandbytes==0.50.2 jsonargparse==4.53.0 docstring-parser==0.18.0 typeshed-client==2.15.0 \
+	  torchdata==0.11.0 pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 pytest-timeout==2.4.0
+	$(PY) -c "from soft_lightning.models import resolve_model, load_tokenizer; \
+	  load_tokenizer(resolve_model('smollm2-135m-instruct')).save_pretrained('gpu-kit/tokenizer')"
+	du -sh gpu-kit

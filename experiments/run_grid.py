@@ -130,8 +130,8 @@ def main() -> None:
                 rounds = (["base"] if first else []) + (["0", "best", "last"] if method == "soft" else ["best"])
                 evaluate(out, rounds, "test", ["--tasks", "principles", "--prompts", "rules-test"], tested)
                 if args.truthfulqa and TRUTHFULQA.is_file():  # the base and the best rounds: does it harm?
-                    evaluate(out, ["base", "best"] if first else ["best"], "truthfulqa", ["--tasks", "mc1", "--data", str(TRUTHFULQA),
-                                                         "--batch_size", "32"], truthful)
+                    evaluate(out, ["base", "best"] if first else ["best"], "truthfulqa",
+                             ["--tasks", "mc1", "--data", str(TRUTHFULQA), "--batch_size", "32"], truthful)
     from write_up import write_report  # experiments/ is this script's folder
 
     write_report(HERE, {m: [run_dir(m, s) for s in args.seeds] for m in METHODS},

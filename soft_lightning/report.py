@@ -193,8 +193,12 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 def write_plot(rows: list[dict], path: Path, metric: str | None, best_round: int | None) -> None:
-    """Validation metric, entropy and diversity per round; the best round marked."""
-    import matplotlib
+    """Validation metric, entropy and diversity per round; the best round marked. Skipped where
+    matplotlib is not installed (a bare GPU image): rounds.csv holds the same numbers."""
+    try:
+        import matplotlib
+    except ImportError:
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
