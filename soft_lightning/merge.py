@@ -16,6 +16,8 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from peft import LoraConfig
+from peft.utils.other import get_pattern_key
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -49,10 +51,10 @@ class AdapterMerger:
     def deltas(self, adapter: Path) -> dict[str, Callable[[], torch.Tensor]]:
         """Per adapted weight (by the base checkpoint's names), what computes its B·A·scale in
         float32: one weight's delta at a time, never all of a 7B model's at once."""
-        config = json.loads((adapter / "adapter_config.json").read_text())
-        if config.get("use_dora") or config.get("bias", "none") != "none" or config.get("fan_in_fan_out"):
-            raise ConfigError(f"bootstrap.adapter_sync=merged folds plain LoRA only; {adapter} uses DoRA, biases or "
-                              "fan_in_fan_out. Use bootstrap.adapter_sync=lora.")
+        config = LoraConfig.from_pretrained(str(adapter))  # peft's reading, defaults and all
+        if config.use_dora or config.bias != "none" or config.fan_in_fan_out or config.modules_to_save:
+            raise ConfigError(f"bootstrap.adapter_sync=merged folds plain LoRA only; {adapter} uses DoRA, biases, "
+                              "fan_in_fan_out or modules_to_save. Use bootstrap.adapter_sync=lora.")
         tensors = load_file(adapter / "adapter_model.safetensors")
         deltas = {}
         for key, lora_a in tensors.items():
@@ -61,8 +63,9 @@ class AdapterMerger:
             module = key.removeprefix(ADAPTER_PREFIX).split(".lora_A.")[0]
             lora_b = tensors[key.replace(".lora_A.", ".lora_B.")]
             rank = lora_a.shape[0]
-            alpha = config.get("alpha_pattern", {}).get(module, config["lora_alpha"])
-            scale = alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
+            # peft matches alpha_pattern keys as regexes against the module name's suffix.
+            alpha = config.alpha_pattern.get(get_pattern_key(list(config.alpha_pattern), module), config.lora_alpha)
+            scale = alpha / (math.sqrt(rank) if config.use_rslora else rank)
             deltas[f"{module}.weight"] = partial(_delta, lora_b, lora_a, scale)
         unknown = sorted(set(deltas) - set(self.files))
         if unknown:

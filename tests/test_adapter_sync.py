@@ -3,6 +3,7 @@ the base generates; the shared-prefix KV cache changes nothing; the merge is exa
 exactly. Greedy decoding in float32 on the real demo model, where the comparison is exact (in
 bf16, rounding decides near-ties, so greedy tokens may part ways after a while: see docs)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,13 @@ def test_merge_is_exact_and_undone_exactly(tiny_model, tmp_path):
     a = lora["base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight"].float()
     b = lora["base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight"].float()
     assert torch.equal(merged[name], merger.base_weight(name).float() + (b @ a) * (16 / 8))
+    # peft's alpha_pattern: regex keys matched against the module name's suffix.
+    config_file = tmp_path / "adapter" / "adapter_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "alpha_pattern": {"q_proj": 32}}))
+    patterned = dict(merger.changes(tmp_path / "adapter"))
+    assert torch.equal(patterned[name], merger.base_weight(name).float() + (b @ a) * (32 / 8))
+    k_name = "model.layers.1.self_attn.k_proj.weight"
+    assert torch.equal(patterned[k_name], merged[k_name]), "modules the pattern does not match keep lora_alpha"
     restored = dict(merger.changes(None))
     assert restored.keys() == merged.keys() and all(torch.equal(restored[k], merger.base_weight(k)) for k in restored)
     assert dict(merger.changes(None)) == {}, "nothing to undo twice"
