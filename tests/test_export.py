@@ -68,7 +68,7 @@ def test_export_loads_in_vllm_and_generates_what_transformers_generates(exported
 
     _, folder, _ = exported
     tokenizer = load_tokenizer(str(folder))
-    requests, stop = demo_requests(tokenizer, n=4), PromptFormat(tokenizer).stop_strings()
+    requests, stop = demo_requests(tokenizer), PromptFormat(tokenizer).stop_strings()
     hf = HFSampler(GREEDY, stop, 0, tokenizer, copy=GenerationCopy(str(folder), "float32")).generate(
         requests, round_index=0, adapter=None, model=None)
     sampler = VLLMSampler(GREEDY, stop, 0, str(folder), 8, VLLMOptions(gpu_memory_utilization=0.2, dtype="float32"))
