@@ -134,7 +134,9 @@ def main() -> None:
                              ["--tasks", "mc1", "--data", str(TRUTHFULQA), "--batch_size", "32"], truthful)
     from write_up import write_report  # experiments/ is this script's folder
 
-    write_report(HERE, {m: [run_dir(m, s) for s in args.seeds] for m in METHODS},
+    # An unfinished run (a grid stopped mid-way) is left out; claims pair the arms seed by seed, and the
+    # grid runs seed after seed, so each method's finished runs are a prefix of the seeds: they pair up.
+    write_report(HERE, {m: [run_dir(m, s) for s in args.seeds if finished(run_dir(m, s))] for m in METHODS},
                  json.loads(TIMINGS.read_text()) if TIMINGS.is_file() else {})
 
 
