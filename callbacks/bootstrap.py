@@ -36,6 +36,7 @@ from soft_lightning.filters import FilterSettings
 from soft_lightning.plan import plan_to_write, run_identity
 from soft_lightning.prompts import IclStrategy, SelfExamples, load_checks, load_icl_pool, load_principles
 from soft_lightning.sampler import AdapterSync, SamplerName, SamplerProcessMode, SamplingConfig, VLLMOptions
+from soft_lightning.sampler_factory import make_sampler
 from soft_lightning.store import RoundStore
 from soft_lightning.synthesis import PromptSynthesis
 from soft_lightning.zero_shot import ZeroShot
@@ -148,7 +149,7 @@ class BootstrapCallback(L.Callback):
                              lock=trainer.is_global_zero)
         self.plan = self._read_plan(trainer, pl_module)
         dm = trainer.datamodule
-        self.sampler = self.sampler or backends.make_sampler(  # its engine starts with the first generation
+        self.sampler = self.sampler or make_sampler(  # its engine starts with the first generation
             self.sampler_name, self.sampler_process, module=pl_module, tokenizer=dm.encoder.tokenizer,
             tokenizer_source=dm.tokenizer_source, sampling=self.sampling, seed=self.seed,
             stop=dm.encoder.format.stop_strings(), vllm=self.vllm_options, hf_batch_tokens=self.hf_batch_tokens,

@@ -22,9 +22,9 @@ from soft_lightning.sampler import (
     SamplingConfig,
     VLLMOptions,
     check_sampler_for_run,
-    make_sampler,
     resolve_sampler,
 )
+from soft_lightning.sampler_factory import make_sampler
 from soft_lightning.sampler_hf import HFSampler
 from soft_lightning.sampler_process import HFAdapterSampler, SamplerProcess, SamplerProcessError
 from soft_lightning.store import RoundStore
