@@ -85,6 +85,7 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(case, tmp_path, capsys,
     assert not list(out.rglob("round_*")) and not list(out.rglob("*.ckpt")), "a bad input left run files behind"
 
 
+@pytest.mark.slow
 def test_bad_input_exit_code_and_message_from_a_real_process(tmp_path, tiny_model):
     out = tmp_path / "out"
     result = run_cli(*tiny_run_args(tiny_model, out, "hf", "--data.prompts", str(tmp_path / "missing.jsonl")))
@@ -100,6 +101,7 @@ def test_unknown_config_key_is_refused(capsys, tiny_model, tmp_path):
     assert "prompt_per_round" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_out_dir_of_another_run_is_refused_unless_resumed(tmp_path, tiny_model, capsys):
     out = tmp_path / "out"
     first = run_cli(*tiny_run_args(tiny_model, out, "hf", "--bootstrap.rounds", "1"))

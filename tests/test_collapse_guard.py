@@ -142,6 +142,7 @@ def scripted_fit(tiny_model, tmp_path, script: list[float], items: int, callback
     return trainer, out
 
 
+@pytest.mark.slow
 def test_early_stop_keeps_the_best_round_and_reports_every_round(tiny_model, tmp_path):
     # EarlyStopping decides at the end of the training epoch (its default here): the next round
     # is generated only when Lightning asks for its data, so nothing is wasted.

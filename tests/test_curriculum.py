@@ -104,6 +104,7 @@ def ordered_run(request, tiny_model, tmp_path_factory):
     return request.param, out
 
 
+@pytest.mark.slow
 def test_training_order_is_the_recorded_position_order(ordered_run, tiny_model):
     order, out = ordered_run
     store = RoundStore(out)
@@ -127,6 +128,7 @@ def test_training_order_is_the_recorded_position_order(ordered_run, tiny_model):
         assert manifest["within_round"]["scoring"]["tokens_per_second"] > 0
 
 
+@pytest.mark.slow
 def test_across_round_split_is_monotonic(ordered_run):
     order, out = ordered_run
     store = RoundStore(out)

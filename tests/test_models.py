@@ -35,6 +35,7 @@ def test_folder_without_config_is_refused(tmp_path):
         check_model_source(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_validate_subcommand_reports_mc_accuracy(tiny_model, tmp_path):
     result = run_cli(
         "validate", "--config", str(ROOT / "configs" / "demo.yaml"),

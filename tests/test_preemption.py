@@ -42,6 +42,7 @@ def processes_marked(marker: str) -> list[psutil.Process]:
     return found
 
 
+@pytest.mark.slow
 def test_a_second_run_is_refused_and_a_killed_runs_lock_does_not_block_its_resume(tiny_model, tmp_path):
     out = tmp_path / "run"
     cli_args = resume_args(tiny_model, out, checkpoints=None)

@@ -4,6 +4,8 @@ drop reason, planned once (a resume answers the same ones) and never repeat a po
 import json
 import signal
 
+import pytest
+
 from soft_lightning.store import RoundStore
 from soft_lightning.synthesis import PromptSynthesis, SeedTask, clean_prompts, grams, load_seed_tasks, similarity
 from tests.conftest import ROOT, run_cli, run_ok, tiny_run_args
@@ -56,6 +58,7 @@ def test_bundled_seed_tasks_cover_many_topics():
     assert len(tasks) >= 30 and len({t.topic for t in tasks}) >= 15 and len({t.id for t in tasks}) == len(tasks)
 
 
+@pytest.mark.slow
 def test_a_synthesis_run_grows_the_pool_and_a_resume_answers_the_same_prompts(smollm2_dir, tmp_path):
     """The demo model writes 4 of each round's 8 prompts; killed right after round 1's prompts
     are planned, the resumed run answers exactly those."""
@@ -92,6 +95,7 @@ def test_a_synthesis_run_grows_the_pool_and_a_resume_answers_the_same_prompts(sm
 
 
 
+@pytest.mark.slow
 def test_two_ranks_synthesize_what_one_does(smollm2_dir, tmp_path):
     """Under DDP each rank writes half the candidates; gathered, both ranks clean them into the
     plan one process writes (greedy synthesis, one request per batch, so the runs compare). Each
