@@ -47,8 +47,7 @@ SETTINGS = {
     "fsdp_2_devices": ["--model.optimizer", "adamw", "--config", str(ROOT / "configs" / "fsdp.yaml"),
                        "--trainer.devices", "2"],
     "cpu_adamw": ["--model.optimizer", "adamw", "--trainer.accelerator", "cpu", "--model.warmup_steps", "0",
-                  "--model.gradient_checkpointing",
-                  "false"],
+                  "--model.gradient_checkpointing", "false"],
 }
 # Run by each step's subprocess: the CLI, then its peak GPU memory on one line.
 CHILD = """
@@ -152,7 +151,7 @@ def main() -> None:
 
     gpus = torch.cuda.device_count()
     if args.dry:
-        args.shapes, args.prompts, args.max_new_tokens = ["tiny"], 4, 16
+        args.prompts, args.max_new_tokens = 4, 16
         steps = [("tiny", "cpu_adamw")]
     else:
         steps = [(shape, "paged_adamw_8bit") for shape in args.shapes]
