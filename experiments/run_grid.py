@@ -57,6 +57,15 @@ def finished(out: Path) -> bool:
     return plan.is_file() and len(RoundStore(out).finished_rounds()) == len(json.loads(plan.read_text())["rounds"])
 
 
+def cpu() -> str:
+    """The CPU the figures were measured on: machines differ, and bf16 speed with them."""
+    import torch
+
+    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+             if line.startswith("model name")] if Path("/proc/cpuinfo").is_file() else []
+    return f"{names[0] if names else 'an unnamed CPU'} (torch's {torch.backends.cpu.get_cpu_capability()} kernels)"
+
+
 def timed(name: str, cmd: list[str]) -> None:
     """Run `cmd` in the checkout and add its wall seconds to the timings file."""
     print(f"[grid] {name}: {' '.join(cmd[2:6])} ...", flush=True)
@@ -65,6 +74,7 @@ def timed(name: str, cmd: list[str]) -> None:
     seconds = time.perf_counter() - t0
     timings = json.loads(TIMINGS.read_text()) if TIMINGS.is_file() else {}
     timings[name] = round(timings.get(name, 0) + seconds, 1)
+    timings.setdefault("_cpu", cpu())
     TIMINGS.parent.mkdir(parents=True, exist_ok=True)
     TIMINGS.write_text(json.dumps(timings, indent=1) + "\n")
     print(f"[grid] {name}: done in {seconds:.0f} s", flush=True)

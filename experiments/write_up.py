@@ -176,6 +176,8 @@ def write_report(here: Path, runs: dict[str, list[Path]], timings: dict[str, flo
     data = {m: [(out, run_rows(out)) for out in outs] for m, outs in runs.items()}
     stores = [RoundStore(out) for outs in runs.values() for out in outs]
     base = next((items for s in stores if (items := test_items(s, "base"))), None)
+    timings = dict(timings)
+    cpu = timings.pop("_cpu", "an unrecorded CPU")
     total = sum(timings.values())
     lines = ["# Experiments: SOFT's claims on SmolLM2-135M-Instruct, on principles a rule can check", "",
              "Written by `python experiments/run_grid.py` (its docstring says what each step does) from the round "
@@ -191,7 +193,7 @@ def write_report(here: Path, runs: dict[str, list[Path]], timings: dict[str, flo
              "", "## Verdicts", "", __doc__.split("\n\n", 1)[1].strip(), ""] + verdicts(data) + [
              "", "## TruthfulQA MC1 (does no harm; never used to pick a round)", ""] + truthfulqa_table(runs) + [
              "", "## Wall time", "",
-             f"{total / 60:.0f} minutes in all on this machine's 2 cores: "
+             f"{total / 60:.0f} minutes in all on 2 cores of {cpu}: "
              + ", ".join(f"{name} {seconds / 60:.1f}" for name, seconds in timings.items()) + " (minutes).", ""]
     (here / "README.md").write_text("\n".join(lines) + "\n")
     (here / "results.json").write_text(json.dumps(
