@@ -17,7 +17,6 @@ from pathlib import Path
 from jsonargparse import CLI
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.bootstrap import BootstrapCallback
@@ -45,7 +44,7 @@ class SoftCLI(LightningCLI):
                               compute_fn=lambda rounds, epochs: int(rounds * epochs))
         # Validate once per round, so EarlyStopping's patience counts rounds.
         parser.link_arguments("bootstrap.epochs_per_round", "trainer.check_val_every_n_epoch", compute_fn=int)
-        for key in ("rounds", "epochs_per_round", "out_dir", "seed"):
+        for key in ("rounds", "epochs_per_round", "seed"):
             parser.link_arguments(f"bootstrap.{key}", f"data.{key}")
         parser.link_arguments("bootstrap.out_dir", "trainer.default_root_dir")
         # Synthesized prompts take the place of file prompts in each round.
@@ -76,31 +75,23 @@ class SoftCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         """Keep checkpoints in <bootstrap.out_dir>/checkpoints (unless a dirpath is given), where
-        the BootstrapCallback writes its round-end checkpoint too."""
+        the BootstrapCallback writes its round-end and preemption checkpoints (`last-*.ckpt`), so
+        Lightning's own `--ckpt_path last` (the newest `last*.ckpt` in ModelCheckpoint's folders)
+        finds them."""
         trainer = super().instantiate_trainer(**kwargs)
         bootstrap = next(cb for cb in trainer.callbacks if isinstance(cb, BootstrapCallback))
-        # `--ckpt_path last` also resumes a run killed before its first checkpoint.
-        bootstrap.resume_requested = bool(self.config.get(self.subcommand, self.config).get("ckpt_path"))
+        ckpt_path = self.config.get(self.subcommand, self.config).get("ckpt_path")
+        bootstrap.resume_requested = bool(ckpt_path)  # `last` also resumes a run killed before its first checkpoint
+        folder = bootstrap.run.store.round_end_checkpoint.parent.resolve()
         for cb in trainer.checkpoint_callbacks:
-            if cb.dirpath is None:
-                cb.dirpath = str(bootstrap.store.round_end_checkpoint.parent.resolve())
+            if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
+                cb.dirpath = str(folder)
+        if ckpt_path == "last" and not any(isinstance(cb, ModelCheckpoint) and Path(cb.dirpath).resolve() == folder
+                                           for cb in trainer.checkpoint_callbacks):
+            raise ConfigError(f"--ckpt_path last looks for the run's checkpoints in ModelCheckpoint's folders, but "
+                              f"none writes to {folder} (a ModelCheckpoint dirpath elsewhere, or "
+                              "trainer.enable_checkpointing false); leave one's dirpath unset or pass a .ckpt path.")
         return trainer
-
-    def before_fit(self) -> None:
-        """`--ckpt_path last` is the newest checkpoint with "last" in its name, among
-        ModelCheckpoint's folders and the round-end and preemption checkpoints (which exist
-        whatever the ModelCheckpoint settings), or a SLURM requeue's `hpc_ckpt_*.ckpt`; none yet
-        means a fresh start, as in Lightning."""
-        config = self.config_init[self.subcommand]
-        if config.get("ckpt_path") != "last":
-            return
-        store = next(cb for cb in self.trainer.callbacks if isinstance(cb, BootstrapCallback)).store
-        folders = {Path(cb.dirpath) for cb in self.trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)
-                   and cb.dirpath} | {store.round_end_checkpoint.parent}
-        candidates = [p for folder in folders if folder.is_dir() for p in folder.glob("*last*.ckpt")]
-        candidates += list(store.root.glob("hpc_ckpt_*.ckpt"))
-        config["ckpt_path"] = str(max(candidates, key=lambda p: p.stat().st_mtime)) if candidates else None
-        rank_zero_info(f"[soft] --ckpt_path last: {config['ckpt_path'] or 'no checkpoint yet, starting afresh'}")
 
 
 def main(args: list[str] | None = None) -> None:

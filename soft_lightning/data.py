@@ -3,9 +3,10 @@ multiple-choice file and the round's held-out pairs -> the validation set.
 
 Which round an epoch trains is `trainer.current_epoch // epochs_per_round`, read when Lightning
 asks for a dataloader (every epoch), so a resumed run gets its round from the restored loop
-position and nothing else. A round that is not in the store yet is made right then, by
-`make_round` (the BootstrapCallback's generation): wherever Lightning first needs a round's data,
-after every state is restored and after the previous round's checkpoints are written.
+position and nothing else. The rounds come from the run among the trainer's callbacks (the
+BootstrapCallback's `run`: its round store, the only one); a round that is not in the store yet
+is made right then (`run.make_round`): wherever Lightning first needs a round's data, after every
+state is restored and after the previous round's checkpoints are written.
 
 The pool is read here only to check it and to draw prompts for the run plan (plan.py); which
 prompts a round answers is decided once, in the plan.
@@ -14,14 +15,13 @@ prompts a round answers is decided once, in the plan.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import lightning as L
 import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.pytorch.trainer.states import TrainerFn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from soft_lightning.config_types import ShareBelowOne
@@ -31,7 +31,7 @@ from soft_lightning.mc import McFormat, McProtocol, collate_mc, read_mc, tokeniz
 from soft_lightning.plan import check_pool_size
 from soft_lightning.pool import PromptPool
 from soft_lightning.prompts import asset_path, stable_seed
-from soft_lightning.store import RoundStore
+from soft_lightning.run import SoftRun
 
 # Bundled files by short name: `demo` (broad prompts; a multiple-choice set) and `rules` (the
 # train split of the principle-checking task; its validation and test splits are held out).
@@ -79,7 +79,7 @@ class SoftDataModule(L.LightningDataModule):
         val_batch_items: validation items per batch (all choices of an item stay together).
         val_holdout: share of each round's kept pairs held out of training for `val/loss`.
         num_workers: dataloader worker processes.
-        rounds, epochs_per_round, out_dir, seed: linked from `bootstrap.*`.
+        rounds, epochs_per_round, seed: linked from `bootstrap.*`.
         tokenizer: model source whose tokenizer is used (linked from `model.model_name_or_path`).
     """
 
@@ -101,7 +101,6 @@ class SoftDataModule(L.LightningDataModule):
         num_workers: NonNegativeInt = 0,
         rounds: PositiveInt = 1,
         epochs_per_round: PositiveInt = 1,
-        out_dir: str = "runs/soft",
         tokenizer: str = "smollm2-135m-instruct",
         seed: int = 0,
     ):
@@ -116,11 +115,10 @@ class SoftDataModule(L.LightningDataModule):
         self.val_format, self.val_batch_items, self.val_holdout = val_format, val_batch_items, val_holdout
         self.val_protocol = val_protocol
         self.num_workers, self.rounds, self.epochs_per_round = num_workers, rounds, epochs_per_round
-        self.store, self.tokenizer_source, self.seed = RoundStore(out_dir), tokenizer, seed
+        self.tokenizer_source, self.seed = tokenizer, seed
         self.encoder: Encoder | None = None  # built in setup(): loading a tokenizer is not a check
         self.val_items: list[dict] = []
         self._round: RoundData | None = None
-        self.make_round: Callable[[int], None] | None = None  # set by the BootstrapCallback
         # Check the files now, before the Trainer exists or anything is written.
         self.pool = PromptPool(self.prompts_path, seed) if prompts is not None else None
         if self.pool is not None:
@@ -168,19 +166,26 @@ class SoftDataModule(L.LightningDataModule):
 
     # ---- training data ------------------------------------------------------------------------
 
+    @property
+    def run(self) -> SoftRun:
+        """The run whose rounds this DataModule serves: the BootstrapCallback's."""
+        runs = [cb.run for cb in self.trainer.callbacks if isinstance(getattr(cb, "run", None), SoftRun)]
+        if len(runs) != 1:
+            raise ConfigError(f"the trainer has {len(runs)} BootstrapCallbacks; the DataModule reads the rounds of "
+                              "exactly one (the bootstrap: section).")
+        return runs[0]
+
     def round_data(self, r: int) -> RoundData:
         """Round r's kept records as examples in their recorded `position` order (the
         curriculum's); the held-out share is chosen by a hash of the id, the same on every rank
         and after a resume. Built once per round."""
         if self._round is not None and self._round.round == r:
             return self._round
-        if not self.store.is_generated(r):
-            if self.make_round is None:
-                raise RuntimeError(f"round {r} in {self.store.root} is not generated; the BootstrapCallback "
-                                   "(bootstrap: section) must be among the trainer's callbacks.")
+        run = self.run
+        if not run.store.is_generated(r):
             with torch.inference_mode(False):  # Lightning may ask from inside an evaluation loop
-                self.make_round(r)
-        kept = sorted((rec for rec in self.store.read_records(r) if rec.get("kept")), key=lambda rec: rec["position"])
+                run.make_round(self.trainer, r)
+        kept = sorted((rec for rec in run.store.read_records(r) if rec.get("kept")), key=lambda rec: rec["position"])
         examples = [ex for ex in map(self.encoder.encode_record, kept) if ex is not None]
         held = {ex.id for ex in examples if self.is_heldout(ex.id)} if len(examples) > 1 else set()
         self._round = RoundData(r, [ex for ex in examples if ex.id not in held],
@@ -199,37 +204,50 @@ class SoftDataModule(L.LightningDataModule):
         return min(self.trainer.current_epoch // self.epochs_per_round, self.rounds - 1)
 
     def train_dataloader(self):
-        """This epoch's round, in order, never shuffled. Lightning's DistributedSampler (shuffle
-        off) deals example i to rank i % world, so at every step the ranks together train the
-        next world x batch_size examples of the order. A StatefulDataLoader lets Lightning
-        save the position within the epoch and continue from it on resume."""
+        """This epoch's round, in order, never shuffled. On several ranks a DistributedSampler
+        with shuffling off deals example i to rank i % world, so at every step the ranks together
+        train the next world x batch_size examples of the order. (Passed in: the one Lightning
+        adds to a training loader shuffles, whatever the loader says, which would undo the
+        curriculum.) A StatefulDataLoader lets Lightning save the position within the epoch and
+        continue from it on resume."""
         data = self.round_data(self.current_round())
         if not data.train:
             raise RuntimeError(f"round {data.round} kept no trainable example; see its manifest.json.")
-        return StatefulDataLoader(data.train, batch_size=self.batch_size, shuffle=False,
+        ranks = self.trainer.strategy.distributed_sampler_kwargs if self.trainer.world_size > 1 else None
+        sampler = DistributedSampler(data.train, shuffle=False, **ranks) if ranks else None
+        return StatefulDataLoader(data.train, batch_size=self.batch_size, shuffle=False, sampler=sampler,
                                   collate_fn=self.encoder.collate, num_workers=self.num_workers)
 
     # ---- validation ---------------------------------------------------------------------------
 
     def val_dataloader(self):
         """One loader whose batches are either multiple-choice items or this round's held-out
-        pairs, never mixed (one loader keeps metric names stable across rounds). The batches are
-        padded with empty ones to a multiple of the world size, so Lightning's DistributedSampler
-        deals every rank the same number of batches and repeats no item."""
-        units = [("mc", self.val_items[i : i + self.val_batch_items])
-                 for i in range(0, len(self.val_items), self.val_batch_items)]
+        pairs, never mixed (one loader keeps metric names stable across rounds). Lightning's
+        DistributedSampler deals batch i to rank i % world, so each kind is padded to a multiple
+        of the world size with uncounted repeats of its first batch: at every step all ranks run
+        the same kind of forward passes (FSDP's collectives pair up), and no item counts twice."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        mc = [self.val_items[i : i + self.val_batch_items] for i in range(0, len(self.val_items), self.val_batch_items)]
+        units = _dealt("mc", mc, world)
         if self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
             held = self.round_data(self.current_round()).heldout
-            units += [("heldout", held[i : i + self.batch_size]) for i in range(0, len(held), self.batch_size)]
-        world = self.trainer.world_size if self.trainer is not None else 1
+            units += _dealt("heldout", [held[i : i + self.batch_size] for i in range(0, len(held), self.batch_size)],
+                            world)
         # (Nothing to score still runs one validation per round: its end is where a round's
         # zero-shot adherence is measured and the collapse guard decides.)
-        units += [("empty", [])] * (-len(units) % world or (world if not units else 0))
+        units = units or [("empty", [], False)] * world
         return DataLoader(units, batch_size=None, shuffle=False, collate_fn=self._collate_val,
                           num_workers=self.num_workers)
 
-    def _collate_val(self, unit: tuple[str, list]) -> dict:
-        kind, rows = unit
+    def _collate_val(self, unit: tuple[str, list, bool]) -> dict:
+        kind, rows, counted = unit
         if kind == "mc":
-            return collate_mc(rows, self.encoder.tokenizer.pad_token_id, self.val_protocol)
-        return self.encoder.collate(rows) if rows else {}
+            return {**collate_mc(rows, self.encoder.tokenizer.pad_token_id, self.val_protocol), "counted": counted}
+        return {**self.encoder.collate(rows), "counted": counted} if rows else {}
+
+
+def _dealt(kind: str, batches: list[list], world: int) -> list[tuple[str, list, bool]]:
+    """`batches` as units of `kind`, padded to a multiple of `world` with uncounted repeats of the first."""
+    repeats = [(kind, batches[0], False)] * (-len(batches) % world) if batches else []
+    return [(kind, rows, True) for rows in batches] + repeats
+

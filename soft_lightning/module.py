@@ -7,6 +7,7 @@ a round starts (`schedule: round`).
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +17,8 @@ from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, NonNegativ
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from peft.utils import SAFETENSORS_WEIGHTS_NAME
+from safetensors.torch import save_file
 from torchmetrics import MeanMetric
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
@@ -27,6 +30,7 @@ from soft_lightning.mc import item_choice_scores
 from soft_lightning.models import check_model_source, resolve_model
 from soft_lightning.precision import DTYPES, ComputeDtype, Numerics, resolve
 
+FSDP_PART = "_fsdp_wrapped_module."  # what FSDP puts into a parameter's name at every wrapped module
 
 def keep_4bit_weights_unpacked(model) -> None:
     """On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit layer's weights at its first
@@ -190,16 +194,20 @@ class SoftModule(L.LightningModule):
         self.mc_results = []
 
     def validation_step(self, batch, batch_idx):
-        """Multiple-choice items (`context_index` in the batch), held-out generated pairs (loss), or
-        an empty batch that only keeps the ranks' step counts equal."""
+        """Multiple-choice items (`context_index` in the batch) or held-out generated pairs (loss).
+        An uncounted batch (a repeat that keeps the ranks' forward passes alike) runs and is not
+        recorded; an empty one (nothing to validate) does nothing on every rank."""
         if not batch:
             return
         if "context_index" not in batch:
             loss = self(batch["input_ids"], batch["attention_mask"], batch["labels"])
-            self.val_loss.update(loss.detach().double(), weight=len(batch["input_ids"]))
+            if batch["counted"]:
+                self.val_loss.update(loss.detach().double(), weight=len(batch["input_ids"]))
             return
         scores = choice_logprobs(self.model, batch["context_ids"], batch["context_mask"], batch["choice_ids"],
                                  batch["choice_mask"], batch["context_index"]).float().cpu()
+        if not batch["counted"]:
+            return
         per_item, labels = item_choice_scores(scores, batch), batch["item_label"].tolist()
         chars = batch["choice_chars"].cpu().float().split([len(item) for item in per_item])
         normed = per_item if batch["protocol"] != "likelihood" else [s / n for s, n in zip(per_item, chars)]
@@ -273,29 +281,38 @@ class SoftModule(L.LightningModule):
         from torch.distributed.fsdp import FullStateDictConfig, StateDictType
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-        config = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
+        # (Offloading parameters that are on the CPU already would hand back views of storage
+        # FSDP frees on resharding: the process crashes copying them.)
+        config = FullStateDictConfig(offload_to_cpu=strategy.root_device.type != "cpu", rank0_only=True)
         with FSDP.state_dict_type(strategy.model, StateDictType.FULL_STATE_DICT, config):
             full = strategy.model.state_dict()
         if not strategy.is_global_zero:
             return {}
-        # The wrapped LightningModule holds the PeftModel as `model`; peft's names start below it,
-        # and FSDP's own name parts (mid-path, at every wrapped layer) are not peft's.
-        names = {k.replace("_fsdp_wrapped_module.", "").removeprefix("model."): v for k, v in full.items()}
-        state = get_peft_model_state_dict(self.model, state_dict=names)
-        expected = sum(1 for n, p in self.model.named_parameters() if p.requires_grad)
-        if len(state) != expected:
-            raise RuntimeError(f"gathered {len(state)} of the adapter's {expected} LoRA tensors from the FSDP shards; "
-                               "refusing to save an incomplete adapter.")
+        # FSDP's full state dict has clean names under the wrapped LightningModule (`model.`);
+        # peft picks the LoRA entries by the names of the modules as they are now, wrapped
+        # (`_fsdp_wrapped_module.` mid-path): hand it the tensors under those names, then clean them.
+        wrapped = {n: full["model." + n.replace(FSDP_PART, "")] for n, p in self.model.named_parameters()
+                   if p.requires_grad}
+        state = get_peft_model_state_dict(self.model, state_dict=wrapped)
+        state = {k.replace(FSDP_PART, ""): v for k, v in state.items()}
+        if len(state) != len(wrapped) or not wrapped:
+            raise RuntimeError(f"gathered {len(state)} of the adapter's {len(wrapped)} LoRA tensors from the FSDP "
+                               "shards; refusing to save an incomplete adapter.")
         return state
 
     def save_adapter(self, directory: Path, state: dict[str, torch.Tensor] | None = None) -> None:
-        """Write the LoRA adapter as safetensors, loadable by `PeftModel.from_pretrained` and vLLM;
-        an adapter without tensors is refused, never written."""
-        if state is None:
-            state = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+        """Write the LoRA adapter (peft's files: adapter_config.json, adapter_model.safetensors),
+        loadable by `PeftModel.from_pretrained` and vLLM; an adapter without tensors is refused,
+        never written. (Not peft's `save_pretrained`: it picks the tensors again by module names,
+        which under FSDP are not the state dict's.)"""
+        state = self.adapter_state() if state is None else state
         if not state:
             raise RuntimeError("the LoRA adapter to save holds no tensors; refusing to write an empty adapter.")
-        self.model.save_pretrained(str(directory), safe_serialization=True, state_dict=state)
+        config = copy.copy(self.model.peft_config["default"])
+        config.inference_mode = True
+        config.save_pretrained(str(directory))
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()},
+                  str(Path(directory) / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
 
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
         """Checkpoints hold only the adapter; the frozen base reloads from its source. (A wrapper
@@ -329,3 +346,4 @@ class SoftModule(L.LightningModule):
             )
         set_peft_model_state_dict(self.model, state_dict)
         return torch.nn.modules.module._IncompatibleKeys(missing, unexpected)
+

@@ -44,6 +44,10 @@ CASES = {
     "order without a scorer": (["--bootstrap.within_round.order", "easy_to_hard"],
                                "bootstrap.within_round: order 'easy_to_hard' needs a scorer; choose one of perplexity"),
     "missing checkpoint": (["--ckpt_path", "{tmp}/none.ckpt"], "--ckpt_path: {tmp}/none.ckpt does not exist"),
+    "--ckpt_path last with checkpoints elsewhere": (
+        ["--ckpt_path", "last", "--trainer.callbacks", '[{{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", '
+         '"init_args": {{"dirpath": "{tmp}/elsewhere"}}}}]'],
+        "--ckpt_path last looks for the run's checkpoints in ModelCheckpoint's folders, but none writes to {tmp}/out/checkpoints"),
     "vLLM sleep mode on CPU": (["--bootstrap.sampler", "vllm", "--bootstrap.vllm.sleep_between_rounds", "true"],
                                "bootstrap.vllm.sleep_between_rounds needs vLLM sleep mode, which the cpu platform lacks"),
     "duplicate prompt ids": (["--data.prompts", "{tmp}/dups.jsonl"], "duplicate id 'a'"),

@@ -131,8 +131,7 @@ def scripted_fit(tiny_model, tmp_path, script: list[float], items: int, callback
     out, rounds = tmp_path / "store", len(script)
     bootstrap = BootstrapCallback(rounds=rounds, out_dir=str(out), sampler="hf", icl_examples=2,
                                   sampling=SamplingConfig(max_new_tokens=8), filters=FilterSettings(truncated="keep"))
-    dm = SoftDataModule(prompts_per_round=6, rounds=rounds, val_limit=2, tokenizer=tiny_model, batch_size=3,
-                        out_dir=str(out))
+    dm = SoftDataModule(prompts_per_round=6, rounds=rounds, val_limit=2, tokenizer=tiny_model, batch_size=3)
     module = ScriptedValidation(tiny_model, quantization="none", compute_dtype="float32", lora_r=8,
                                 script=script, items=items)
     trainer = L.Trainer(accelerator="cpu", max_epochs=rounds, reload_dataloaders_every_n_epochs=1, logger=False,

@@ -3,10 +3,14 @@
 import math
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.trainer.connectors.data_connector import _process_dataloader
+from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from transformers import AutoModelForCausalLM
 
+from callbacks.bootstrap import BootstrapCallback
 from soft_lightning import curriculum, rounds
 from soft_lightning.data import SoftDataModule
 from soft_lightning.encoding import Encoder
@@ -114,15 +118,27 @@ def test_training_order_is_the_recorded_position_order(ordered_run, tiny_model):
         assert [rec["position"] for rec in by_position] == list(range(len(records)))
         difficulties = [rec["difficulty"] for rec in by_position]
         assert difficulties == sorted(difficulties, reverse=(order == "hard_to_easy"))
-        dm = SoftDataModule(prompts=None, val_path=None, tokenizer=tiny_model, batch_size=4, out_dir=str(out),
-                            rounds=2, epochs_per_round=2, max_length=512)
+        dm = SoftDataModule(prompts=None, val_path=None, tokenizer=tiny_model, batch_size=4, rounds=2,
+                            epochs_per_round=2, max_length=512)
         dm.setup("predict")  # only the tokenizer: no pool, no validation set
+        bootstrap = BootstrapCallback(rounds=2, epochs_per_round=2, out_dir=str(out), sampler="hf")
         for epoch in (2 * r, 2 * r + 1):  # repeated epochs replay the same order
-            dm.trainer = SimpleNamespace(current_epoch=epoch)
+            dm.trainer = SimpleNamespace(current_epoch=epoch, world_size=1, callbacks=[bootstrap])  # the store's reader
             seen = [row for batch in dm.train_dataloader() for row in batch["input_ids"].tolist()]
             expected = [dm.encoder.encode_record(rec).input_ids for rec in by_position if not dm.is_heldout(rec["id"])]
             assert len(seen) == len(expected)
             assert [row[: len(e)] for row, e in zip(seen, expected)] == expected
+        # On 2 ranks, after Lightning's own loader processing (which shuffles any training loader
+        # it adds a sampler to): rank k trains examples k, k+2, ... of the same order.
+        trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, callbacks=[bootstrap],
+                            enable_checkpointing=False, enable_progress_bar=False)
+        trainer.fit_loop.epoch_progress.current.completed = 2 * r  # (its current_epoch)
+        dm.trainer = trainer
+        for rank in (0, 1):
+            trainer.strategy.cluster_environment.set_global_rank(rank)
+            loader = _process_dataloader(trainer, TrainerFn.FITTING, RunningStage.TRAINING, dm.train_dataloader())
+            seen = [row for batch in loader for row in batch["input_ids"].tolist()]
+            assert [row[: len(e)] for row, e in zip(seen, expected[rank::2])] == expected[rank::2]
         manifest = store.read_manifest(r)["curriculum"]
         assert manifest["within_round"]["scorer"] == "perplexity" and manifest["within_round"]["order"] == order
         assert manifest["within_round"]["scoring"]["tokens_per_second"] > 0

@@ -159,8 +159,7 @@ def test_resumed_weights_and_optimizer_equal_the_checkpoint(tiny_model, tmp_path
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     module = SoftModule(tiny_model, lora_r=8, learning_rate=3e-3, warmup_steps=1)
     dm = SoftDataModule(prompts="rules", prompts_per_round=10, rounds=2, epochs_per_round=2, val_path=None,
-                        tokenizer=tiny_model, batch_size=2, max_prompt_tokens=256, max_length=512,
-                        out_dir=str(out))  # demo.yaml's
+                        tokenizer=tiny_model, batch_size=2, max_prompt_tokens=256, max_length=512)  # demo.yaml's
     trainer = L.Trainer(accelerator="cpu", max_epochs=4, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, reload_dataloaders_every_n_epochs=1,
                         callbacks=[BootstrapCallback(rounds=2, epochs_per_round=2, out_dir=str(out), sampler="hf")])

@@ -20,7 +20,7 @@ from soft_lightning.encoding import Encoder
 from soft_lightning.evaluation import generation_diagnostics
 from soft_lightning.module import SoftModule
 from soft_lightning.store import RoundStore
-from tests.conftest import ROOT, resume_args, round_ids, tiny_run_args
+from tests.conftest import ORDERINGS, ROOT, resume_args, round_ids, run_cli, run_ok, tiny_run_args
 
 RECORDS = [{"id": f"r{i}", "prompt": f"Question {i}: what is {i} plus {i}?", "kept": i % 5 != 4,
             "response": " ".join(["the answer is", str(2 * i)] + ["and so on"] * (i % 4)),
@@ -130,3 +130,49 @@ def test_vllm_ranks_stay_in_lockstep_through_uneven_shares_a_one_rank_sigterm_an
         assert all(rec["n_tokens"] > 0 for rec in store.read_records(r))
     assert store.read_manifest(1)["adapter"] == str(store.adapter_dir(0))
     assert store.read_manifest(1)["resumed_with"] == 4 and store.read_manifest(1)["generated_now"] == 1
+
+
+@pytest.mark.slow
+def test_fsdp_full_shard_rounds_save_every_lora_tensor_and_resume_close_to_ddp(tiny_model, tmp_path):
+    """Lightning's FSDPStrategy (FULL_SHARD, every decoder layer a unit) on 2 CPU ranks over gloo
+    (tests/helpers/cpu_fsdp.py lifts Lightning's CUDA-only check) runs the round loop with both
+    curricula, so the pool's prompt scoring, each round's response scoring and the diagnostics
+    are forward passes outside training, on sharded weights. Killed in round 1's training and
+    resumed with `--ckpt_path last` (after the last batch of the round's first epoch: the resume
+    keeps the round's LR schedule), its adapters hold every LoRA tensor and equal a DDP run's on
+    the same data; the checkpoints hold the LoRA weights, not the base."""
+    strategy = tmp_path / "fsdp.yaml"
+    strategy.write_text(
+        "trainer:\n  strategy:\n    class_path: tests.helpers.cpu_fsdp.CPUFSDPStrategy\n    init_args:\n"
+        "      auto_wrap_policy: [transformers.models.llama.modeling_llama.LlamaDecoderLayer]\n"
+        "      sharding_strategy: FULL_SHARD\n      state_dict_type: full\n")
+
+    def args(out, *extra):
+        return resume_args(tiny_model, out, *ORDERINGS["both"], "--config", str(ROOT / "configs" / "ddp.yaml"),
+                           "--trainer.accelerator", "cpu", "--bootstrap.sampler_process", "spawn",
+                           "--model.quantization", "none", "--model.compute_dtype", "float32", *extra)
+
+    ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
+    run_ok(*args(ddp), timeout=600)
+    killed = run_cli(*args(fsdp, "--config", str(strategy)), env_extra={"SOFT_LIGHTNING_KILL_AT": "train_step:8"},
+                     timeout=600)
+    assert killed.returncode != 0 and not RoundStore(fsdp).is_trained(1), killed.stderr[-3000:]
+    run_ok(*args(fsdp, "--config", str(strategy), "--ckpt_path", "last"), timeout=600)
+    assert round_ids(fsdp) == round_ids(ddp)
+    for r in (0, 1):
+        manifest = RoundStore(fsdp).read_manifest(r)
+        assert manifest["curriculum"]["within_round"]["scoring"]["tokens_per_second"] > 0
+        assert manifest["diagnostics"] == pytest.approx(RoundStore(ddp).read_manifest(r)["diagnostics"], rel=1e-3)
+        got, want = adapter_tensors(fsdp, r), adapter_tensors(ddp, r)
+        assert got.keys() == want.keys() and len(got) == 28
+        assert all(got[k].abs().sum() > 0 for k in got if "lora_B" in k), "a LoRA B matrix stayed zero"
+        for k in got:  # (bit-equal here; FSDP's reduce-scatter may round otherwise elsewhere)
+            torch.testing.assert_close(got[k], want[k], msg=f"round {r}: {k}")
+    ckpt = torch.load(fsdp / "checkpoints" / "last-round-end.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["state_dict"] and all("lora_" in k for k in ckpt["state_dict"])
+
+
+def adapter_tensors(out, r) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(RoundStore(out).adapter_dir(r) / "adapter_model.safetensors")

@@ -113,7 +113,7 @@ def test_every_round_trains_at_the_peak_learning_rate_by_default(schedule, tiny_
     bootstrap = BootstrapCallback(rounds=rounds, out_dir=str(out), sampler="hf", icl_examples=2,
                                   sampling=SamplingConfig(max_new_tokens=6), filters=FilterSettings(truncated="keep"))
     dm = SoftDataModule(prompts_per_round=6, rounds=rounds, val_path=None, val_holdout=0.0, tokenizer=tiny_model,
-                        batch_size=2, out_dir=str(out))
+                        batch_size=2)
     kwargs = {} if schedule == "round" else {"schedule": "run"}
     module = SoftModule(tiny_model, quantization="none", compute_dtype="float32", lora_r=8, learning_rate=1e-3,
                         warmup_steps=1, **kwargs)
