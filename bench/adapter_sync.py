@@ -109,7 +109,7 @@ def child(case: str, n: int, max_new_tokens: int, adapter: str) -> None:
             tokens = today(model, tokenizer, requests, sampling, stop)
             rounds.append((time.perf_counter() - t0, tokens, 0.0))
     elif case.startswith("hf"):
-        from soft_lightning.sampler_hf import GenerationCopy, HFSampler
+        from soft_lightning.sampler.hf import GenerationCopy, HFSampler
 
         copy = GenerationCopy(source, "bfloat16") if case == "hf_merged" else None
         sampler = HFSampler(sampling, stop, 0, tokenizer, copy=copy)
@@ -124,21 +124,23 @@ def child(case: str, n: int, max_new_tokens: int, adapter: str) -> None:
             if copy:
                 copy.model_for(use)  # the sync: merge the adapter into the copy
             sync = time.perf_counter() - t0
-            records = sampler.generate(requests, round_index=r, adapter=use, model=model)
+            sampler.sync_weights(use, model)
+            records = sampler.generate(requests, round_index=r)
             rounds.append((time.perf_counter() - t0, sum(x["n_tokens"] for x in records), sync))
     else:
-        from soft_lightning.sampler_vllm import VLLMSampler
+        from soft_lightning.sampler.vllm import VLLMSampler
 
         sampler = VLLMSampler(sampling, stop, 0, source, 16, VLLMOptions(gpu_memory_utilization=0.25),
                               adapter_sync=case.removeprefix("vllm_"))
         result["engine_start_seconds"] = round(sampler.start(), 2)
-        sampler.generate(requests[:2], round_index=0, adapter=None, model=None)  # untimed warm-up
+        sampler.generate(requests[:2], round_index=0)  # untimed warm-up
         for r, use in enumerate((None, adapter)):
             t0 = time.perf_counter()
             if case == "vllm_merged":
                 sampler._adapter_request(sampler.engine(), use, r)  # the sync alone, timed apart
             sync = time.perf_counter() - t0
-            records = sampler.generate(requests, round_index=r, adapter=use, model=None)
+            sampler.sync_weights(use)
+            records = sampler.generate(requests, round_index=r)
             rounds.append((time.perf_counter() - t0, sum(x["n_tokens"] for x in records), sync))
         sampler.close()
     for name, (seconds, tokens, sync) in zip(("base", "adapter"), rounds):

@@ -26,8 +26,8 @@ from soft_lightning.jsonl import read_records
 from soft_lightning.models import load_tokenizer, resolve_model
 from soft_lightning.prompts import PromptFormat, asset_path, draw_examples, load_icl_pool, load_principles
 from soft_lightning.sampler import GenerationRequest, SamplingConfig, VLLMOptions
-from soft_lightning.sampler_hf import HFSampler
-from soft_lightning.sampler_vllm import VLLMSampler
+from soft_lightning.sampler.hf import HFSampler
+from soft_lightning.sampler.vllm import VLLMSampler
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -64,7 +64,7 @@ def bench_vllm(source, requests, sampling, stop, rounds=2) -> dict:
         return sum(len(o.outputs[0].token_ids) for o in outs)
 
     def wrapped():
-        return sum(rec["n_tokens"] for rec in ours.generate(requests, round_index=0, adapter=None, model=None))
+        return sum(rec["n_tokens"] for rec in ours.generate(requests, round_index=0))
 
     return alternate(raw, wrapped, rounds)
 
@@ -92,7 +92,8 @@ def bench_hf(source, requests, sampling, stop, tokenizer, batch_size=16, rounds=
         return tokens
 
     def wrapped():
-        return sum(rec["n_tokens"] for rec in ours.generate(requests, round_index=0, adapter=None, model=model))
+        ours.sync_weights(None, model)
+        return sum(rec["n_tokens"] for rec in ours.generate(requests, round_index=0))
 
     return alternate(raw, wrapped, rounds)
 

@@ -65,9 +65,9 @@ def measure_matmul(dtype: str) -> dict:
 
 
 def generate_timed(sampler, requests, sampling) -> dict:
-    sampler.generate(requests[:2], round_index=0, adapter=None, model=None, sampling=sampling)  # warm-up
+    sampler.generate(requests[:2], round_index=0, sampling=sampling)  # warm-up
     t0 = time.perf_counter()
-    records = sampler.generate(requests, round_index=1, adapter=None, model=None, sampling=sampling)
+    records = sampler.generate(requests, round_index=1, sampling=sampling)
     seconds = time.perf_counter() - t0
     tokens = sum(rec["n_tokens"] for rec in records)
     return {"tokens": tokens, "seconds": round(seconds, 2), "tok_s": round(tokens / seconds, 1)}
@@ -75,7 +75,7 @@ def generate_timed(sampler, requests, sampling) -> dict:
 
 def measure_hf(dtype: str) -> dict:
     from soft_lightning.sampler import SamplingConfig
-    from soft_lightning.sampler_hf import GenerationCopy, HFSampler
+    from soft_lightning.sampler.hf import GenerationCopy, HFSampler
 
     source, tokenizer, fmt, requests = zero_shot_requests()
     sampler = HFSampler(SamplingConfig(), fmt.stop_strings(), 0, tokenizer, copy=GenerationCopy(source, dtype))
@@ -84,7 +84,7 @@ def measure_hf(dtype: str) -> dict:
 
 def measure_vllm(dtype: str) -> dict:
     from soft_lightning.sampler import SamplingConfig, VLLMOptions
-    from soft_lightning.sampler_vllm import VLLMSampler
+    from soft_lightning.sampler.vllm import VLLMSampler
 
     source, _, fmt, requests = zero_shot_requests()
     sampler = VLLMSampler(SamplingConfig(), fmt.stop_strings(), 0, source, 16,

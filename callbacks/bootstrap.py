@@ -34,8 +34,14 @@ from soft_lightning.faults import kill_point
 from soft_lightning.filters import FilterSettings
 from soft_lightning.prompts import IclStrategy, SelfExamples, load_checks, load_icl_pool, load_principles
 from soft_lightning.run import SoftRun
-from soft_lightning.sampler import AdapterSync, SamplerName, SamplerProcessMode, SamplingConfig, VLLMOptions
-from soft_lightning.sampler_factory import make_sampler
+from soft_lightning.sampler import (
+    AdapterSync,
+    SamplerName,
+    SamplerProcessMode,
+    SamplingConfig,
+    VLLMOptions,
+    make_sampler,
+)
 from soft_lightning.store import RoundStore
 from soft_lightning.synthesis import PromptSynthesis
 from soft_lightning.zero_shot import ZeroShot
@@ -149,7 +155,7 @@ class BootstrapCallback(L.Callback):
         run.read_plan(trainer)
         run.sampler = run.sampler or make_sampler(  # its engine starts with the first generation
             run.sampler_name, self.sampler_process, module=pl_module, tokenizer=dm.encoder.tokenizer,
-            tokenizer_source=dm.tokenizer_source, sampling=self.sampling, seed=run.seed,
+            sampling=self.sampling, seed=run.seed,
             stop=dm.encoder.format.stop_strings(), vllm=self.vllm_options, hf_batch_tokens=self.hf_batch_tokens,
             adapter_sync=self.adapter_sync, ranks=(trainer.global_rank, trainer.local_rank, trainer.world_size))
         if run.zero_shot_prompts and not run.store.zero_shot_path("base").is_file():

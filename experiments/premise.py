@@ -22,7 +22,7 @@ from soft_lightning.models import load_tokenizer, resolve_model  # noqa: E402
 from soft_lightning.precision import resolve  # noqa: E402
 from soft_lightning.prompts import PromptFormat, load_checks, load_icl_pool, load_principles  # noqa: E402
 from soft_lightning.sampler import SamplingConfig, VLLMOptions  # noqa: E402
-from soft_lightning.sampler_vllm import VLLMSampler  # noqa: E402
+from soft_lightning.sampler.vllm import VLLMSampler  # noqa: E402
 
 GREEDY = SamplingConfig(temperature=0.0, top_p=1.0, max_new_tokens=96)
 
@@ -39,7 +39,7 @@ def main(out: str) -> None:
     dtype = resolve("auto", None, "cpu").dtype
     sampler = VLLMSampler(GREEDY, fmt.stop_strings(), 0, source, 16,
                           VLLMOptions(kv_cache_memory_bytes=1_500_000_000, max_model_len=2048, dtype=dtype))
-    answers = {name: sampler.generate(requests, round_index=0, adapter=None, model=None)
+    answers = {name: sampler.generate(requests, round_index=0)
                for name, requests in (("few_shot", few), ("zero_shot", plain))}
     sampler.close()
     for records in answers.values():

@@ -19,6 +19,7 @@ from typing import Literal, get_args
 from soft_lightning.distributed import shard_map
 from soft_lightning.errors import ConfigError
 from soft_lightning.evaluation import labelled_logprobs, per_example_means
+from soft_lightning.progress import Progress, no_progress
 from soft_lightning.prompts import stable_seed
 
 ScorerName = Literal["perplexity", "prompt_perplexity", "response_length", "prompt_length"]
@@ -50,35 +51,35 @@ class Scorer:
 Scored = list[tuple[float, int]]
 
 
-def _perplexities(examples, encoder, model, batch_size: int) -> Scored:
+def _perplexities(examples, encoder, model, batch_size: int, progress: Progress) -> Scored:
     """exp(mean NLL of the labelled tokens) per example; inf where nothing is labelled."""
-    means = per_example_means(labelled_logprobs, examples, encoder.collate, model, batch_size)
+    means = per_example_means(labelled_logprobs, examples, encoder.collate, model, batch_size, progress)
     return [(math.inf if math.isnan(m) else math.exp(-m), len(ex.input_ids) if ex else 0)
             for m, ex in zip(means, examples)]
 
 
-def response_perplexity(items, *, encoder, model, batch_size=8) -> Scored:
+def response_perplexity(items, *, encoder, model, batch_size=8, progress: Progress = no_progress) -> Scored:
     """The current model's perplexity of each response in the training format (no principles)."""
-    return _perplexities([encoder.encode_record(it) for it in items], encoder, model, batch_size)
+    return _perplexities([encoder.encode_record(it) for it in items], encoder, model, batch_size, progress)
 
 
-def prompt_perplexity(items, *, encoder, model, batch_size=8) -> Scored:
+def prompt_perplexity(items, *, encoder, model, batch_size=8, progress: Progress = no_progress) -> Scored:
     """The base model's perplexity of the prompt text alone (adapter switched off)."""
     examples = [encoder.encode_text(it["prompt"]) for it in items]
     base = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
     with base:
-        return _perplexities(examples, encoder, model, batch_size)
+        return _perplexities(examples, encoder, model, batch_size, progress)
 
 
 def _lengths(items, field: str, encoder) -> Scored:
     return [(float(n), n) for n in (len(encoder.ids(it[field])) for it in items)]
 
 
-def response_length(items, *, encoder, model=None, batch_size=8) -> Scored:
+def response_length(items, *, encoder, model=None, batch_size=8, progress: Progress = no_progress) -> Scored:
     return _lengths(items, "response", encoder)
 
 
-def prompt_length(items, *, encoder, model=None, batch_size=8) -> Scored:
+def prompt_length(items, *, encoder, model=None, batch_size=8, progress: Progress = no_progress) -> Scored:
     return _lengths(items, "prompt", encoder)
 
 
@@ -112,8 +113,8 @@ def score(items: list[dict], scorer: str, *, encoder, model, batch_size: int,
     items are split over the ranks of `strategy` and every rank gets all scores."""
     t0 = time.perf_counter()
     fn = SCORERS[scorer].fn
-    scored = shard_map(lambda part: fn(part, encoder=encoder, model=model, batch_size=batch_size), items, strategy,
-                       f"scoring ({scorer})")
+    scored = shard_map(lambda part, progress: fn(part, encoder=encoder, model=model, batch_size=batch_size,
+                                                 progress=progress), items, strategy, f"scoring ({scorer})")
     scores, tokens = [s for s, _ in scored], sum(n for _, n in scored)
     seconds = time.perf_counter() - t0
     return scores, {"scorer": scorer, "seconds": round(seconds, 3), "tokens": tokens,

@@ -169,11 +169,7 @@ class SoftDataModule(L.LightningDataModule):
     @property
     def run(self) -> SoftRun:
         """The run whose rounds this DataModule serves: the BootstrapCallback's."""
-        runs = [cb.run for cb in self.trainer.callbacks if isinstance(getattr(cb, "run", None), SoftRun)]
-        if len(runs) != 1:
-            raise ConfigError(f"the trainer has {len(runs)} BootstrapCallbacks; the DataModule reads the rounds of "
-                              "exactly one (the bootstrap: section).")
-        return runs[0]
+        return SoftRun.of(self.trainer)
 
     def round_data(self, r: int) -> RoundData:
         """Round r's kept records as examples in their recorded `position` order (the

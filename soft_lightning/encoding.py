@@ -5,8 +5,10 @@ what is scored is exactly what is trained."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from soft_lightning.models import load_tokenizer, resolve_model
 from soft_lightning.prompts import PromptFormat
@@ -63,13 +65,15 @@ class Encoder:
 
     def collate(self, batch: list[TrainExample]) -> dict[str, torch.Tensor]:
         """Right-padded ids, attention mask and labels."""
-        width = max(len(ex.input_ids) for ex in batch)
-        ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(batch), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, ex in enumerate(batch):
-            n = len(ex.input_ids)
-            ids[i, :n] = torch.tensor(ex.input_ids)
-            labels[i, :n] = torch.tensor(ex.labels)
-            mask[i, :n] = 1
+        ids, mask = pad([ex.input_ids for ex in batch], self.tokenizer.pad_token_id)
+        labels, _ = pad([ex.labels for ex in batch], -100)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def pad(rows: list[list[int]], value: int, side: Literal["left", "right"] = "right") -> tuple[torch.Tensor, ...]:
+    """Token rows as one tensor padded with `value` on `side`, and the mask of the real tokens:
+    the one padding routine of training, scoring and generation."""
+    seqs = [torch.tensor(row, dtype=torch.long) for row in rows]
+    ids = pad_sequence(seqs, batch_first=True, padding_value=value, padding_side=side)
+    mask = pad_sequence([torch.ones_like(s) for s in seqs], batch_first=True, padding_value=0, padding_side=side)
+    return ids, mask

@@ -11,7 +11,7 @@ import torch
 from transformers import DynamicCache
 
 from soft_lightning.distributed import shard_map
-from soft_lightning.progress import advance
+from soft_lightning.progress import Progress, no_progress
 
 
 def trunk_and_head(model) -> tuple[Callable[..., torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
@@ -114,7 +114,7 @@ def eval_mode(model):
         model.train(was_training)
 
 
-def per_example_means(stat, examples, collate, model, batch_size: int) -> list[float]:
+def per_example_means(stat, examples, collate, model, batch_size: int, progress: Progress = no_progress) -> list[float]:
     """`stat`'s per-token mean for each example (NaN for None), in length-sorted batches so
     padding stays small."""
     means = [math.nan] * len(examples)
@@ -127,7 +127,7 @@ def per_example_means(stat, examples, collate, model, batch_size: int) -> list[f
             sums, counts = stat(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
             for i, total, count in zip(idx, sums.tolist(), counts.tolist()):
                 means[i] = total / count if count else math.nan
-            advance(len(idx), int(batch["attention_mask"].sum()))
+            progress(len(idx), int(batch["attention_mask"].sum()))
     return means
 
 
@@ -145,9 +145,9 @@ def generation_diagnostics(records: list[dict], *, encoder, model, batch_size: i
         "gen/drop_rate": 1 - len(kept) / len(records) if records else 0.0,
     }
 
-    def entropies(part: list[dict]) -> list[float]:
+    def entropies(part: list[dict], progress: Progress) -> list[float]:
         examples = [encoder.encode_record(r) for r in part]
-        return per_example_means(token_entropy, examples, encoder.collate, model, batch_size)
+        return per_example_means(token_entropy, examples, encoder.collate, model, batch_size, progress)
 
     finite = [e for e in shard_map(entropies, kept, strategy, "diagnostics") if not math.isnan(e)]
     stats["gen/entropy"] = sum(finite) / len(finite) if finite else math.nan

@@ -75,8 +75,8 @@ def generate_answers(store: RoundStore, models: list[int | str], prompts: list[d
         try:
             for m in missing:
                 adapter = None if m == "base" else store.adapter_dir(m)
-                answers[m] = engine.generate(requests, round_index=0 if m == "base" else m + 1, adapter=adapter,
-                                             model=None)
+                engine.sync_weights(adapter)
+                answers[m] = engine.generate(requests, round_index=0 if m == "base" else m + 1)
                 write_json_atomic(_answers_path(store, m), {"settings": settings, "answers": answers[m]})
                 print(f"[soft] report: {'base model' if m == 'base' else f'round {m}'} answered {len(requests)} "
                       "held-out prompts")
@@ -141,9 +141,8 @@ def build_report(out_dir: str, answers: int = 6, max_new_tokens: int = 128, samp
 
 
 def _sampler(name: str, source: str, tokenizer, stop: list[str], max_new_tokens: int, dtype: str, device: str):
-    from soft_lightning.sampler import VLLMOptions
-    from soft_lightning.sampler_hf import GenerationCopy, HFSampler
-    from soft_lightning.sampler_vllm import VLLMSampler
+    from soft_lightning.sampler.hf import GenerationCopy, HFSampler
+    from soft_lightning.sampler.vllm import VLLMOptions, VLLMSampler
 
     greedy = SamplingConfig(temperature=0, max_new_tokens=max_new_tokens)
     if name == "vllm":

@@ -8,7 +8,7 @@ from typing import Literal
 
 import torch
 
-from soft_lightning.encoding import Encoder
+from soft_lightning.encoding import Encoder, pad
 from soft_lightning.errors import ConfigError
 from soft_lightning.jsonl import read_records
 
@@ -101,17 +101,9 @@ def tokenize_mc(rows: list[dict], encoder: Encoder, fmt: McFormat, protocol: McP
 def collate_mc(items: list[dict], pad_id: int, protocol: McProtocol = "likelihood") -> dict:
     """Contexts left-padded, one row per unit; continuations right-padded, one row each, with
     `context_index` pointing at their context's row and `unit_item` at each unit's item."""
-    def padded(rows: list[list[int]], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(map(len, rows))
-        ids, mask = torch.full((len(rows), width), pad_id), torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            cols = slice(width - len(row), width) if left else slice(0, len(row))
-            ids[i, cols], mask[i, cols] = torch.tensor(row), 1
-        return ids, mask
-
     units = [unit for item in items for unit in item["units"]]
-    context_ids, context_mask = padded([context for context, _ in units], left=True)
-    choice_ids, choice_mask = padded([c for _, continuations in units for c in continuations], left=False)
+    context_ids, context_mask = pad([context for context, _ in units], pad_id, "left")
+    choice_ids, choice_mask = pad([c for _, continuations in units for c in continuations], pad_id)
     return {"context_ids": context_ids, "context_mask": context_mask, "choice_ids": choice_ids,
             "choice_mask": choice_mask,
             "context_index": torch.tensor([u for u, (_, continuations) in enumerate(units) for _ in continuations]),

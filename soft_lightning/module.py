@@ -8,6 +8,7 @@ a round starts (`schedule: round`).
 from __future__ import annotations
 
 import copy
+import inspect
 from pathlib import Path
 from typing import Literal
 
@@ -16,14 +17,13 @@ import torch
 from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
-from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from peft import get_peft_model_state_dict
 from peft.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import save_file
-from torchmetrics import MeanMetric
+from torchmetrics import CatMetric, MeanMetric
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from soft_lightning.config_types import ShareBelowOne
-from soft_lightning.distributed import gather_objects
 from soft_lightning.errors import ConfigError
 from soft_lightning.evaluation import choice_logprobs, choice_margins, response_loss
 from soft_lightning.mc import item_choice_scores
@@ -107,7 +107,9 @@ class SoftModule(L.LightningModule):
         self.mc_acc, self.mc_acc_norm, self.val_loss = MeanMetric(), MeanMetric(), MeanMetric()
         # Mean log-likelihood margin of the right choice over the best wrong one: moves before accuracy does.
         self.mc_margin = MeanMetric()
-        # (item, right?, margin) of the last validation's multiple-choice items, every rank's, in item order.
+        # Per multiple-choice item: its position, whether it was right, its margin (gathered by torchmetrics) ...
+        self.mc_items = torch.nn.ModuleList([CatMetric(), CatMetric(), CatMetric()])
+        # ... and, once validation ends, (item, right?, margin) of every rank's items, in item order.
         self.mc_results: list[tuple[int, bool, float]] = []
         # Optimizer steps of the LR schedule; the BootstrapCallback sets it from the run plan.
         self.schedule_steps = 1
@@ -133,13 +135,26 @@ class SoftModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         self.resolve_numerics()
-        # FSDP checkpoints hold the adapter only (on_save_checkpoint): the base is missing on load.
-        self.strict_loading = not isinstance(self.trainer.strategy, FSDPStrategy)
+        # Checkpoints hold the adapter only (on_save_checkpoint): the base is missing on load.
+        self.strict_loading = False
         if self.hparams.optimizer != "adamw" and self.trainer.strategy.root_device.type != "cuda":
             raise ConfigError(
                 f"model.optimizer={self.hparams.optimizer} needs a CUDA device (bitsandbytes paged "
                 "optimizers); use model.optimizer=adamw on this machine."
             )
+
+    @classmethod
+    def policy_for_sampling(cls, hparams: dict, dtype: str | None, device: str, adapter: str | None):
+        """The policy model as `configure_model` builds it, with `adapter` (None: the starting
+        weights), moved to `device` and cast as Lightning's `bf16-true`/`16-true` precision casts
+        the training module (`dtype` None: no cast): for a sampler process that cannot see the
+        trained model."""
+        # Only the constructor's arguments: LightningCLI adds keys of its own (`_instantiator`).
+        kwargs = {k: v for k, v in hparams.items() if k in inspect.signature(cls).parameters}
+        module = cls(**{**kwargs, **({"adapter": adapter} if adapter else {})})
+        module.configure_model()
+        module.to(device=device, **({"dtype": getattr(torch, dtype)} if dtype else {}))
+        return module.model
 
     def configure_model(self) -> None:
         """Load the base + LoRA here (not in __init__) so strategies like FSDP can shard it."""
@@ -189,8 +204,10 @@ class SoftModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         # bf16-true precision casts metric states with the module; counts must stay exact.
-        for metric in (self.mc_acc, self.mc_acc_norm, self.mc_margin, self.val_loss):
+        for metric in (self.mc_acc, self.mc_acc_norm, self.mc_margin, self.val_loss, *self.mc_items):
             metric.set_dtype(torch.float64)
+        for metric in self.mc_items:
+            metric.reset()
         self.mc_results = []
 
     def validation_step(self, batch, batch_idx):
@@ -217,13 +234,17 @@ class SoftModule(L.LightningModule):
         self.mc_acc.update(acc.double())
         self.mc_acc_norm.update(acc_norm.double())
         self.mc_margin.update(margins.double())
-        self.mc_results += zip(batch["item_position"].tolist(), acc.tolist(), margins.tolist())
+        for metric, values in zip(self.mc_items, (batch["item_position"], acc, margins)):
+            metric.update(values.to(self.device, torch.float64))
 
     def on_validation_epoch_end(self) -> None:
         """Log what any rank measured. Every rank takes part in the count and in the metrics'
         sync (on the strategy's device, so NCCL accepts it): no collective is left waiting."""
         strategy = self.trainer.strategy
-        self.mc_results = sorted(r for part in gather_objects(strategy, self.mc_results) for r in part)
+        items = torch.tensor(float(self.mc_items[0].update_count), device=strategy.root_device)
+        if strategy.reduce(items, reduce_op="sum") > 0:
+            position, right, margin = (metric.compute().cpu() for metric in self.mc_items)
+            self.mc_results = sorted(zip(position.long().tolist(), right.bool().tolist(), margin.tolist()))
         for name, metric in (("val/mc_acc", self.mc_acc), ("val/mc_acc_norm", self.mc_acc_norm),
                              ("val/mc_margin", self.mc_margin), ("val/loss", self.val_loss)):
             count = torch.tensor(float(metric.update_count), device=strategy.root_device)
@@ -266,9 +287,7 @@ class SoftModule(L.LightningModule):
     # ---- the adapter and checkpoints ----------------------------------------------------------
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
-        """The trainable LoRA weights under peft's names, read from the parameters: the frozen
-        4-bit base's own state_dict would unpack bitsandbytes' CPU-repacked weights, which is not
-        bit-exact and shifts every later forward pass."""
+        """The trainable LoRA weights under peft's names (those of its adapter files)."""
         trainable = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
         return get_peft_model_state_dict(self.model, state_dict=trainable)
 
@@ -314,18 +333,31 @@ class SoftModule(L.LightningModule):
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()},
                   str(Path(directory) / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
 
-    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
-        """Checkpoints hold only the adapter; the frozen base reloads from its source. (A wrapper
-        that collects into its own `destination`, as FSDP does, gets the usual full dict.)"""
-        if args or destination is not None or prefix:
-            return super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
-        return self.adapter_state()
+    def adapter_keys(self) -> set[str]:
+        """The LoRA weights' names in Lightning's checkpoint (FSDP's wrapping taken out)."""
+        return {"model." + n.replace(FSDP_PART, "") for n, p in self.model.named_parameters() if p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Under FSDP, Lightning gathers the whole model's state: keep only the LoRA weights (the
-        frozen 4-bit base reloads from its source), so a checkpoint stays adapter-sized."""
-        if isinstance(self.trainer.strategy, FSDPStrategy):
-            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if "lora_" in k}
+        """Checkpoints hold the LoRA weights (and the optimizer), not the frozen 4-bit base, which
+        reloads from its source: adapter-sized under every strategy."""
+        keep = self.adapter_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Lightning then loads non-strictly (the base is not in the checkpoint), so a checkpoint
+        of another adapter is refused here, by its names and (unsharded) shapes."""
+        state = checkpoint["state_dict"]
+        expected, found = self.adapter_keys(), set(state)
+        shapes = {} if isinstance(self.trainer.strategy, FSDPStrategy) else {  # FSDP holds flat shards
+            "model." + n: p.shape for n, p in self.model.named_parameters() if p.requires_grad}
+        wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(shape)}" for k, shape in shapes.items()
+                 if k in state and state[k].shape != shape]
+        if expected != found or wrong:
+            raise ConfigError(
+                f"the checkpoint's LoRA weights do not match this model's (missing {sorted(expected - found)[:2]}, "
+                f"unexpected {sorted(found - expected)[:2]}, other shapes {wrong[:1]}): was it saved with other "
+                "model.lora_r or model.target_modules? Resume with those, or start a new bootstrap.out_dir."
+            )
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clipping by norm under FSDP through the wrapped root (its norm spans every rank's shard;
@@ -336,14 +368,4 @@ class SoftModule(L.LightningModule):
             return
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        expected = set(self.adapter_state())
-        missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
-        if strict and (missing or unexpected):
-            raise RuntimeError(
-                f"checkpoint does not match this model's LoRA adapter: missing {missing[:3]}, "
-                f"unexpected {unexpected[:3]}; was it saved with other model.lora_* settings?"
-            )
-        set_peft_model_state_dict(self.model, state_dict)
-        return torch.nn.modules.module._IncompatibleKeys(missing, unexpected)
 

@@ -1,15 +1,19 @@
 """Progress bars for the phases Lightning's own bar does not cover (generation, scoring): items
-done, tokens/s and the time left, on rank 0 only. Code deep inside a phase reports with
-`advance()`, which moves the bar of the phase it runs in, if any."""
+done, tokens/s and the time left, on rank 0 only. The phase opens the bar and hands its update
+function (a `Progress`) to the code doing the work; no bar is global."""
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 
-_active: ContextVar[_Bar | None] = ContextVar("soft_lightning_progress", default=None)
+Progress = Callable[..., None]  # progress(items done, tokens processed=0)
+
+
+def no_progress(items: int, tokens: int = 0) -> None:
+    """The update of a bar that is not shown (other ranks, nothing to do)."""
 
 
 class _Bar:
@@ -24,26 +28,16 @@ class _Bar:
         self.bar.update(items)
 
 
-def advance(items: int, tokens: int = 0) -> None:
-    """`items` more done (and `tokens` processed) in the phase whose bar is showing, if any."""
-    bar = _active.get()
-    if bar is not None:
-        bar.update(items, tokens)
-
-
 @contextmanager
-def progress_bar(description: str, total: int, unit: str, show: bool = True):
-    """A tqdm bar for the block (redrawn at most every 30 s when the output is not a terminal)."""
+def progress_bar(description: str, total: int, unit: str, show: bool = True) -> Iterator[Progress]:
+    """A tqdm bar for the block, yielding its update function (redrawn at most every 30 s when
+    the output is not a terminal)."""
     if not show or total == 0:
-        yield
+        yield no_progress
         return
     from tqdm.auto import tqdm
 
     interactive = sys.stderr.isatty()
     with tqdm(total=total, desc=f"[soft] {description}", unit=unit, dynamic_ncols=True, disable=False,
               mininterval=0.5 if interactive else 30.0) as bar:
-        token = _active.set(_Bar(bar))
-        try:
-            yield
-        finally:
-            _active.reset(token)
+        yield _Bar(bar).update

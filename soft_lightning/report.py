@@ -12,8 +12,6 @@ import io
 import json
 from pathlib import Path
 
-from lightning.pytorch.callbacks import EarlyStopping
-
 from soft_lightning import stats
 from soft_lightning.jsonl import write_bytes_atomic
 from soft_lightning.store import RoundStore
@@ -25,10 +23,12 @@ TABLE_COLUMNS = ["round", "prompts_written", "pool_size", "kept", "tokens_genera
 
 
 def monitor(trainer) -> tuple[str | None, str]:
-    """The metric and mode that pick the best round: those of the user's ModelCheckpoint (or
-    EarlyStopping), so there is one place to configure it."""
-    for cb in trainer.checkpoint_callbacks + [c for c in trainer.callbacks if isinstance(c, EarlyStopping)]:
-        if getattr(cb, "monitor", None):
+    """The metric and mode that pick the best round, the run's one definition of it (`best_row`
+    applies them; `best/` records the result, which every reader takes): those of the user's
+    ModelCheckpoint, else of an early-stopping callback (Lightning's, or PairedEarlyStopping)."""
+    others = [c for c in trainer.callbacks if c not in trainer.checkpoint_callbacks]
+    for cb in trainer.checkpoint_callbacks + others:
+        if isinstance(getattr(cb, "monitor", None), str) and getattr(cb, "mode", None) in ("max", "min"):
             return cb.monitor, cb.mode
     return None, "max"
 

@@ -14,7 +14,6 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from soft_lightning import curriculum
 from soft_lightning.adherence import Adherence, RuleChecks
@@ -24,7 +23,7 @@ from soft_lightning.encoding import Encoder
 from soft_lightning.evaluation import generation_diagnostics
 from soft_lightning.faults import kill_point
 from soft_lightning.filters import FilterSettings, drop_reason
-from soft_lightning.progress import progress_bar
+from soft_lightning.progress import no_progress, progress_bar
 from soft_lightning.prompts import Example, IclStrategy, PromptFormat, SelfExamples, draw_examples, self_examples
 from soft_lightning.sampler import SAMPLER_FIELDS, GenerationRequest, Sampler, SamplingConfig
 from soft_lightning.store import RoundStore
@@ -76,7 +75,7 @@ def build_requests(prompts: list[dict], r: int, icl: IclSettings, fmt: PromptFor
 # ---- generation ----------------------------------------------------------------------------------
 
 def generate_shard(sampler: Sampler, requests: list[GenerationRequest], store: RoundStore, *, r: int, rank: int,
-                   world: int, chunk: int, adapter: Path | None, model, strategy=None,
+                   world: int, chunk: int, strategy=None,
                    stop=lambda: False) -> tuple[int, int]:
     """This rank's share of round r's requests, answered `chunk` at a time, each chunk appended to
     the share's shard before the next starts (a killed run resumes with the rest). Ranks that
@@ -94,11 +93,12 @@ def generate_shard(sampler: Sampler, requests: list[GenerationRequest], store: R
     todo = [req for req in requests[share::shares] if req.id not in done]
     calls = max(math.ceil(n / chunk) for n in gather_objects(strategy, len(todo)))
     written = 0
-    with progress_bar(f"round {r} generation", len(todo), "prompt", show=rank == 0):
+    with progress_bar(f"round {r} generation", len(todo), "prompt", show=rank == 0) as progress:
         for i in range(calls):
             part = todo[i * chunk : (i + 1) * chunk]
             if part or sampler.lockstep:
-                records = sampler.generate(part or requests[:1], round_index=r, adapter=adapter, model=model)
+                records = sampler.generate(part or requests[:1], round_index=r,
+                                           progress=progress if part else no_progress)
                 if writes and part:
                     store.append_records(shard, records[: len(part)])
                     written += len(part)
@@ -108,18 +108,18 @@ def generate_shard(sampler: Sampler, requests: list[GenerationRequest], store: R
     return written, shares
 
 
-def generate_everywhere(sampler: Sampler, requests: list[GenerationRequest], *, r: int, strategy, adapter: Path | None,
-                        model, sampling: SamplingConfig, description: str) -> list[dict]:
+def generate_everywhere(sampler: Sampler, requests: list[GenerationRequest], *, r: int, strategy,
+                        sampling: SamplingConfig, description: str) -> list[dict]:
     """Records for all `requests`, on every rank: each rank (or group of ranks generating
     together) answers its share in one sampler call (a rank with none, in lockstep, answers a
     repeated request whose answer is dropped), and the shares are gathered. For short
     generations (prompt synthesis, zero-shot answers) that are kept in memory, not in shards."""
     share, shares, _ = sampler.shard(strategy.global_rank, strategy.world_size)
     mine, records = requests[share::shares], []
-    with progress_bar(f"round {r} {description}", len(mine), "request", show=strategy.global_rank == 0):
+    with progress_bar(f"round {r} {description}", len(mine), "request", show=strategy.global_rank == 0) as progress:
         if mine or sampler.lockstep:
-            records = sampler.generate(mine or requests[:1], round_index=r, adapter=adapter, model=model,
-                                       sampling=sampling)[: len(mine)]
+            records = sampler.generate(mine or requests[:1], round_index=r, sampling=sampling,
+                                       progress=progress)[: len(mine)]
     by_id = {rec["id"]: rec for part in gather_objects(strategy, records) for rec in part}
     return [by_id[req.id] for req in requests]
 

@@ -21,6 +21,7 @@ from soft_lightning import zero_shot as zero_shot_eval
 from soft_lightning.adherence import RuleChecks
 from soft_lightning.curriculum import Ordering
 from soft_lightning.distributed import gather_objects
+from soft_lightning.errors import ConfigError
 from soft_lightning.faults import kill_point
 from soft_lightning.filters import FilterSettings
 from soft_lightning.plan import RunPlan, plan_to_write, run_identity
@@ -53,6 +54,17 @@ class SoftRun:
     sampler: Sampler | None = None
     plan: RunPlan | None = None
     train_started: float | None = field(default=None, repr=False)
+
+
+    @classmethod
+    def of(cls, trainer) -> SoftRun:
+        """The run a trainer's BootstrapCallback holds: the one place a DataModule or another
+        callback reads the run's rounds from."""
+        runs = [cb.run for cb in trainer.callbacks if isinstance(getattr(cb, "run", None), cls)]
+        if len(runs) != 1:
+            raise ConfigError(f"the trainer has {len(runs)} BootstrapCallbacks; a run reads the rounds of exactly "
+                              "one (the bootstrap: section).")
+        return runs[0]
 
     def identity(self, trainer) -> dict:
         return run_identity(trainer.datamodule, trainer.lightning_module, self)
@@ -99,10 +111,10 @@ class SoftRun:
         requests = phases.build_requests(prompts, r, self.icl, dm.encoder.format, pool)
         rank_zero_info(f"[soft] round {r}: generating {len(requests)} responses on {world} rank(s) with "
                        f"{self.sampler.name}" + (f" and adapter {adapter}" if adapter else " (base model)"))
+        self.sampler.sync_weights(adapter, module.model)
         generated, shares = phases.generate_shard(
             self.sampler, requests, self.store, r=r, rank=trainer.global_rank, world=world,
-            chunk=self.generation_chunk, adapter=adapter, model=module.model, strategy=strategy,
-            stop=lambda: trainer.received_sigterm)
+            chunk=self.generation_chunk, strategy=strategy, stop=lambda: trainer.received_sigterm)
         self.sampler.pause()
         counts = gather_objects(strategy, (generated, trainer.received_sigterm))
         if any(stopped for _, stopped in counts):  # preempted: the chunks written so far are kept
@@ -128,9 +140,10 @@ class SoftRun:
         dm = trainer.datamodule
 
         def generate(requests, sampling, description):
-            return phases.generate_everywhere(self.sampler, requests, r=r, strategy=trainer.strategy, adapter=adapter,
-                                              model=trainer.lightning_module.model, sampling=sampling,
-                                              description=description)
+            return phases.generate_everywhere(self.sampler, requests, r=r, strategy=trainer.strategy,
+                                              sampling=sampling, description=description)
+
+        self.sampler.sync_weights(adapter, trainer.lightning_module.model)
 
         plan = synthesis.synthesize_round(self.plan, r, self.prompt_synthesis, self.seed_tasks, fmt=dm.encoder.format,
                                           too_long=dm.too_long, generate=generate, seed=self.seed)
@@ -147,9 +160,11 @@ class SoftRun:
         """Greedy zero-shot answers to the held-out prompts (split over the ranks), checked against
         the principles; rank 0 writes them to the store."""
         def generate(requests, sampling):
-            return phases.generate_everywhere(self.sampler, requests, r=0 if r == "base" else r, adapter=adapter,
-                                              strategy=trainer.strategy, model=trainer.lightning_module.model,
-                                              sampling=sampling, description="zero-shot answers")
+            return phases.generate_everywhere(self.sampler, requests, r=0 if r == "base" else r,
+                                              strategy=trainer.strategy, sampling=sampling,
+                                              description="zero-shot answers")
+
+        self.sampler.sync_weights(adapter, trainer.lightning_module.model)
 
         engine_start = self.sampler.start()  # the run's first generation: started and warmed outside the timing
         result = zero_shot_eval.measure(generate, self.zero_shot_prompts, trainer.datamodule.encoder.format,

@@ -101,15 +101,16 @@ def evaluate_model(source: str, adapter: Path | None, settings: ZeroShot, checks
     """Zero-shot adherence of one model outside a run (`evaluate --tasks principles`): the base
     (or an exported folder) with `adapter` merged into a `dtype` copy, greedy, on the hf backend."""
     from soft_lightning.models import load_tokenizer
-    from soft_lightning.sampler_hf import GenerationCopy, HFSampler
+    from soft_lightning.sampler.hf import GenerationCopy, HFSampler
 
     tokenizer = load_tokenizer(source)
     fmt = PromptFormat(tokenizer)
     sampler = HFSampler(SamplingConfig(), fmt.stop_strings(), 0, tokenizer, batch_tokens,
                         copy=GenerationCopy(source, dtype, device))
+    sampler.sync_weights(adapter)
 
     def generate(requests, sampling):
-        return sampler.generate(requests, round_index=0, adapter=adapter, model=None, sampling=sampling)
+        return sampler.generate(requests, round_index=0, sampling=sampling)
 
     result = measure(generate, load_prompts(settings, key="evaluate --prompts"), fmt, checks, settings)
     return {**result, "model": source, "adapter": str(adapter) if adapter else None, "dtype": dtype,

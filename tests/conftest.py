@@ -1,18 +1,11 @@
-import json
-import os
-import subprocess
-import sys
+"""Fixtures: the demo model, the tiny model built from it, and finished runs shared by tests."""
+
 from pathlib import Path
 
 import pytest
 
-from tests.tiny_model import build_tiny_llama
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-TRUTHFULQA = SHARED_DATA / "truthfulqa_mc.jsonl"
-needs_truthfulqa = pytest.mark.skipif(
-    not TRUTHFULQA.is_file(), reason=f"needs the shared TruthfulQA file {TRUTHFULQA} (not in a fresh clone)")
+from tests.helpers.cli import ORDERINGS, resume_args, run_ok, tiny_run_args
+from tests.helpers.tiny_model import build_tiny_llama
 
 
 @pytest.fixture(scope="session")
@@ -26,62 +19,6 @@ def smollm2_dir() -> str:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, smollm2_dir) -> str:
     return str(build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama", smollm2_dir))
-
-
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600,
-            env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m soft_lightning ...` in a real subprocess, the way users run it."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "soft_lightning", *args],
-        cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout,
-    )
-
-
-def tiny_run_args(model: str, out_dir: Path, sampler: str, *extra: str) -> list[str]:
-    """A two-round demo-config run shrunk to seconds on the tiny model."""
-    return [
-        "fit", "--config", str(ROOT / "configs" / "demo.yaml"),
-        "--model.model_name_or_path", model,
-        "--bootstrap.sampler", sampler,
-        "--bootstrap.out_dir", str(out_dir),
-        "--data.prompts_per_round", "6",
-        "--data.val_limit", "4",
-        "--bootstrap.sampling.max_new_tokens", "12",
-        # A random-weight model rarely ends an answer: keep the cut-off ones so rounds have data.
-        "--bootstrap.filters.truncated", "keep",
-        "--bootstrap.zero_shot.limit", "2",
-        "--bootstrap.zero_shot.max_new_tokens", "12",
-        "--model.lora_r", "8",
-        *extra,
-    ]
-
-
-# The run the kill-and-resume and scale-out tests compare with: two rounds of 10 prompts, 5
-# training steps each, a checkpoint every step (so a kill mid-epoch has one to resume from).
-EVERY_STEP = json.dumps([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                          "init_args": {"save_last": True, "every_n_train_steps": 1}}])
-ORDERINGS = {
-    "none": [],
-    "within": ["--bootstrap.within_round.scorer", "perplexity", "--bootstrap.within_round.order", "easy_to_hard"],
-    "across": ["--bootstrap.across_rounds.scorer", "prompt_perplexity", "--bootstrap.across_rounds.order",
-               "easy_to_hard"],
-}
-ORDERINGS["both"] = ORDERINGS["within"] + ORDERINGS["across"]
-
-
-def resume_args(model, out, *extra, checkpoints=EVERY_STEP):
-    """Two rounds of 10 prompts on the hf sampler; the demo config's checkpointing unless
-    `checkpoints` is given."""
-    callbacks = ["--trainer.callbacks", checkpoints] if checkpoints else []
-    return tiny_run_args(model, out, "hf", "--data.prompts_per_round", "10", "--data.batch_size", "2",
-                         "--bootstrap.generation_chunk", "3", *callbacks, *extra)
-
-
-def run_ok(*cli_args, **kw) -> subprocess.CompletedProcess:
-    result = run_cli(*cli_args, **kw)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 @pytest.fixture(scope="session")
@@ -106,9 +43,3 @@ def reference(tiny_model, tmp_path_factory):
             runs[ordering] = out
         return runs[ordering]
     return get
-
-
-def round_ids(out, rounds=(0, 1)) -> list[list[str]]:
-    from soft_lightning.store import RoundStore
-
-    return [[rec["id"] for rec in RoundStore(out).read_records(r)] for r in rounds]

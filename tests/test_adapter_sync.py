@@ -16,7 +16,8 @@ from soft_lightning.models import load_tokenizer
 from soft_lightning.module import SoftModule
 from soft_lightning.prompts import PromptFormat, asset_path, draw_examples, load_icl_pool, load_principles
 from soft_lightning.sampler import GenerationRequest, SamplingConfig, VLLMOptions
-from soft_lightning.sampler_hf import GenerationCopy, HFSampler
+from soft_lightning.sampler.hf import GenerationCopy, HFSampler
+from tests.helpers.sampling import sample
 
 GREEDY = SamplingConfig(temperature=0, max_new_tokens=24)
 
@@ -80,13 +81,12 @@ def adapted(smollm2_dir, tmp_path_factory):
 def test_hf_merged_generates_what_the_lora_generates(adapted, smollm2_dir):
     model, folder, tokenizer, requests = adapted
     stop = PromptFormat(tokenizer).stop_strings()
-    lora = HFSampler(GREEDY, stop, 0, tokenizer).generate(requests, round_index=1, adapter=folder, model=model)
+    lora = sample(HFSampler(GREEDY, stop, 0, tokenizer), requests, 1, folder, model)
     copy = GenerationCopy(smollm2_dir, "float32")
-    merged = HFSampler(GREEDY, stop, 0, tokenizer, copy=copy).generate(requests, round_index=1, adapter=folder,
-                                                                         model=None)
+    merged = sample(HFSampler(GREEDY, stop, 0, tokenizer, copy=copy), requests, 1, folder)
     assert [r["response"] for r in merged] == [r["response"] for r in lora]
     assert [r["mean_logprob"] for r in merged] == pytest.approx([r["mean_logprob"] for r in lora], abs=1e-3)
-    base = HFSampler(GREEDY, stop, 0, tokenizer, copy=copy).generate(requests, round_index=0, adapter=None, model=None)
+    base = sample(HFSampler(GREEDY, stop, 0, tokenizer, copy=copy), requests, 0)
     assert [r["response"] for r in base] != [r["response"] for r in merged], "the adapter should matter"
 
 
@@ -96,7 +96,7 @@ def test_the_shared_prefix_cache_changes_nothing(adapted):
     plain left-padded `generate` of each prompt on its own."""
     model, folder, tokenizer, requests = adapted
     stop = PromptFormat(tokenizer).stop_strings()
-    ours = HFSampler(GREEDY, stop, 0, tokenizer).generate(requests, round_index=1, adapter=None, model=model)
+    ours = sample(HFSampler(GREEDY, stop, 0, tokenizer), requests, 1, None, model)
     for request, got in zip(requests, ours):
         ids = tokenizer(request.text, return_tensors="pt", add_special_tokens=False)
         with torch.no_grad():
@@ -109,7 +109,7 @@ def test_the_shared_prefix_cache_changes_nothing(adapted):
 
 @pytest.mark.slow
 def test_vllm_merged_generates_what_the_lora_request_generates(adapted, smollm2_dir):
-    from soft_lightning.sampler_vllm import VLLMSampler
+    from soft_lightning.sampler.vllm import VLLMSampler
 
     _, folder, tokenizer, requests = adapted
     stop = PromptFormat(tokenizer).stop_strings()
@@ -118,9 +118,9 @@ def test_vllm_merged_generates_what_the_lora_request_generates(adapted, smollm2_
         sampler = VLLMSampler(GREEDY, stop, 0, smollm2_dir, 8, VLLMOptions(gpu_memory_utilization=0.2, dtype="float32"),
                               adapter_sync=sync)
         try:
-            base = sampler.generate(requests, round_index=0, adapter=None, model=None)
-            results[sync] = sampler.generate(requests, round_index=1, adapter=folder, model=None)
-            again = sampler.generate(requests, round_index=2, adapter=None, model=None)
+            base = sample(sampler, requests, 0)
+            results[sync] = sample(sampler, requests, 1, folder)
+            again = sample(sampler, requests, 2)
         finally:
             sampler.close()
         assert [r["response"] for r in again] == [r["response"] for r in base], "back to the base exactly"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from soft_lightning.cli import main
-from tests.conftest import run_cli, tiny_run_args
+from tests.helpers.cli import run_cli, tiny_run_args
 
 
 def write_jsonl(path: Path, rows) -> Path:

@@ -18,7 +18,7 @@ from soft_lightning.errors import ConfigError
 from soft_lightning.module import SoftModule
 from soft_lightning.prompts import SelfExamples, load_icl_pool, load_principles
 from soft_lightning.store import RoundStore
-from tests.conftest import run_cli, tiny_run_args
+from tests.helpers.cli import run_cli, tiny_run_args
 
 ITEMS = [
     {"prompt": "Name a primary colour.", "response": "Red is one.", "finish_reason": "stop"},

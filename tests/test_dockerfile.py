@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.helpers.cli import ROOT
 
 
 def test_dockerfile_passes_hadolint_and_runs_the_cli():

@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from soft_lightning.models import load_tokenizer
 from soft_lightning.prompts import PromptFormat
 from soft_lightning.sampler import VLLMOptions
-from soft_lightning.sampler_hf import GenerationCopy, HFSampler
-from tests.conftest import run_cli, run_ok
+from soft_lightning.sampler.hf import GenerationCopy, HFSampler
+from tests.helpers.cli import run_cli, run_ok
 from tests.test_adapter_sync import GREEDY, demo_requests
 
 # bf16 keeps 8 bits of mantissa: each exported weight is within 2^-9 of the float32 merge, and the
@@ -64,16 +64,16 @@ def test_export_loads_in_transformers_and_computes_base_plus_adapter(exported, t
 def test_export_loads_in_vllm_and_generates_what_transformers_generates(exported):
     """vLLM reads the folder (config, tokenizer, weights) and decodes greedily what transformers
     decodes from it (float32 compute of the same bf16 weights)."""
-    from soft_lightning.sampler_vllm import VLLMSampler
+    from soft_lightning.sampler.vllm import VLLMSampler
 
     _, folder, _ = exported
     tokenizer = load_tokenizer(str(folder))
     requests, stop = demo_requests(tokenizer), PromptFormat(tokenizer).stop_strings()
     hf = HFSampler(GREEDY, stop, 0, tokenizer, copy=GenerationCopy(str(folder), "float32")).generate(
-        requests, round_index=0, adapter=None, model=None)
+        requests, round_index=0)
     sampler = VLLMSampler(GREEDY, stop, 0, str(folder), 8, VLLMOptions(gpu_memory_utilization=0.2, dtype="float32"))
     try:
-        ours = sampler.generate(requests, round_index=0, adapter=None, model=None)
+        ours = sampler.generate(requests, round_index=0)
     finally:
         sampler.close()
     assert [r["response"] for r in ours] == [r["response"] for r in hf]

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 
 from soft_lightning.precision import resolve
 from soft_lightning.store import RoundStore
-from tests.conftest import ROOT, run_ok, tiny_run_args
-from tests.tiny_model import build_tiny_llama
+from tests.helpers.cli import ROOT, run_ok, tiny_run_args
+from tests.helpers.tiny_model import build_tiny_llama
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

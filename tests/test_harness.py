@@ -12,7 +12,7 @@ import pytest
 from soft_lightning.data import SoftDataModule
 from soft_lightning.harness import has_mc2, run_harness
 from soft_lightning.module import SoftModule
-from tests.conftest import TRUTHFULQA, needs_truthfulqa, run_cli, run_ok
+from tests.helpers.cli import TRUTHFULQA, needs_truthfulqa, run_cli, run_ok
 from tests.test_collapse_guard import small_mc_file
 
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (pip install -e '.[eval]')")

@@ -1,25 +1,42 @@
 """Imports inside soft_lightning/ flow one way: no module reaches itself through others, counting
-the imports made inside functions too (they are cycles that only bite later)."""
+the imports made inside functions too (they are cycles that only bite later), and the samplers do
+not reach into the training code."""
 
 import ast
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.helpers.cli import ROOT
+
+PACKAGE = ROOT / "soft_lightning"
 
 
-def imports_of(path: Path) -> set[str]:
+def name_of(path: Path) -> str:
+    """`sampler.hf` for soft_lightning/sampler/hf.py, `sampler` for its __init__.py."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """The package's modules `path` imports (`from soft_lightning.sampler import hf` names the
+    submodule; any other name, the module it comes from)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "soft_lightning":
-            parts = node.module.split(".")
-            found |= {parts[1]} if len(parts) > 1 else {alias.name for alias in node.names}
+            inner = node.module.removeprefix("soft_lightning").removeprefix(".")
+            for alias in node.names:
+                sub = f"{inner}.{alias.name}".lstrip(".")
+                found.add(sub if sub in modules else inner)
         elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("soft_lightning.")}
-    return found - {path.stem}
+            found |= {a.name.removeprefix("soft_lightning.") for a in node.names
+                      if a.name.startswith("soft_lightning.")}
+    return found - {name_of(path), ""}
 
 
 def test_no_import_cycle_in_the_package():
-    graph = {f.stem: imports_of(f) for f in (ROOT / "soft_lightning").glob("*.py")}
+    files = sorted(PACKAGE.rglob("*.py"))
+    modules = {name_of(f) for f in files}
+    graph = {name_of(f): imports_of(f, modules) for f in files}
+    assert {"sampler", "sampler.base", "sampler.hf"} <= graph.keys() and "sampler.base" in graph["sampler.hf"]
     done, on_path = set(), []
 
     def visit(module: str) -> None:
@@ -35,3 +52,10 @@ def test_no_import_cycle_in_the_package():
 
     for module in sorted(graph):
         visit(module)
+
+
+def test_no_sampler_imports_the_lightning_module():
+    """A backend samples from weights it is handed (`sync_weights`), never from the training code."""
+    files = sorted((PACKAGE / "sampler").glob("*.py"))
+    modules = {name_of(f) for f in PACKAGE.rglob("*.py")}
+    assert files and all("module" not in imports_of(f, modules) for f in files)

@@ -7,7 +7,7 @@ import pytest
 
 from soft_lightning.errors import ConfigError
 from soft_lightning.models import SHORT_NAMES, _packaged_file, check_model_source, resolve_model
-from tests.conftest import ROOT, run_cli
+from tests.helpers.cli import ROOT, run_cli
 
 
 def test_short_name_and_its_gguf_file_resolve_to_one_converted_folder(smollm2_dir):

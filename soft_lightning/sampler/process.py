@@ -5,8 +5,9 @@ torch.distributed process group (vllm#6544), and a child that exits hands *all* 
 to the OS (the GPU's included), which no in-process clean-up guarantees.
 
 `SamplerProcess` is a `Sampler` whose calls go over a Pipe to a child that builds the real
-backend from picklable constructor arguments. The child cannot see the model being trained, so
-its hf backend (`HFAdapterSampler`) loads the base model plus the round's *saved* adapter itself.
+backend from a factory and picklable arguments. The child cannot see the model being trained, so
+it samples from the round's *saved* adapter (the hf backend's `HFAdapterSampler` loads the
+policy model itself, with a loader the factory hands it).
 
 `spawn` re-imports the parent's main module in the child: a script that makes a `SamplerProcess`
 must start from `if __name__ == "__main__":` (`python -m soft_lightning` and pytest already do).
@@ -15,7 +16,6 @@ must start from `if __name__ == "__main__":` (`python -m soft_lightning` and pyt
 from __future__ import annotations
 
 import ctypes
-import inspect
 import multiprocessing
 import os
 import signal
@@ -25,54 +25,13 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from soft_lightning.logs import quiet
-from soft_lightning.models import load_tokenizer, resolve_model
-from soft_lightning.progress import advance
-from soft_lightning.sampler import Sampler, SamplingConfig
-from soft_lightning.sampler_hf import HFSampler
+from soft_lightning.progress import no_progress
+from soft_lightning.sampler.base import Sampler
 
 
 class SamplerProcessError(RuntimeError):
     """The child sampler failed or died; the message names the backend and the child's error."""
-
-
-class HFAdapterSampler(HFSampler):
-    """The hf backend without the trained model: it builds the model the way `SoftModule` does
-    (`configure_model`, same hparams, cast to the training dtype) with the round's saved adapter,
-    so it samples from exactly the weights training saved. `adapter=None` means the module's
-    starting weights (the base with a fresh LoRA, or `model.adapter`), as in the training process."""
-
-    def __init__(self, sampling: SamplingConfig, stop: list[str], seed: int, module_hparams: dict[str, Any],
-                 tokenizer_source: str, dtype: str | None = None, device: str = "cpu", batch_tokens: int = 16384):
-        super().__init__(sampling, stop, seed, load_tokenizer(resolve_model(tokenizer_source)), batch_tokens)
-        self.module_hparams, self.dtype, self.device = module_hparams, dtype, device
-        self._model, self._adapter = None, None
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "dtype": self.dtype}
-
-    def model_for(self, adapter: Path | None):
-        """One model at a time: a new adapter rebuilds it (one adapter per round, so once a round)."""
-        key = str(adapter) if adapter is not None else None
-        if self._model is None or key != self._adapter:
-            from soft_lightning.module import SoftModule
-
-            self._model = None  # free the old one before loading the next
-            # Only the constructor's arguments: LightningCLI adds keys of its own (`_instantiator`).
-            hparams = {k: v for k, v in self.module_hparams.items() if k in inspect.signature(SoftModule).parameters}
-            module = SoftModule(**{**hparams, **({"adapter": key} if key else {})})
-            module.configure_model()
-            # As Lightning's `bf16-true`/`16-true` precision casts the training module (None: no cast).
-            module.to(device=self.device, **({"dtype": getattr(torch, self.dtype)} if self.dtype else {}))
-            self._model = module.model
-            self._adapter = key
-        return self._model
-
-    def generate(self, requests, *, round_index, adapter, model=None, sampling=None) -> list[dict]:
-        return super().generate(requests, round_index=round_index, adapter=adapter, model=self.model_for(adapter),
-                                sampling=sampling)
 
 
 def die_with_parent() -> None:
@@ -155,6 +114,8 @@ class SamplerProcess(Sampler):
         self.name = factory.name
         self._proc = self._conn = self._finalizer = None
         self._described: dict[str, Any] | None = None
+        self.adapter, self.model = None, None
+        self._synced: tuple[Any, Path | None] | None = None  # (the child, the adapter it was told)
 
     def start(self) -> float:
         """Start the child (and its backend) unless it runs; returns the seconds it took."""
@@ -208,11 +169,15 @@ class SamplerProcess(Sampler):
         self._conn.send((method, args, kwargs))
         return self._receive(method)
 
-    def generate(self, requests, *, round_index, adapter, model=None, sampling=None) -> list[dict]:
-        # `model` stays here: the child has its own (or its engine).
-        records = self._call("generate", requests, round_index=round_index, adapter=adapter, model=None,
-                             sampling=sampling)
-        advance(len(records), sum(r["n_tokens"] for r in records))
+    def sync_weights(self, adapter: Path | None, model=None) -> None:
+        self.adapter = adapter  # `model` stays here: the child has its own (or its engine)
+
+    def generate(self, requests, *, round_index, sampling=None, progress=no_progress) -> list[dict]:
+        if self._synced != (self._proc, self.adapter):  # a new child, or a new adapter
+            self._call("sync_weights", self.adapter)
+            self._synced = (self._proc, self.adapter)
+        records = self._call("generate", requests, round_index=round_index, sampling=sampling)
+        progress(len(records), sum(r["n_tokens"] for r in records))  # the bar is here, not in the child
         return records
 
     def describe(self) -> dict[str, Any]:

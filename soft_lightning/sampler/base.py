@@ -1,5 +1,5 @@
-"""One sampler interface, two backends (sampler_vllm.py, sampler_hf.py) that return the same
-record for each prompt, and the choice between them and of how the round's adapter reaches them.
+"""The sampler interface every backend (vllm.py, hf.py, process.py) implements: requests in, one
+record per request out, from the weights `sync_weights` named; and the settings they share.
 
 Both report the mean log-probability of the sampled tokens under the *processed* distribution
 (after temperature and top-p), so the two backends' numbers mean the same thing.
@@ -15,7 +15,7 @@ import torch
 from jsonargparse.typing import NonNegativeFloat, PositiveInt
 
 from soft_lightning.config_types import ShareUpToOne
-from soft_lightning.errors import ConfigError
+from soft_lightning.progress import Progress, no_progress
 
 # `vllm`: one engine, the round's LoRA per request; `hf`: transformers generate; `auto`: see resolve_sampler.
 SamplerName = Literal["vllm", "hf", "auto"]
@@ -25,11 +25,6 @@ SamplerProcessMode = Literal["inline", "spawn"]
 # (vLLM's LoRARequest, or the training model's own LoRA); `merged` folded into full-precision
 # base weights (decodes at the base model's speed); `auto`: see resolve_adapter_sync.
 AdapterSync = Literal["lora", "merged", "auto"]
-
-# vLLM's accepted `max_lora_rank` values (vllm.config.lora.MaxLoRARanks); checked without
-# importing vLLM so a bad rank fails in milliseconds.
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-
 
 @dataclass
 class SamplingConfig:
@@ -45,33 +40,6 @@ class SamplingConfig:
     temperature: NonNegativeFloat = 0.7
     top_p: ShareUpToOne = 0.95
     max_new_tokens: PositiveInt = 512
-
-
-@dataclass
-class VLLMOptions:
-    """Engine settings for the vLLM backend.
-
-    Attributes:
-        gpu_memory_utilization: the share of GPU memory the engine takes (weights + KV cache);
-            on CPU the share of the RAM free when the engine starts that its KV cache takes.
-        kv_cache_memory_bytes: the KV cache's size in bytes, instead of sizing it from
-            gpu_memory_utilization (on CPU a size set here also skips vLLM's profiling pass).
-        max_model_len: prompt + response tokens the engine handles (null: the model's own).
-        dtype: the engine's weights; `auto` is the run's dtype (model.compute_dtype, resolved for
-            the device).
-        enforce_eager: no CUDA graphs (they start slower and hold memory; worth it for long runs).
-        tensor_parallel_size: ranks (GPUs) that share one engine, for models one GPU cannot hold.
-        sleep_between_rounds: between rounds, offload the engine's weights and drop its KV cache
-            so training on the same GPU gets the memory back (vLLM sleep mode: CUDA/ROCm only).
-    """
-
-    gpu_memory_utilization: ShareUpToOne = 0.3
-    kv_cache_memory_bytes: PositiveInt | None = None
-    max_model_len: PositiveInt | None = 2048
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    enforce_eager: bool = True
-    tensor_parallel_size: PositiveInt = 1
-    sleep_between_rounds: bool = False
 
 
 @dataclass
@@ -99,65 +67,6 @@ def make_record(req: GenerationRequest, response: str, n_tokens: int, finish_rea
     }
 
 
-def vllm_lora_rank(rank: int) -> int:
-    """The smallest `max_lora_rank` vLLM accepts that holds `rank`."""
-    for allowed in VLLM_LORA_RANKS:
-        if allowed >= rank:
-            return allowed
-    raise ConfigError(
-        f"model.lora_r={rank} is above the largest LoRA rank vLLM serves ({VLLM_LORA_RANKS[-1]}); "
-        "lower model.lora_r or use --bootstrap.sampler hf."
-    )
-
-
-def check_vllm_options(options: VLLMOptions, world: int = 1, process: SamplerProcessMode = "inline") -> None:
-    """Options the installed vLLM (or this run's ranks) cannot honour, refused before any engine
-    or model loads."""
-    if world > 1 and options.tensor_parallel_size > 1 and process == "spawn":
-        raise ConfigError(
-            "bootstrap.vllm.tensor_parallel_size > 1 with several ranks needs bootstrap.sampler_process=inline "
-            "(the ranks of a group share one engine in their own processes); set it to inline."
-        )
-    if world > 1 and world % options.tensor_parallel_size:
-        raise ConfigError(
-            f"bootstrap.vllm.tensor_parallel_size={options.tensor_parallel_size} must divide the run's "
-            f"{world} ranks (each group of that many ranks shares one engine); change either."
-        )
-    if options.sleep_between_rounds:
-        from vllm.platforms import current_platform
-
-        if not current_platform.is_sleep_mode_available():
-            raise ConfigError(
-                f"bootstrap.vllm.sleep_between_rounds needs vLLM sleep mode, which the "
-                f"{current_platform.device_name} platform lacks; set it to false."
-            )
-
-
-def check_sampler_for_run(name: SamplerName, process: SamplerProcessMode, options: VLLMOptions, lora_r: int,
-                          world: int, sharded: bool) -> None:
-    """What this run's ranks and strategy allow, refused before any model loads (also for a
-    spawned engine). `sharded`: the training weights are split over the ranks (FSDP)."""
-    backend = resolve_sampler(name)
-    if backend == "vllm":
-        vllm_lora_rank(lora_r)
-        check_vllm_options(options, world, process)
-    elif sharded and world > 1 and process == "inline":
-        raise ConfigError(
-            "bootstrap.sampler=hf with bootstrap.sampler_process=inline cannot generate from FSDP-sharded weights "
-            "on several ranks (their prompts differ, so their forward passes do); set bootstrap.sampler_process=spawn "
-            "or bootstrap.sampler=vllm."
-        )
-
-
-def check_sampler_settings(name: SamplerName, process: SamplerProcessMode, options: VLLMOptions) -> None:
-    """Combinations that cannot work, refused when the callback is built."""
-    if process == "spawn" and name != "hf" and options.sleep_between_rounds:
-        raise ConfigError(
-            "bootstrap.vllm.sleep_between_rounds=true does nothing with bootstrap.sampler_process=spawn, "
-            "whose engine process exits after every round; set sleep_between_rounds to false."
-        )
-
-
 def resolve_sampler(name: str) -> str:
     """`auto` -> `vllm` where vLLM imports (the CPU build included), else `hf`: vLLM is the faster
     backend on both kinds of CPU measured, in the dtype `auto` picks there.
@@ -178,7 +87,7 @@ def resolve_sampler(name: str) -> str:
 
 
 class Sampler:
-    """Turns generation requests into records; `model` is the module being trained."""
+    """Turns generation requests into records, from the weights `sync_weights` last named."""
 
     name = "base"
     process = "inline"  # where generation runs: this process, or a spawned child (SamplerProcess)
@@ -188,10 +97,20 @@ class Sampler:
 
     def __init__(self, sampling: SamplingConfig, stop: list[str], seed: int):
         self.sampling, self.stop, self.seed = sampling, stop, seed
+        self.adapter: Path | None = None
+        self.model = None
 
-    def generate(self, requests: list[GenerationRequest], *, round_index: int, adapter: Path | None,
-                 model, sampling: SamplingConfig | None = None) -> list[dict]:
-        """One record per request; `sampling` replaces the run's settings for this call."""
+    def sync_weights(self, adapter: Path | None, model=None) -> None:
+        """Sample from these weights from now on: `adapter` is the round's saved LoRA folder (None:
+        the run's starting weights) for backends that load it; `model` the policy being trained,
+        for the inline hf backend, which samples from it in place. A backend loads them when it
+        next generates (an engine may not have started yet)."""
+        self.adapter, self.model = adapter, model
+
+    def generate(self, requests: list[GenerationRequest], *, round_index: int, sampling: SamplingConfig | None = None,
+                 progress: Progress = no_progress) -> list[dict]:
+        """One record per request; `sampling` replaces the run's settings for this call;
+        `progress(answers, tokens)` is told as answers come in (the calling phase's bar)."""
         raise NotImplementedError
 
     def shard(self, rank: int, world: int) -> tuple[int, int, bool]:

@@ -1,4 +1,5 @@
-"""The spawned sampler process (`bootstrap.sampler_process: spawn`) and `bootstrap.sampler: auto`.
+"""The sampler package: the spawned sampler process (`bootstrap.sampler_process: spawn`), the
+factory and `bootstrap.sampler: auto`, and the checks of what a run can honour.
 
 Real child processes on the tiny random Llama; nothing is mocked.
 """
@@ -7,6 +8,7 @@ import multiprocessing
 import os
 import signal
 import time
+from functools import partial
 
 import pytest
 import torch
@@ -17,18 +19,13 @@ from soft_lightning.errors import ConfigError
 from soft_lightning.models import load_tokenizer
 from soft_lightning.module import SoftModule
 from soft_lightning.prompts import PromptFormat, draw_examples, load_icl_pool, load_principles
-from soft_lightning.sampler import (
-    GenerationRequest,
-    SamplingConfig,
-    VLLMOptions,
-    check_sampler_for_run,
-    resolve_sampler,
-)
-from soft_lightning.sampler_factory import make_sampler
-from soft_lightning.sampler_hf import HFSampler
-from soft_lightning.sampler_process import HFAdapterSampler, SamplerProcess, SamplerProcessError
+from soft_lightning.sampler import GenerationRequest, SamplingConfig, VLLMOptions, check_sampler_for_run, make_sampler
+from soft_lightning.sampler.base import resolve_sampler
+from soft_lightning.sampler.hf import HFAdapterSampler, HFSampler
+from soft_lightning.sampler.process import SamplerProcess, SamplerProcessError
 from soft_lightning.store import RoundStore
-from tests.conftest import run_cli, tiny_run_args
+from tests.helpers.cli import run_cli, tiny_run_args
+from tests.helpers.sampling import sample
 
 SAMPLING = SamplingConfig(temperature=0.9, top_p=0.95, max_new_tokens=12)
 PROMPTS = ["Name a primary colour.", "How do plants make food?", "Write a haiku about rain."]
@@ -44,12 +41,13 @@ def requests_for(tokenizer) -> list[GenerationRequest]:
     return out
 
 
-def hf_process(tiny_model, hparams: dict, tokenizer, dtype: str | None = "bfloat16") -> SamplerProcess:
+def hf_process(hparams: dict, tokenizer, dtype: str | None = "bfloat16") -> SamplerProcess:
     return SamplerProcess(HFAdapterSampler, {
-        "sampling": SAMPLING, "stop": PromptFormat(tokenizer).stop_strings(), "seed": 0,
-        "module_hparams": hparams, "tokenizer_source": tiny_model, "dtype": dtype, "device": "cpu",
+        "sampling": SAMPLING, "stop": PromptFormat(tokenizer).stop_strings(), "seed": 0, "tokenizer": tokenizer,
+        "load_model": partial(SoftModule.policy_for_sampling, hparams, dtype, "cpu"), "dtype": dtype,
         "batch_tokens": 1024,
     })
+
 
 
 def training_model(tiny_model) -> SoftModule:
@@ -72,7 +70,7 @@ def test_spawned_hf_sampler_matches_in_process(tiny_model, tmp_path):
     requests = requests_for(tokenizer)
     inline = HFSampler(SAMPLING, PromptFormat(tokenizer).stop_strings(), 0, tokenizer, batch_tokens=1024)
     module = training_model(tiny_model)
-    expected = [inline.generate(requests, round_index=0, adapter=None, model=module.model)]
+    expected = [sample(inline, requests, 0, None, module.model)]
     torch.manual_seed(1)
     with torch.no_grad():
         for name, p in module.model.named_parameters():
@@ -80,13 +78,12 @@ def test_spawned_hf_sampler_matches_in_process(tiny_model, tmp_path):
                 p.normal_(0, 0.5)
     adapter = tmp_path / "round_0" / "adapter"
     module.save_adapter(adapter)
-    expected.append(inline.generate(requests, round_index=1, adapter=adapter, model=module.model))
+    expected.append(sample(inline, requests, 1, adapter, module.model))
     assert expected[0] != expected[1], "the adapter should change what is generated"
 
-    spawned = hf_process(tiny_model, dict(module.hparams), tokenizer, dtype=None)
+    spawned = hf_process(dict(module.hparams), tokenizer, dtype=None)
     try:
-        got = [spawned.generate(requests, round_index=0, adapter=None),
-               spawned.generate(requests, round_index=1, adapter=adapter)]
+        got = [sample(spawned, requests, 0), sample(spawned, requests, 1, adapter)]
         described = spawned.describe()
     finally:
         spawned.close()
@@ -101,11 +98,11 @@ def test_spawned_hf_sampler_matches_in_process(tiny_model, tmp_path):
 def test_child_error_is_clear_and_close_leaves_no_child(tiny_model, tmp_path):
     tokenizer = load_tokenizer(tiny_model)
     hparams = dict(SoftModule(tiny_model, quantization="none", compute_dtype="float32", lora_r=8).hparams)
-    spawned = hf_process(tiny_model, hparams, tokenizer, dtype=None)
+    spawned = hf_process(hparams, tokenizer, dtype=None)
     try:
         with pytest.raises(SamplerProcessError, match=r"^the hf sampler process failed in generate: "
                                                       r"ConfigError: model\.adapter: .*nope is not a PEFT"):
-            spawned.generate(requests_for(tokenizer)[:1], round_index=1, adapter=tmp_path / "nope")
+            sample(spawned, requests_for(tokenizer)[:1], 1, tmp_path / "nope")
         child = spawned._proc
         assert child.is_alive(), "a failed call should leave the child serving"
     finally:
@@ -117,14 +114,14 @@ def test_child_error_is_clear_and_close_leaves_no_child(tiny_model, tmp_path):
 def test_killed_child_raises_instead_of_hanging(tiny_model):
     tokenizer = load_tokenizer(tiny_model)
     hparams = dict(SoftModule(tiny_model, quantization="none", compute_dtype="float32", lora_r=8).hparams)
-    spawned = hf_process(tiny_model, hparams, tokenizer, dtype=None)
+    spawned = hf_process(hparams, tokenizer, dtype=None)
     try:
         spawned.start()
         os.kill(spawned.pid, signal.SIGKILL)
         t0 = time.perf_counter()
         with pytest.raises(SamplerProcessError, match=r"^the hf sampler process died \(exit code -9\) before "
-                                                      r"answering generate"):
-            spawned.generate(requests_for(tokenizer)[:1], round_index=0, adapter=None)
+                                                      r"answering sync_weights"):
+            sample(spawned, requests_for(tokenizer)[:1], 0)
         assert time.perf_counter() - t0 < 10
         assert spawned.pid is None and not multiprocessing.active_children()
     finally:
@@ -138,7 +135,7 @@ def test_auto_picks_vllm_when_installed_and_merges_the_adapter_on_cpu(tiny_model
     encoder = Encoder.load(tiny_model)
     module = SoftModule(tiny_model, quantization="none", compute_dtype="float32", lora_r=8)
     module.configure_model()
-    sampler = make_sampler("hf", "inline", module=module, tokenizer=encoder.tokenizer, tokenizer_source=tiny_model,
+    sampler = make_sampler("hf", "inline", module=module, tokenizer=encoder.tokenizer,
                            sampling=SAMPLING, stop=encoder.format.stop_strings(), seed=0, vllm=VLLMOptions(),
                            hf_batch_tokens=1024)
     assert isinstance(sampler, HFSampler) and sampler.describe()["backend"] == "hf"

@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import DynamicCache
 
+from soft_lightning.encoding import pad
 from soft_lightning.evaluation import eval_mode
 from soft_lightning.merge import AdapterMerger
-from soft_lightning.progress import advance
+from soft_lightning.progress import no_progress
 from soft_lightning.prompts import stable_seed
-from soft_lightning.sampler import Sampler, SamplingConfig, make_record
+from soft_lightning.sampler.base import Sampler, SamplingConfig, make_record
 
 
 class GenerationCopy:
@@ -82,6 +84,10 @@ class HFSampler(Sampler):
         self.stop_strings = [s for s in stop if s not in tokenizer.get_vocab()]
         self._prefix: tuple[Any, list[int], Any] | None = None  # (key, ids, KV cache)
 
+    def sampling_model(self):
+        """The model to sample from: the merged copy, or the policy being trained (LoRA on top)."""
+        return self.copy.model_for(self.adapter) if self.copy else self.model
+
     def pause(self) -> None:
         if self.copy is not None:
             self.copy.release()
@@ -91,11 +97,11 @@ class HFSampler(Sampler):
                 "adapter_sync": "merged" if self.copy else "lora", "dtype": self.copy.dtype if self.copy else None}
 
     @torch.no_grad()
-    def generate(self, requests, *, round_index, adapter, model, sampling=None) -> list[dict]:
-        model = self.copy.model_for(adapter) if self.copy else model
+    def generate(self, requests, *, round_index, sampling=None, progress=no_progress) -> list[dict]:
+        model = self.sampling_model()
         sampling = sampling or self.sampling
         ids = [self.tokenizer(r.text, add_special_tokens=False).input_ids for r in requests]
-        prefix, cache = self._prefix_cache(model, ids, key=(round_index, str(adapter)))
+        prefix, cache = self._prefix_cache(model, ids, key=(round_index, str(self.adapter)))
         suffixes = [row[len(prefix):] for row in ids]
         out: dict[int, dict] = {}
         with eval_mode(model):
@@ -105,7 +111,7 @@ class HFSampler(Sampler):
                 seed = stable_seed(self.seed, round_index, batch[0].id) % 2**63
                 rows = self._generate_batch(model, batch, prefix, cache, [suffixes[i] for i in idx], seed, sampling)
                 out.update(zip(idx, rows))
-                advance(len(idx), sum(row["n_tokens"] for row in rows))
+                progress(len(idx), sum(row["n_tokens"] for row in rows))
         return [out[i] for i in range(len(requests))]
 
     def _prefix_cache(self, model, ids: list[list[int]], key) -> tuple[list[int], DynamicCache | None]:
@@ -130,14 +136,10 @@ class HFSampler(Sampler):
         return {**decoding, "max_new_tokens": sampling.max_new_tokens}
 
     def _generate_batch(self, model, batch, prefix, cache, suffixes, seed, sampling) -> list[dict]:
-        width, device = max(map(len, suffixes)), model.device
-        input_ids = torch.full((len(batch), len(prefix) + width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for row, suffix in enumerate(suffixes):
-            input_ids[row, : len(prefix)] = torch.tensor(prefix, dtype=torch.long)
-            input_ids[row, len(prefix) + width - len(suffix) :] = torch.tensor(suffix)
-            mask[row, : len(prefix)] = 1
-            mask[row, len(prefix) + width - len(suffix) :] = 1
+        device = model.device
+        own, own_mask = pad(suffixes, self.tokenizer.pad_token_id, "left")
+        shared = torch.tensor([prefix] * len(batch), dtype=torch.long).reshape(len(batch), len(prefix))
+        input_ids, mask = torch.cat([shared, own], dim=1), torch.cat([torch.ones_like(shared), own_mask], dim=1)
         past = None
         if cache is not None:
             past = copy.deepcopy(cache)
@@ -167,3 +169,26 @@ class HFSampler(Sampler):
             mean_lp = lps[:n].float().mean().item() if n else 0.0
             records.append(make_record(req, text.strip(), n, finish, mean_lp))
         return records
+
+
+class HFAdapterSampler(HFSampler):
+    """The hf backend without the trained model (in a spawned child): `load_model(adapter)`
+    builds the policy model the way training does, with the round's saved adapter (None: the
+    run's starting weights), so it samples from exactly the weights training saved."""
+
+    def __init__(self, sampling: SamplingConfig, stop: list[str], seed: int, tokenizer,
+                 load_model: Callable[[str | None], Any], batch_tokens: int = 16384, dtype: str | None = None):
+        super().__init__(sampling, stop, seed, tokenizer, batch_tokens)
+        self.load_model, self.dtype = load_model, dtype
+        self._loaded: tuple[str | None, Any] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "dtype": self.dtype}
+
+    def sampling_model(self):
+        """One model at a time: a new adapter rebuilds it (one adapter per round, so once a round)."""
+        key = str(self.adapter) if self.adapter is not None else None
+        if self._loaded is None or self._loaded[0] != key:
+            self._loaded = None  # free the old one before loading the next
+            self._loaded = (key, self.load_model(key))
+        return self._loaded[1]
