@@ -18,7 +18,7 @@ import time
 
 import lightning as L
 import torch
-from jsonargparse.typing import PositiveInt
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -96,12 +96,12 @@ class BootstrapCallback(L.Callback):
         principles: str = "default",
         icl_pool: str = "default",
         icl: IclStrategy = "random",
-        icl_examples: int = 3,
+        icl_examples: NonNegativeInt = 3,
         icl_self: SelfExamples = SelfExamples(),
         within_round: Ordering = Ordering(),
         across_rounds: Ordering = Ordering(),
         score_batch_size: PositiveInt = 8,
-        seed: int = 0,
+        seed: NonNegativeInt = 0,
         sampling: SamplingConfig = SamplingConfig(),
         vllm: VLLMOptions = VLLMOptions(),
         hf_batch_tokens: PositiveInt = 16384,

@@ -5,6 +5,9 @@ multiple-choice items says it is worse than the run's best round (p < alpha)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
+from jsonargparse.typing import OpenUnitInterval, PositiveInt
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -26,7 +29,8 @@ class PairedEarlyStopping(Callback):
         mode: `max` or `min` for `monitor`.
     """
 
-    def __init__(self, patience: int = 1, alpha: float = 0.05, monitor: str = "val/mc_acc", mode: str = "max"):
+    def __init__(self, patience: PositiveInt = 1, alpha: OpenUnitInterval = 0.05, monitor: str = "val/mc_acc",
+                 mode: Literal["max", "min"] = "max"):
         self.patience, self.alpha, self.monitor, self.mode = patience, alpha, monitor, mode
         self.wait = 0
 

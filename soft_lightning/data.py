@@ -102,7 +102,7 @@ class SoftDataModule(L.LightningDataModule):
         rounds: PositiveInt = 1,
         epochs_per_round: PositiveInt = 1,
         tokenizer: str = "smollm2-135m-instruct",
-        seed: int = 0,
+        seed: NonNegativeInt = 0,
     ):
         super().__init__()
         self.prompts_path, self.val_path = _bundled("prompts", prompts), _bundled("val_path", val_path)

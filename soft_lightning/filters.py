@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from jsonargparse.typing import NonNegativeInt
+
 from soft_lightning.config_types import ShareBelowOne
 
 _WORD = re.compile(r"\w+")
@@ -32,7 +34,7 @@ class FilterSettings:
             it to stop less).
     """
 
-    min_chars: int = 2
+    min_chars: NonNegativeInt = 2
     max_example_overlap: ShareBelowOne = 0.5
     max_prompt_overlap: ShareBelowOne = 0.8
     max_repeated_sentences: ShareBelowOne = 0.3

@@ -345,8 +345,11 @@ class SoftModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Lightning then loads non-strictly (the base is not in the checkpoint), so a checkpoint
-        of another adapter is refused here, by its names and (unsharded) shapes."""
-        state = checkpoint["state_dict"]
+        of another adapter is refused here, by its names and (unsharded) shapes. (Under FSDP the
+        strategy loads the weights before this hook, non-strictly, and nothing is checked.)"""
+        state = checkpoint.get("state_dict")
+        if state is None:  # Lightning's FSDP strategy has loaded (and removed) the weights itself
+            return
         expected, found = self.adapter_keys(), set(state)
         shapes = {} if isinstance(self.trainer.strategy, FSDPStrategy) else {  # FSDP holds flat shards
             "model." + n: p.shape for n, p in self.model.named_parameters() if p.requires_grad}

@@ -239,6 +239,7 @@ def test_ab_needs_two_choices(tmp_path):
         SoftDataModule(prompts=None, val_path=str(path), val_protocol="ab")
 
 
+@pytest.mark.slow
 def test_paired_early_stopping_ignores_a_dip_inside_the_noise_and_stops_on_a_significant_fall(tiny_model,
                                                                                                 tmp_path):
     """Of 40 items: 0.7 -> 0.6 is 4 items (McNemar p=0.125), 0.7 -> 0.3 is 16 (p < 0.001)."""

@@ -12,7 +12,7 @@ from soft_lightning.models import load_tokenizer
 from soft_lightning.prompts import PromptFormat
 from soft_lightning.sampler import VLLMOptions
 from soft_lightning.sampler.hf import GenerationCopy, HFSampler
-from tests.helpers.cli import run_cli, run_ok
+from tests.helpers.cli import ok_here, run_here
 from tests.test_adapter_sync import GREEDY, demo_requests
 
 # bf16 keeps 8 bits of mantissa: each exported weight is within 2^-9 of the float32 merge, and the
@@ -22,7 +22,7 @@ BF16_LOGPROB_TOLERANCE = 0.05
 
 @pytest.fixture(scope="module")
 def exported(trained_run):
-    result = run_ok("export", str(trained_run), "--round", "best")
+    result = ok_here("export", str(trained_run), "--round", "best")
     return trained_run, trained_run / "export" / "round_0", result
 
 
@@ -53,9 +53,9 @@ def test_export_loads_in_transformers_and_computes_base_plus_adapter(exported, t
     assert json.loads((folder / "soft_export.json").read_text())["round"] == 0
     assert (folder / "adapter" / "adapter_model.safetensors").is_file()
 
-    refused = run_cli("export", str(out))
+    refused = run_here("export", str(out))
     assert refused.returncode == 2 and "already exists; pass --overwrite true or another --dest" in refused.stderr
-    refused = run_cli("export", str(out), "--round", "3", "--dest", str(out / "other"))
+    refused = run_here("export", str(out), "--round", "3", "--dest", str(out / "other"))
     assert refused.returncode == 2 and "'3' is neither `best`, `last` nor a trained round ([0])" in refused.stderr
     assert not (out / "other").exists(), "nothing written for a refused export"
 
@@ -88,7 +88,7 @@ def test_evaluate_principles_on_a_run_and_on_its_export(exported):
     import io
 
     out, folder, _ = exported
-    result = run_ok("evaluate", str(out), "--tasks", "principles", "--rounds", "base,0", "--limit", "3",
+    result = ok_here("evaluate", str(out), "--tasks", "principles", "--rounds", "base,0", "--limit", "3",
                     "--dtype", "float32")
     assert "round 0: zero-shot adherence on rules-test" in result.stdout
     evaluated = json.loads((out / "round_0" / "principles_eval.json").read_text())
@@ -98,7 +98,7 @@ def test_evaluate_principles_on_a_run_and_on_its_export(exported):
     table = list(csv.DictReader(io.StringIO((out / "rounds.csv").read_text())))
     assert float(table[0]["eval/adherence"]) == evaluated["adherence"]["all"]["rate"]
 
-    run_ok("evaluate", str(folder), "--tasks", "principles", "--prompts", "rules", "--limit", "2")
+    ok_here("evaluate", str(folder), "--tasks", "principles", "--prompts", "rules", "--limit", "2")
     assert json.loads((folder / "principles_eval.json").read_text())["adherence"]["all"]["n"] == 2
-    refused = run_cli("evaluate", str(out), "--tasks", "principles", "--principles", "default")
+    refused = run_here("evaluate", str(out), "--tasks", "principles", "--principles", "default")
     assert refused.returncode == 2 and "has no `checks` section" in refused.stderr

@@ -12,12 +12,13 @@ import pytest
 from soft_lightning.data import SoftDataModule
 from soft_lightning.harness import has_mc2, run_harness
 from soft_lightning.module import SoftModule
-from tests.helpers.cli import TRUTHFULQA, needs_truthfulqa, run_cli, run_ok
+from tests.helpers.cli import TRUTHFULQA, needs_truthfulqa, ok_here, run_here
 from tests.test_collapse_guard import small_mc_file
 
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (pip install -e '.[eval]')")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["bundled", pytest.param("truthfulqa", marks=needs_truthfulqa)])
 def test_our_multiple_choice_scorer_agrees_with_lm_eval(source, tiny_model, tmp_path):
     """Same items, same weights (float32; a fresh LoRA leaves the base's outputs), the `qa` format:
@@ -47,7 +48,7 @@ def test_evaluate_scores_every_round_into_the_store(trained_run, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(trained_run, out)  # a copy: the session's run stays as trained
     data = TRUTHFULQA if TRUTHFULQA.is_file() else "demo"
-    result = run_ok("evaluate", str(out), "--data", str(data), "--limit", "6", "--rounds", "base,last,best")
+    result = ok_here("evaluate", str(out), "--data", str(data), "--limit", "6", "--rounds", "base,last,best")
     base, round_0 = json.loads((out / "base_lm_eval.json").read_text()), json.loads(
         (out / "round_0" / "lm_eval.json").read_text())
     assert base["adapter"] is None and round_0["adapter"].endswith("round_0/adapter")
@@ -56,12 +57,12 @@ def test_evaluate_scores_every_round_into_the_store(trained_run, tmp_path):
     table = list(csv.DictReader(io.StringIO((out / "rounds.csv").read_text())))
     assert float(table[0]["lm_eval/mc1/acc"]) == round_0["tasks"]["mc1"]["acc"]
 
-    refused = run_cli("evaluate", str(out), "--rounds", "0,7")
+    refused = run_here("evaluate", str(out), "--rounds", "0,7")
     assert refused.returncode == 2 and "'7' is neither `best`, `last` nor a trained round ([0])" in (
         refused.stderr)
     plain = tmp_path / "mc1_only.jsonl"
     plain.write_text(json.dumps({"question": "2 + 2?", "choices": ["4", "5"], "label": 0}) + "\n")
-    refused = run_cli("evaluate", str(out), "--tasks", "mc2", "--data", str(plain))
+    refused = run_here("evaluate", str(out), "--tasks", "mc2", "--data", str(plain))
     assert refused.returncode == 2 and "has rows without mc2_choices/mc2_labels; use --tasks mc1" in refused.stderr
-    refused = run_cli("evaluate", str(tmp_path))
+    refused = run_here("evaluate", str(tmp_path))
     assert refused.returncode == 2 and "holds no plan.json" in refused.stderr

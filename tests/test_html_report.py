@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from tests.helpers.cli import run_ok
+from tests.helpers.cli import ok_here
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
@@ -40,7 +40,7 @@ class Tables(HTMLParser):
 
 @pytest.fixture(scope="module")
 def reported(trained_run):
-    result = run_ok("report", str(trained_run), "--answers", "2", "--max_new_tokens", "8")
+    result = ok_here("report", str(trained_run), "--answers", "2", "--max_new_tokens", "8")
     return trained_run, result
 
 
@@ -54,7 +54,7 @@ def test_report_answers_held_out_prompts_once_per_round(reported):
     round_0 = json.loads((out / "round_0" / "held_out.json").read_text())
     assert base["settings"]["prompts"] == round_0["settings"]["prompts"]
     assert len(base["answers"]) == 2 and not trained_on & set(base["settings"]["prompts"])
-    again = run_ok("report", str(out), "--answers", "2", "--max_new_tokens", "8")
+    again = ok_here("report", str(out), "--answers", "2", "--max_new_tokens", "8")
     assert "answered" not in again.stdout, "answers already in the store are re-used"
     assert json.loads((out / "round_0" / "held_out.json").read_text()) == round_0
 

@@ -179,28 +179,21 @@ def test_resumed_weights_and_optimizer_equal_the_checkpoint(tiny_model, tmp_path
 DDP = ("--config", str(ROOT / "configs" / "ddp.yaml"), "--trainer.accelerator", "cpu")
 
 
-def test_two_process_ddp_covers_each_prompt_once_like_one_process(uninterrupted, tiny_model, tmp_path):
+def test_two_process_ddp_killed_and_resumed_covers_each_prompt_once_like_one_process(uninterrupted, tiny_model,
+                                                                                      tmp_path):
     out = tmp_path / "ddp"
-    result = run_ok(*resume_args(tiny_model, out, *DDP))
+    killed = run_cli(*resume_args(tiny_model, out, *DDP), env_extra={"SOFT_LIGHTNING_KILL_AT": "generated:1:0"})
+    assert killed.returncode != 0
+    resumed = run_ok(*resume_args(tiny_model, out, *DDP, "--ckpt_path", "last"))
     store = RoundStore(out)
-    assert round_ids(out) == round_ids(uninterrupted)
+    assert round_ids(out) == round_ids(uninterrupted) and store.is_generated(1)
+    assert store.read_manifest(1)["resumed_with"] == 6, "each rank had one chunk of 3 on disk before the kill"
     for r in (0, 1):
         assert store.read_manifest(r)["ranks"] == 2
         assert not list(store.round_dir(r).glob("data.rank*.jsonl")), "shards are removed once merged"
         assert not list(store.round_dir(r).glob(".adapter.*")), "an adapter save was interrupted or doubled"
-    assert result.stderr.count("per-round summary") + result.stdout.count("per-round summary") == 1, \
+    assert resumed.stderr.count("per-round summary") + resumed.stdout.count("per-round summary") == 1, \
         "reports happen on rank 0 only"
-    assert store_files(out) == store_files(uninterrupted)
-
-
-def test_ddp_kill_and_resume(uninterrupted, tiny_model, tmp_path):
-    out = tmp_path / "ddp"
-    killed = run_cli(*resume_args(tiny_model, out, *DDP), env_extra={"SOFT_LIGHTNING_KILL_AT": "generated:1:0"})
-    assert killed.returncode != 0
-    run_ok(*resume_args(tiny_model, out, *DDP, "--ckpt_path", "last"))
-    store = RoundStore(out)
-    assert round_ids(out) == round_ids(uninterrupted) and store.is_generated(1)
-    assert store.read_manifest(1)["resumed_with"] == 6, "each rank had one chunk of 3 on disk before the kill"
     assert store_files(out) == store_files(uninterrupted)
 
 

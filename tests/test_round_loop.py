@@ -13,7 +13,10 @@ from tests.helpers.cli import run_cli, tiny_run_args
 RECORD_FIELDS = {"id", "prompt", "response", "icl_ids", "n_tokens", "finish_reason", "mean_logprob", "kept"}
 
 
-@pytest.fixture(scope="module", params=["hf", pytest.param("vllm", marks=pytest.mark.slow)])
+pytestmark = pytest.mark.slow  # a CLI run per backend
+
+
+@pytest.fixture(scope="module", params=["hf", "vllm"])
 def finished_run(request, tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"run-{request.param}")
     result = run_cli(*tiny_run_args(tiny_model, out, request.param))

@@ -23,8 +23,6 @@ from soft_lightning.sampler import GenerationRequest, SamplingConfig, VLLMOption
 from soft_lightning.sampler.base import resolve_sampler
 from soft_lightning.sampler.hf import HFAdapterSampler, HFSampler
 from soft_lightning.sampler.process import SamplerProcess, SamplerProcessError
-from soft_lightning.store import RoundStore
-from tests.helpers.cli import run_cli, tiny_run_args
 from tests.helpers.sampling import sample
 
 SAMPLING = SamplingConfig(temperature=0.9, top_p=0.95, max_new_tokens=12)
@@ -58,6 +56,7 @@ def training_model(tiny_model) -> SoftModule:
     return module
 
 
+@pytest.mark.slow
 def test_spawned_hf_sampler_matches_in_process(tiny_model, tmp_path):
     """Same seed, same weights, same records (text and token counts).
 
@@ -95,6 +94,7 @@ def test_spawned_hf_sampler_matches_in_process(tiny_model, tmp_path):
     assert described["backend"] == "hf" and described["process"] == "spawn" and described["dtype"] is None
 
 
+@pytest.mark.slow
 def test_child_error_is_clear_and_close_leaves_no_child(tiny_model, tmp_path):
     tokenizer = load_tokenizer(tiny_model)
     hparams = dict(SoftModule(tiny_model, quantization="none", compute_dtype="float32", lora_r=8).hparams)
@@ -111,6 +111,7 @@ def test_child_error_is_clear_and_close_leaves_no_child(tiny_model, tmp_path):
     assert child not in multiprocessing.active_children() and spawned.pid is None
 
 
+@pytest.mark.slow
 def test_killed_child_raises_instead_of_hanging(tiny_model):
     tokenizer = load_tokenizer(tiny_model)
     hparams = dict(SoftModule(tiny_model, quantization="none", compute_dtype="float32", lora_r=8).hparams)
@@ -144,23 +145,6 @@ def test_auto_picks_vllm_when_installed_and_merges_the_adapter_on_cpu(tiny_model
     with pytest.raises(ConfigError, match=r"bootstrap\.vllm\.sleep_between_rounds=true does nothing with "
                                           r"bootstrap\.sampler_process=spawn"):
         BootstrapCallback(sampler="auto", sampler_process="spawn", vllm=VLLMOptions(sleep_between_rounds=True))
-
-
-@pytest.mark.slow
-def test_cli_run_with_the_hf_sampler_in_a_spawned_process(tiny_model, tmp_path):
-    """Two rounds through the CLI: each round starts a child (pause() stops it) holding a merged
-    generation copy, and the run exits cleanly (a leftover child would keep the pipes open)."""
-    result = run_cli(*tiny_run_args(tiny_model, tmp_path, "hf", "--bootstrap.sampler_process", "spawn"),
-                     timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert "[soft] sampler: hf, adapter_sync: merged" in result.stderr + result.stdout
-    store = RoundStore(tmp_path)
-    for r in (0, 1):
-        manifest = store.read_manifest(r)
-        assert {k: manifest["sampler"][k] for k in ("backend", "process", "requested")} == \
-            {"backend": "hf", "process": "spawn", "requested": "hf"}
-        assert manifest["timings"]["engine_start_seconds"] > 0, "each round should start its own child"
-        assert all(rec["n_tokens"] > 0 for rec in store.read_records(r))
 
 
 def test_sampler_settings_the_run_cannot_honour_are_refused():

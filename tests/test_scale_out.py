@@ -62,6 +62,7 @@ def _two_ranks(rank: int, port: int, model_dir: str, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_scoring_and_diagnostics_split_over_two_ranks_equal_one_process(tiny_model, tmp_path):
     one = json.loads(json.dumps(score_everything(tiny_model, None)))
     mp.spawn(_two_ranks, args=(free_port(), tiny_model, str(tmp_path / "result")), nprocs=2, join=True)
@@ -141,7 +142,8 @@ def test_fsdp_full_shard_rounds_save_every_lora_tensor_and_resume_close_to_ddp(t
     are forward passes outside training, on sharded weights. Killed in round 1's training and
     resumed with `--ckpt_path last` (after the last batch of the round's first epoch: the resume
     keeps the round's LR schedule), its adapters hold every LoRA tensor and equal a DDP run's on
-    the same data; the checkpoints hold the LoRA weights, not the base."""
+    the same data; the checkpoints hold the LoRA weights, not the base. Both runs generate with
+    the hf sampler in a spawned child process per round."""
     strategy = tmp_path / "fsdp.yaml"
     strategy.write_text(
         "trainer:\n  strategy:\n    class_path: tests.helpers.cpu_fsdp.CPUFSDPStrategy\n    init_args:\n"
@@ -154,7 +156,15 @@ def test_fsdp_full_shard_rounds_save_every_lora_tensor_and_resume_close_to_ddp(t
                            "--model.quantization", "nf4", "--model.compute_dtype", "float32", *extra)
 
     ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
-    run_ok(*args(ddp), timeout=600)
+    reference = run_ok(*args(ddp), timeout=600)
+    # The spawned hf sampler: a child per round and rank (pause() stops it) holding a merged copy.
+    assert "[soft] sampler: hf, adapter_sync: merged" in reference.stderr + reference.stdout
+    for r in (0, 1):
+        manifest = RoundStore(ddp).read_manifest(r)
+        assert {k: manifest["sampler"][k] for k in ("backend", "process", "requested")} == \
+            {"backend": "hf", "process": "spawn", "requested": "hf"}
+        assert manifest["timings"]["engine_start_seconds"] > 0, "each round should start its own child"
+        assert all(rec["n_tokens"] > 0 for rec in RoundStore(ddp).read_records(r))
     killed = run_cli(*args(fsdp, "--config", str(strategy)), env_extra={"SOFT_LIGHTNING_KILL_AT": "train_step:8"},
                      timeout=600)
     assert killed.returncode != 0 and not RoundStore(fsdp).is_trained(1), killed.stderr[-3000:]

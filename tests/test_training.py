@@ -89,6 +89,7 @@ def test_nf4_lora_gradients_match_a_dequantised_reference(tiny_model, after_gene
     assert worst < 2e-2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["round", "run"])
 def test_every_round_trains_at_the_peak_learning_rate_by_default(schedule, tiny_model, tmp_path):
     """`schedule: round` (the default) restarts warmup + cosine each round, so the last round
