@@ -26,6 +26,7 @@ from soft_lightning.sampler.process import SamplerProcess, SamplerProcessError
 from tests.helpers.sampling import sample
 
 SAMPLING = SamplingConfig(temperature=0.9, top_p=0.95, max_new_tokens=12)
+GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=12)
 PROMPTS = ["Name a primary colour.", "How do plants make food?", "Write a haiku about rain."]
 
 
@@ -58,18 +59,20 @@ def training_model(tiny_model) -> SoftModule:
 
 @pytest.mark.slow
 def test_spawned_hf_sampler_matches_in_process(tiny_model, tmp_path):
-    """Same seed, same weights, same records (text and token counts).
+    """Same weights, same greedy records (text and token counts).
 
     The child builds the model the way the training process does, from the module's hparams,
     and loads the adapter saved from the in-memory one. Round 0 (no adapter: a fresh LoRA whose
     zero B leaves the base's outputs) and round 1 (random LoRA B, as if trained) go through one
-    child; the in-process model generates both, its adapter saved in between.
+    child; the in-process model generates both, its adapter saved in between. Greedy, because
+    bitsandbytes' CPU 4-bit path is not bit-exact across processes: sampled at temperature 0.9,
+    one full suite run drew one other token where two probabilities nearly tied.
     """
     tokenizer = load_tokenizer(tiny_model)
     requests = requests_for(tokenizer)
     inline = HFSampler(SAMPLING, PromptFormat(tokenizer).stop_strings(), 0, tokenizer, batch_tokens=1024)
     module = training_model(tiny_model)
-    expected = [sample(inline, requests, 0, None, module.model)]
+    expected = [sample(inline, requests, 0, None, module.model, sampling=GREEDY)]
     torch.manual_seed(1)
     with torch.no_grad():
         for name, p in module.model.named_parameters():
@@ -77,12 +80,12 @@ def test_spawned_hf_sampler_matches_in_process(tiny_model, tmp_path):
                 p.normal_(0, 0.5)
     adapter = tmp_path / "round_0" / "adapter"
     module.save_adapter(adapter)
-    expected.append(sample(inline, requests, 1, adapter, module.model))
+    expected.append(sample(inline, requests, 1, adapter, module.model, sampling=GREEDY))
     assert expected[0] != expected[1], "the adapter should change what is generated"
 
     spawned = hf_process(dict(module.hparams), tokenizer, dtype=None)
     try:
-        got = [sample(spawned, requests, 0), sample(spawned, requests, 1, adapter)]
+        got = [sample(spawned, requests, 0, sampling=GREEDY), sample(spawned, requests, 1, adapter, sampling=GREEDY)]
         described = spawned.describe()
     finally:
         spawned.close()
