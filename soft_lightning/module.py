@@ -32,6 +32,7 @@ from soft_lightning.precision import DTYPES, ComputeDtype, Numerics, resolve
 
 FSDP_PART = "_fsdp_wrapped_module."  # what FSDP puts into a parameter's name at every wrapped module
 
+
 def keep_4bit_weights_unpacked(model) -> None:
     """On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit layer's weights at its first
     no-grad eval forward (generation, validation) and from then on computes with a kernel that
