@@ -65,3 +65,7 @@ def pytest_runtest_logfinish(nodeid, location):
     if (changes := _changes(_state["last"], now)):
         _state["log"].write(f"== {nodeid}\n  " + "\n  ".join(changes) + "\n")
     _state["last"] = now
+
+
+def pytest_unconfigure(config):
+    _state["log"].close()
