@@ -58,17 +58,16 @@ def training_model(tiny_model) -> SoftModule:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="passes alone and in small groups; inside the full suite's long process the "
-                   "in-process and spawned answers differ (an unfound state dependence, open; see docs/performance.md)")
 def test_spawned_hf_sampler_matches_in_process(tiny_model, tmp_path):
-    """Same weights, same greedy records (text and token counts).
+    """Same weights, same greedy records: text, token count and mean log-probability, exactly.
 
     The child builds the model the way the training process does, from the module's hparams,
     and loads the adapter saved from the in-memory one. Round 0 (no adapter: a fresh LoRA whose
     zero B leaves the base's outputs) and round 1 (random LoRA B, as if trained) go through one
-    child; the in-process model generates both, its adapter saved in between. Greedy, because
-    bitsandbytes' CPU 4-bit path is not bit-exact across processes: sampled at temperature 0.9,
-    one full suite run drew one other token where two probabilities nearly tied.
+    child; the in-process model generates both, its adapter saved in between. The random model's
+    logits are nearly flat, so any difference in the weights shows: this is how a process-wide
+    bitsandbytes cache was found that made the 4-bit base depend on what the process had loaded
+    before (`cache_float32_nf4_levels`).
     """
     tokenizer = load_tokenizer(tiny_model)
     requests = requests_for(tokenizer)
@@ -91,18 +90,9 @@ def test_spawned_hf_sampler_matches_in_process(tiny_model, tmp_path):
         described = spawned.describe()
     finally:
         spawned.close()
+    keys = ("response", "n_tokens", "mean_logprob")
     for want, have in zip(expected, got):
-        assert [r["n_tokens"] for r in have] == [r["n_tokens"] for r in want]
-        # The same answers, up to a near-tie: the random model's logits are nearly flat, and the
-        # two processes' float32 sums may differ in the last bits (bitsandbytes' CPU 4-bit path;
-        # seen in 2 of 4 full suite runs, never alone), which can flip one greedy token late in an
-        # answer. Another model or adapter differs from the first words.
-        for w, h in zip(want, have):
-            words_w, words_h = w["response"].split(), h["response"].split()
-            same = next((i for i, (a, b) in enumerate(zip(words_w, words_h)) if a != b), len(words_w))
-            assert same >= min(4, len(words_w)), (w["response"], h["response"])
-        assert sum(w["response"] == h["response"] for w, h in zip(want, have)) >= len(want) - 1, \
-            "at most one answer may drift"
+        assert [[r[k] for k in keys] for r in have] == [[r[k] for k in keys] for r in want]
     assert described["backend"] == "hf" and described["process"] == "spawn" and described["dtype"] is None
 
 

@@ -1,5 +1,8 @@
 """QLoRA numerics: loss on response tokens only, and 4-bit gradients that match a reference."""
 
+import subprocess
+import sys
+
 import bitsandbytes as bnb
 import bitsandbytes.functional as bnbf
 import pytest
@@ -87,6 +90,36 @@ def test_nf4_lora_gradients_match_a_dequantised_reference(tiny_model, after_gene
         for n, p in r.model.named_parameters() if p.grad is not None
     )
     assert worst < 2e-2
+
+
+PACKED_WEIGHTS = """
+import hashlib, sys
+import bitsandbytes as bnb, lightning as L, torch
+from soft_lightning.module import SoftModule
+module = SoftModule(sys.argv[1], lora_r=8, compute_dtype="bfloat16")
+if sys.argv[2] == "lightning":
+    with L.Trainer(accelerator="cpu", precision="bf16-true", logger=False).init_module():
+        module.configure_model()
+else:
+    module.configure_model()
+digest = hashlib.sha1()
+for m in module.model.modules():
+    if isinstance(m, bnb.nn.Linear4bit):
+        digest.update(m.weight.data.view(torch.uint8).numpy().tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_the_4bit_base_is_the_same_inside_lightnings_bf16_context_and_outside(tiny_model):
+    """The training process builds the model inside `bf16-true`'s init context (bf16 default
+    dtype); a spawned sampler builds it outside. Both must quantise the base alike. Each in a
+    fresh process, as bitsandbytes caches its 4-bit levels once per process."""
+    def packed(where: str) -> str:
+        out = subprocess.run([sys.executable, "-c", PACKED_WEIGHTS, tiny_model, where], capture_output=True,
+                             text=True, timeout=300, check=True)
+        return out.stdout.split()[-1]
+
+    assert packed("lightning") == packed("plain")
 
 
 @pytest.mark.slow

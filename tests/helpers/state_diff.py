@@ -31,6 +31,7 @@ def _snapshot(config) -> dict:
                   str(torch.backends.mkldnn.matmul.fp32_precision), str(torch.get_default_device())),
         "packages": frozenset(name.split(".")[0] for name in sys.modules),
         "tiny model": tiny.hexdigest(),
+        "affinity": sorted(os.sched_getaffinity(0)),
     }
 
 
@@ -45,6 +46,8 @@ def _changes(before: dict, after: dict) -> list[str]:
                    f"{before['torch']} -> {after['torch']}")
     if new := sorted(after["packages"] - before["packages"]):
         out.append(f"new packages: {new}")
+    if before["affinity"] != after["affinity"]:
+        out.append(f"cpu affinity: {before['affinity']} -> {after['affinity']}")
     if before["tiny model"] != after["tiny model"]:
         out.append("tiny model files changed")
     return out
