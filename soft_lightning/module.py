@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -46,19 +47,19 @@ def keep_4bit_weights_unpacked(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def cache_float32_nf4_levels() -> None:
-    """bitsandbytes (0.50) builds its CPU 4-bit code table in the default dtype and caches the
-    first one for the whole process; the quantiser's bin edges come from it. Under Lightning's
-    `bf16-true` the model loads with bf16 as the default, so the training process quantised the
-    base with bf16-rounded edges and a spawned sampler, loading outside Lightning, with float32
-    ones: 0.9% of the tiny model's packed bytes differed. Quantise once in float32 first, so
-    every load in the process uses bitsandbytes' own float32 levels."""
-    import bitsandbytes.functional as bnb_f
-
+@contextmanager
+def float32_default_dtype():
+    """Load the base as a process outside Lightning would. Lightning's `bf16-true` makes bf16
+    torch's default dtype while `configure_model` runs. bitsandbytes (0.50) builds its 4-bit code
+    table in the default dtype and caches the first one for the whole process; the quantiser's bin
+    edges come from it. So a training process quantised the base with bf16-rounded edges and a
+    spawned sampler with float32 ones (0.9% of the tiny model's packed bytes differed), and every
+    later load in a process followed whichever came first. `from_pretrained` gets its dtype
+    explicitly, so nothing else changes."""
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float32)
     try:
-        bnb_f.quantize_4bit(torch.zeros(64), blocksize=64, quant_type="nf4")
+        yield
     finally:
         torch.set_default_dtype(default)
 
@@ -185,7 +186,6 @@ class SoftModule(L.LightningModule):
         dtype = DTYPES[self.resolve_numerics().dtype]
         kwargs = {"dtype": dtype, "trust_remote_code": hp.trust_remote_code}
         if hp.quantization == "nf4":
-            cache_float32_nf4_levels()
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True,
                 bnb_4bit_quant_type="nf4",
@@ -193,7 +193,8 @@ class SoftModule(L.LightningModule):
                 bnb_4bit_compute_dtype=dtype,
                 bnb_4bit_quant_storage=dtype,  # lets FSDP shard the packed weights like the others
             )
-        base = AutoModelForCausalLM.from_pretrained(self.source(), **kwargs)
+        with float32_default_dtype():
+            base = AutoModelForCausalLM.from_pretrained(self.source(), **kwargs)
         if hp.quantization == "nf4":
             base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=hp.gradient_checkpointing)
             keep_4bit_weights_unpacked(base)

@@ -67,7 +67,7 @@ def test_spawned_hf_sampler_matches_in_process(tiny_model, tmp_path):
     child; the in-process model generates both, its adapter saved in between. The random model's
     logits are nearly flat, so any difference in the weights shows: this is how a process-wide
     bitsandbytes cache was found that made the 4-bit base depend on what the process had loaded
-    before (`cache_float32_nf4_levels`).
+    before (`float32_default_dtype` in module.py).
     """
     tokenizer = load_tokenizer(tiny_model)
     requests = requests_for(tokenizer)

@@ -92,9 +92,9 @@ def test_nf4_lora_gradients_match_a_dequantised_reference(tiny_model, after_gene
     assert worst < 2e-2
 
 
-PACKED_WEIGHTS = """
+BASE_DIGEST = """
 import hashlib, sys
-import bitsandbytes as bnb, lightning as L, torch
+import lightning as L, torch
 from soft_lightning.module import SoftModule
 module = SoftModule(sys.argv[1], lora_r=8, compute_dtype="bfloat16")
 if sys.argv[2] == "lightning":
@@ -103,24 +103,24 @@ if sys.argv[2] == "lightning":
 else:
     module.configure_model()
 digest = hashlib.sha1()
-for m in module.model.modules():
-    if isinstance(m, bnb.nn.Linear4bit):
-        digest.update(m.weight.data.view(torch.uint8).numpy().tobytes())
+for key, t in sorted(module.model.state_dict().items()):  # 4-bit codes, absmax, nested constants, code table
+    if "lora_" not in key:
+        digest.update(f"{key} {t.dtype}".encode() + t.contiguous().view(torch.uint8).numpy().tobytes())
 print(digest.hexdigest())
 """
 
 
-def test_the_4bit_base_is_the_same_inside_lightnings_bf16_context_and_outside(tiny_model):
+def test_the_base_is_built_alike_inside_lightnings_bf16_context_and_outside(tiny_model):
     """The training process builds the model inside `bf16-true`'s init context (bf16 default
-    dtype); a spawned sampler builds it outside. Both must quantise the base alike. Each in a
-    fresh process, as bitsandbytes caches its 4-bit levels once per process."""
-    def packed(where: str) -> str:
-        out = subprocess.run([sys.executable, "-c", PACKED_WEIGHTS, tiny_model, where], capture_output=True,
+    dtype); a spawned sampler builds it outside. Their 4-bit bases must be the same, tensor for
+    tensor. Each in a fresh process, as bitsandbytes caches its 4-bit levels once per process."""
+    def base(where: str) -> str:
+        out = subprocess.run([sys.executable, "-c", BASE_DIGEST, tiny_model, where], capture_output=True,
                              text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
         return out.stdout.split()[-1]
 
-    assert packed("lightning") == packed("plain")
+    assert base("lightning") == base("plain")
 
 
 @pytest.mark.slow
