@@ -59,7 +59,7 @@ def training_model(source: str, adapter: Path | None):
     """The model as a demo run trains it: nf4 base, LoRA r=16, bf16."""
     import torch
 
-    from soft_lightning.module import SoftModule
+    from soft_lightning.training.module import SoftModule
 
     module = SoftModule(source, lora_r=16, **({"adapter": str(adapter)} if adapter else {}))
     module.configure_model()
@@ -90,15 +90,15 @@ def child(case: str, n: int, max_new_tokens: int, adapter: str) -> None:
     """One case: a base round, then an adapter round; prints RESULT {...}."""
     import torch
 
-    from soft_lightning.models import load_tokenizer, resolve_model
-    from soft_lightning.prompts import PromptFormat
-    from soft_lightning.sampler import SamplingConfig, VLLMOptions
+    from soft_lightning.models.formats import PromptFormat
+    from soft_lightning.models.source import load_tokenizer, resolve_model
+    from soft_lightning.sampler import Policy, SamplerSettings, SamplingSettings, VLLMOptions, make_sampler
 
     torch.manual_seed(0)
     source = resolve_model("smollm2-135m-instruct")
     tokenizer = load_tokenizer(source)
     requests, stop = requests_for(n, tokenizer), PromptFormat(tokenizer).stop_strings()
-    sampling = SamplingConfig(temperature=0.7, top_p=0.95, max_new_tokens=max_new_tokens)
+    sampling = SamplingSettings(temperature=0.7, top_p=0.95, max_new_tokens=max_new_tokens)
     adapter = Path(adapter)
     result = {"case": case, "rss_before_mb": rss_mb()}
     rounds = []
@@ -109,10 +109,9 @@ def child(case: str, n: int, max_new_tokens: int, adapter: str) -> None:
             tokens = today(model, tokenizer, requests, sampling, stop)
             rounds.append((time.perf_counter() - t0, tokens, 0.0))
     elif case.startswith("hf"):
-        from soft_lightning.sampler.hf import GenerationCopy, HFSampler
-
-        copy = GenerationCopy(source, "bfloat16") if case == "hf_merged" else None
-        sampler = HFSampler(sampling, stop, 0, tokenizer, copy=copy)
+        engine = SamplerSettings(backend="hf", adapter_sync="merged" if case == "hf_merged" else "lora")
+        sampler = make_sampler(engine, Policy(source, "bfloat16"), sampling=sampling, tokenizer=tokenizer, stop=stop)
+        copy = sampler.copy
         if copy:
             t0 = time.perf_counter()
             copy.model_for(None)
@@ -128,10 +127,10 @@ def child(case: str, n: int, max_new_tokens: int, adapter: str) -> None:
             records = sampler.generate(requests, round_index=r)
             rounds.append((time.perf_counter() - t0, sum(x["n_tokens"] for x in records), sync))
     else:
-        from soft_lightning.sampler.vllm import VLLMSampler
-
-        sampler = VLLMSampler(sampling, stop, 0, source, 16, VLLMOptions(gpu_memory_utilization=0.25),
-                              adapter_sync=case.removeprefix("vllm_"))
+        engine = SamplerSettings(backend="vllm", adapter_sync=case.removeprefix("vllm_"),
+                                 vllm=VLLMOptions(gpu_memory_utilization=0.25))
+        sampler = make_sampler(engine, Policy(source, "bfloat16", lora_rank=16), sampling=sampling,
+                               tokenizer=tokenizer, stop=stop)
         result["engine_start_seconds"] = round(sampler.start(), 2)
         sampler.generate(requests[:2], round_index=0)  # untimed warm-up
         for r, use in enumerate((None, adapter)):
@@ -155,8 +154,8 @@ def child(case: str, n: int, max_new_tokens: int, adapter: str) -> None:
 def make_adapter(target: Path) -> Path:
     import torch
 
-    from soft_lightning.models import resolve_model
-    from soft_lightning.module import SoftModule
+    from soft_lightning.models.source import resolve_model
+    from soft_lightning.training.module import SoftModule
 
     module = SoftModule(resolve_model("smollm2-135m-instruct"), quantization="none", compute_dtype="bfloat16",
                         lora_r=16)

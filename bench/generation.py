@@ -22,12 +22,20 @@ from pathlib import Path
 
 import torch
 
-from soft_lightning.jsonl import read_records
-from soft_lightning.models import load_tokenizer, resolve_model
-from soft_lightning.prompts import PromptFormat, asset_path, draw_examples, load_icl_pool, load_principles
-from soft_lightning.sampler import GenerationRequest, SamplingConfig, VLLMOptions
-from soft_lightning.sampler.hf import HFSampler
-from soft_lightning.sampler.vllm import VLLMSampler
+from soft_lightning.models.formats import PromptFormat
+from soft_lightning.models.source import load_tokenizer, resolve_model
+from soft_lightning.rounds.icl import IclSettings, Principles, load_icl_pool
+from soft_lightning.rounds.phases import build_requests
+from soft_lightning.sampler import (
+    GenerationRequest,
+    Policy,
+    SamplerSettings,
+    SamplingSettings,
+    VLLMOptions,
+    make_sampler,
+)
+from soft_lightning.utils.assets import asset_path
+from soft_lightning.utils.files import read_records
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -35,13 +43,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def requests_for(n: int, tokenizer, round_index: int = 0) -> list[GenerationRequest]:
     """The first n demo prompts, rendered with the principles and 3 examples drawn for `round_index`."""
     rows = read_records(asset_path("demo_prompts.jsonl"), key="bench", required={"prompt": str})[:n]
-    fmt, principles, pool = PromptFormat(tokenizer), load_principles(None), load_icl_pool(None)
-    out = []
-    for row in rows:
-        ex = draw_examples(pool, 3, seed=0, round_index=round_index, prompt_id=row["id"])
-        out.append(GenerationRequest(row["id"], row["prompt"], fmt.generation_prompt(principles, ex, row["prompt"]),
-                                     [e.id for e in ex]))
-    return out
+    icl = IclSettings()
+    prompts = [{"id": row["id"], "prompt": row["prompt"]} for row in rows]
+    return build_requests(prompts, round_index, icl, Principles.load(icl.principles).text, PromptFormat(tokenizer),
+                          load_icl_pool(icl.pool), seed=0)
 
 
 def timed(fn) -> tuple[float, int]:
@@ -53,8 +58,9 @@ def timed(fn) -> tuple[float, int]:
 def bench_vllm(source, requests, sampling, stop, rounds=2) -> dict:
     from vllm import SamplingParams
 
-    ours = VLLMSampler(sampling, stop, seed=0, model_path=source, lora_rank=8,
-                       options=VLLMOptions(gpu_memory_utilization=0.25, max_model_len=2048))
+    engine = SamplerSettings(backend="vllm", adapter_sync="lora",
+                             vllm=VLLMOptions(gpu_memory_utilization=0.25, max_model_len=2048))
+    ours = make_sampler(engine, Policy(source, "bfloat16", lora_rank=8), sampling=sampling, stop=stop)
     llm = ours.engine()
     params = SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
                             max_tokens=sampling.max_new_tokens, stop=stop, logprobs=0)
@@ -73,7 +79,8 @@ def bench_hf(source, requests, sampling, stop, tokenizer, batch_size=16, rounds=
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16).eval()
-    ours = HFSampler(sampling, stop, seed=0, tokenizer=tokenizer)  # batches by tokens, shared-prefix cache
+    ours = make_sampler(SamplerSettings(backend="hf", adapter_sync="lora"), Policy(source, "bfloat16"),
+                        sampling=sampling, tokenizer=tokenizer, stop=stop)  # batches by tokens, shared-prefix cache
     order = sorted(requests, key=lambda r: -len(r.text))
 
     @torch.no_grad()
@@ -125,7 +132,7 @@ def main() -> None:
     source = resolve_model(args.model)
     tokenizer = load_tokenizer(source)
     requests = requests_for(args.prompts, tokenizer)
-    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens)
+    sampling = SamplingSettings(max_new_tokens=args.max_new_tokens)
     stop = PromptFormat(tokenizer).stop_strings()
     rows = {}
     if "hf" in args.backends:

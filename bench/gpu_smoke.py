@@ -96,7 +96,7 @@ def run_step(model: Path, out: Path, extra: list[str], args, timeout: float, log
     cmd = [sys.executable, "-c", CHILD, "fit", "--config", str(ROOT / "configs" / "soft.yaml"),
            "--model.model_name_or_path", str(model), "--data.prompts", "demo", "--data.val_limit", "32",
            "--data.prompts_per_round", str(args.prompts), "--bootstrap.rounds", "1",
-           "--bootstrap.sampler", "hf", "--bootstrap.out_dir", str(out), "--trainer.callbacks", "[]",
+           "--bootstrap.sampler.backend", "hf", "--bootstrap.out_dir", str(out), "--trainer.callbacks", "[]",
            "--bootstrap.sampling.max_new_tokens", str(args.max_new_tokens), "--model.warmup_steps", "2",
            "--bootstrap.zero_shot.limit", "8", "--trainer.accumulate_grad_batches", "1",
            "--bootstrap.filters.truncated", "keep",  # random weights rarely end an answer
@@ -147,7 +147,7 @@ def main() -> None:
     started = time.perf_counter()
     import torch
 
-    from soft_lightning.models import resolve_model
+    from soft_lightning.models.source import resolve_model
 
     gpus = torch.cuda.device_count()
     if args.dry:

@@ -30,7 +30,7 @@ TRUTHFULQA = ROOT.parent / "shared" / "data" / "truthfulqa_mc.jsonl"
 
 def per_choice_rows(items, encoder):
     """The previous computation's batch: one full (context + choice) row per choice."""
-    from soft_lightning.encoding import TrainExample
+    from soft_lightning.models.encoding import TrainExample
 
     rows = [TrainExample("", context + c, [-100] * len(context) + c)
             for item in items for context, continuations in item["units"] for c in continuations]
@@ -38,12 +38,12 @@ def per_choice_rows(items, encoder):
 
 
 def main() -> None:
-    from soft_lightning.data import SoftDataModule
-    from soft_lightning.evaluation import choice_logprobs, eval_mode, labelled_logprobs
-    from soft_lightning.mc import collate_mc
-    from soft_lightning.models import resolve_model
-    from soft_lightning.module import SoftModule
-    from soft_lightning.prompts import asset_path
+    from soft_lightning.models.likelihood import choice_logprobs, eval_mode, labelled_logprobs
+    from soft_lightning.models.source import resolve_model
+    from soft_lightning.signals.multiple_choice import collate_mc
+    from soft_lightning.training.data import SoftDataModule
+    from soft_lightning.training.module import SoftModule
+    from soft_lightning.utils.assets import asset_path
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, default=120)

@@ -44,10 +44,10 @@ def rss_mb() -> float:
 
 
 def child(pool: str, per_round: int, rounds: int) -> None:
-    from soft_lightning.data import SoftDataModule
-    from soft_lightning.models import load_tokenizer, resolve_model
-    from soft_lightning.plan import build_plan
-    from soft_lightning.store import RoundStore
+    from soft_lightning.models.source import load_tokenizer, resolve_model
+    from soft_lightning.rounds.plan import build_plan
+    from soft_lightning.rounds.store import RoundStore
+    from soft_lightning.training.data import SoftDataModule
 
     load_tokenizer(resolve_model("smollm2-135m-instruct"))  # warm the file cache; not part of the split
     base_rss = rss_mb()

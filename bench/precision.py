@@ -38,15 +38,15 @@ MODEL = "smollm2-135m-instruct"
 
 
 def zero_shot_requests(n: int = 16):
-    from soft_lightning import zero_shot
-    from soft_lightning.models import load_tokenizer, resolve_model
-    from soft_lightning.prompts import PromptFormat
+    from soft_lightning.models.formats import PromptFormat
+    from soft_lightning.models.source import load_tokenizer, resolve_model
+    from soft_lightning.signals import zero_shot
 
     source = resolve_model(MODEL)
     tokenizer = load_tokenizer(source)
     fmt = PromptFormat(tokenizer)
-    prompts = zero_shot.load_prompts(zero_shot.ZeroShot(prompts="rules", limit=n))
-    return source, tokenizer, fmt, zero_shot.requests(prompts, fmt)
+    prompts = zero_shot.ZeroShot(prompts="rules", limit=n).load_prompts()
+    return source, tokenizer, fmt, zero_shot.plain_requests(prompts, fmt)
 
 
 def measure_matmul(dtype: str) -> dict:
@@ -73,24 +73,28 @@ def generate_timed(sampler, requests, sampling) -> dict:
     return {"tokens": tokens, "seconds": round(seconds, 2), "tok_s": round(tokens / seconds, 1)}
 
 
+GREEDY_64 = {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 64}
+
+
 def measure_hf(dtype: str) -> dict:
-    from soft_lightning.sampler import SamplingConfig
-    from soft_lightning.sampler.hf import GenerationCopy, HFSampler
+    from soft_lightning.sampler import Policy, SamplerSettings, SamplingSettings, make_sampler
 
     source, tokenizer, fmt, requests = zero_shot_requests()
-    sampler = HFSampler(SamplingConfig(), fmt.stop_strings(), 0, tokenizer, copy=GenerationCopy(source, dtype))
-    return generate_timed(sampler, requests, SamplingConfig(temperature=0.0, top_p=1.0, max_new_tokens=64))
+    sampling = SamplingSettings(**GREEDY_64)
+    sampler = make_sampler(SamplerSettings(backend="hf", adapter_sync="merged"), Policy(source, dtype),
+                           sampling=sampling, tokenizer=tokenizer)
+    return generate_timed(sampler, requests, sampling)
 
 
 def measure_vllm(dtype: str) -> dict:
-    from soft_lightning.sampler import SamplingConfig, VLLMOptions
-    from soft_lightning.sampler.vllm import VLLMSampler
+    from soft_lightning.sampler import Policy, SamplerSettings, SamplingSettings, VLLMOptions, make_sampler
 
-    source, _, fmt, requests = zero_shot_requests()
-    sampler = VLLMSampler(SamplingConfig(), fmt.stop_strings(), 0, source, 16,
-                          VLLMOptions(kv_cache_memory_bytes=1_500_000_000, max_model_len=2048, dtype=dtype))
+    source, tokenizer, fmt, requests = zero_shot_requests()
+    sampling = SamplingSettings(**GREEDY_64)
+    engine = SamplerSettings(backend="vllm", vllm=VLLMOptions(kv_cache_memory_bytes=1_500_000_000, max_model_len=2048))
+    sampler = make_sampler(engine, Policy(source, dtype, lora_rank=16), sampling=sampling, tokenizer=tokenizer)
     start = sampler.start()
-    result = generate_timed(sampler, requests, SamplingConfig(temperature=0.0, top_p=1.0, max_new_tokens=64))
+    result = generate_timed(sampler, requests, sampling)
     sampler.close()
     return {**result, "engine_start_seconds": round(start, 1)}
 
@@ -100,10 +104,10 @@ def measure_train(dtype: str, steps: int = 5) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from soft_lightning.encoding import Encoder
-    from soft_lightning.module import SoftModule
-    from soft_lightning.precision import TRAINER_PRECISION
-    from soft_lightning.prompts import load_icl_pool
+    from soft_lightning.models.encoding import Encoder
+    from soft_lightning.models.precision import TRAINER_PRECISION
+    from soft_lightning.rounds.icl import load_icl_pool
+    from soft_lightning.training.module import SoftModule
 
     source, *_ = zero_shot_requests(1)
     encoder = Encoder.load(source, 512)
@@ -164,7 +168,7 @@ def main() -> None:
     os.environ.update(env)
     import torch
 
-    from soft_lightning.precision import resolve
+    from soft_lightning.models.precision import resolve
 
     numerics = resolve("auto", None, "cpu")
     capability = torch.backends.cpu.get_cpu_capability()

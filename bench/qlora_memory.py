@@ -42,7 +42,7 @@ def measure(path: Path) -> dict[str, dict[str, int]]:
     """Bytes and parameter counts by kind of the model `SoftModule` trains."""
     import bitsandbytes as bnb
 
-    from soft_lightning.module import SoftModule
+    from soft_lightning.training.module import SoftModule
 
     module = SoftModule(str(path), quantization="nf4", compute_dtype="bfloat16", lora_r=16)
     module.configure_model()

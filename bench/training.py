@@ -38,7 +38,7 @@ SETTINGS = {"lora_r": 16, "lora_alpha": 16, "max_length": 512, "batch_size": 4, 
 def load_round(store: str, model: str, epochs: int):
     """Our DataModule on round 0 (all `epochs` train it) and round 0's kept pairs as it tokenises
     them (both frameworks get these ids)."""
-    from soft_lightning.data import SoftDataModule
+    from soft_lightning.training.data import SoftDataModule
 
     dm = SoftDataModule(prompts="demo", val_path=None, val_holdout=0.0, max_length=SETTINGS["max_length"],
                         batch_size=SETTINGS["batch_size"], tokenizer=model, out_dir=store, epochs_per_round=epochs)
@@ -53,7 +53,7 @@ def peak_rss_mb() -> float:
 def run_ours(store: str, model: str, epochs: int) -> dict:
     import lightning as L
 
-    from soft_lightning.module import SoftModule
+    from soft_lightning.training.module import SoftModule
 
     dm, examples = load_round(store, model, epochs)
     module = SoftModule(model_name_or_path=model, lora_r=SETTINGS["lora_r"], lora_alpha=SETTINGS["lora_alpha"],
@@ -83,7 +83,7 @@ def run_trl(store: str, model: str, epochs: int) -> dict:
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from soft_lightning.models import resolve_model
+    from soft_lightning.models.source import resolve_model
 
     dm, examples = load_round(store, model, epochs)
     rows = [{"input_ids": ex.input_ids, "completion_mask": [int(label != -100) for label in ex.labels]}

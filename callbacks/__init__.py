@@ -1,5 +1,5 @@
 """Lightning callbacks that orchestrate SOFT around the trainer (no model math here)."""
 
-from callbacks.bootstrap import BootstrapCallback
+from soft_lightning.callbacks.bootstrap import BootstrapCallback
 
 __all__ = ["BootstrapCallback"]

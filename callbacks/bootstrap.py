@@ -1,6 +1,6 @@
 """BootstrapCallback: turns Lightning epochs into SOFT rounds (epoch e trains round e // epochs_per_round).
 
-It builds the run (soft_lightning/run.py: settings, round store, plan, sampler) from its
+It builds the run (soft_lightning/rounds/run.py: settings, round store, plan, sampler) from its
 arguments and maps Lightning's hooks to the run's phases; the round store on disk is the only
 state that outlives a process:
 
@@ -23,28 +23,25 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from soft_lightning import curriculum, report, synthesis
-from soft_lightning import rounds as phases
-from soft_lightning import sampler as backends
-from soft_lightning import zero_shot as zero_shot_eval
-from soft_lightning.curriculum import Ordering
-from soft_lightning.distributed import any_rank, sigterm_without_collectives
-from soft_lightning.errors import ConfigError
-from soft_lightning.faults import kill_point
-from soft_lightning.filters import FilterSettings
-from soft_lightning.prompts import IclStrategy, SelfExamples, load_checks, load_icl_pool, load_principles
-from soft_lightning.run import SoftRun
+from soft_lightning.rounds import synthesis, table
+from soft_lightning.rounds.curriculum import Ordering, check_ordering
+from soft_lightning.rounds.filters import FilterSettings
+from soft_lightning.rounds.icl import IclSettings, Principles, load_icl_pool
+from soft_lightning.rounds.run import SoftRun
+from soft_lightning.rounds.store import RoundStore
+from soft_lightning.rounds.synthesis import PromptSynthesis
 from soft_lightning.sampler import (
-    AdapterSync,
-    SamplerName,
-    SamplerProcessMode,
-    SamplingConfig,
-    VLLMOptions,
-    make_sampler,
+    ROUNDS,
+    SamplerSettings,
+    SamplingSettings,
+    check_sampler_for_run,
+    check_sampler_settings,
 )
-from soft_lightning.store import RoundStore
-from soft_lightning.synthesis import PromptSynthesis
-from soft_lightning.zero_shot import ZeroShot
+from soft_lightning.signals import zero_shot
+from soft_lightning.signals.zero_shot import ZeroShot
+from soft_lightning.utils.distributed import any_rank, sigterm_without_collectives
+from soft_lightning.utils.errors import ConfigError
+from soft_lightning.utils.faults import kill_point
 
 
 class BootstrapCallback(L.Callback):
@@ -55,28 +52,15 @@ class BootstrapCallback(L.Callback):
             resuming a finished run to continue it with fresh prompts.
         epochs_per_round: training epochs on each round's data.
         out_dir: the round store (`plan.json`, `round_<r>/`, `best/`, `checkpoints/`, logs).
-        sampler: `vllm` (one engine per run), `hf` (transformers generate) or `auto`: vllm where
-            it imports (its CPU build included), else hf.
-        adapter_sync: how the round's adapter reaches the sampler: `lora` on top of the base,
-            `merged` folded into full-precision base weights (base-model speed), `auto` (merged
-            unless the hf backend on a GPU has no room for the copy; see sampler.resolve_adapter_sync).
-        sampler_process: `inline` runs the sampler in the training process; `spawn` in a child
-            process that exits after each round, so all its memory returns to the OS.
-        principles: JSON {preamble, principles, checks?} or a text file; `default` and `rules` (a set
-            whose adherence a checker measures: soft_lightning/adherence.py) are bundled.
-        icl_pool: JSONL of {id, prompt, response} exemplars; `default` and `rules` are bundled.
-        icl: how each prompt's in-context examples are chosen (see prompts.IclStrategy).
-        icl_examples: in-context examples per prompt.
-        icl_self: for `icl: random+self`, what each finished round adds to the pool.
+        seed: drives the pool order, ICL draws, orders and sampling (same seed, same data).
+        sampler: what generates the answers (see sampler.SamplerSettings).
+        sampling: how a round's answers are sampled: temperature, top_p, max_new_tokens.
+        icl: the principles and in-context examples each prompt is answered with (see rounds.icl.IclSettings).
         within_round: scorer and order of each round's training data (SOFT+: perplexity,
             easy_to_hard).
         across_rounds: scorer and order that split the prompt pool over rounds (a prompt-only
             scorer: prompt_perplexity or prompt_length); scored once, into the run plan.
         score_batch_size: sequences per forward pass when scoring and diagnosing.
-        seed: drives the pool order, ICL draws, orders and sampling (same seed, same data).
-        sampling: temperature, top_p, max_new_tokens.
-        vllm: engine settings for the vLLM backend.
-        hf_batch_tokens: the hf backend's batches hold this many tokens (rows x (prompt + new tokens)).
         filters: which responses are dropped before training (see filters.FilterSettings).
         prompt_synthesis: the model writes some of each round's prompts itself (off unless
             `per_round` > 0; see synthesis.PromptSynthesis).
@@ -90,46 +74,36 @@ class BootstrapCallback(L.Callback):
         rounds: PositiveInt = 3,
         epochs_per_round: PositiveInt = 1,
         out_dir: str = "runs/soft",
-        sampler: SamplerName = "vllm",
-        adapter_sync: AdapterSync = "auto",
-        sampler_process: SamplerProcessMode = "inline",
-        principles: str = "default",
-        icl_pool: str = "default",
-        icl: IclStrategy = "random",
-        icl_examples: NonNegativeInt = 3,
-        icl_self: SelfExamples = SelfExamples(),
+        seed: NonNegativeInt = 0,
+        sampler: SamplerSettings = SamplerSettings(),
+        sampling: SamplingSettings = ROUNDS,
+        icl: IclSettings = IclSettings(),
         within_round: Ordering = Ordering(),
         across_rounds: Ordering = Ordering(),
         score_batch_size: PositiveInt = 8,
-        seed: NonNegativeInt = 0,
-        sampling: SamplingConfig = SamplingConfig(),
-        vllm: VLLMOptions = VLLMOptions(),
-        hf_batch_tokens: PositiveInt = 16384,
         filters: FilterSettings = FilterSettings(),
         prompt_synthesis: PromptSynthesis = PromptSynthesis(),
         generation_chunk: PositiveInt = 64,
         zero_shot: ZeroShot = ZeroShot(),
     ):
-        backends.check_sampler_settings(sampler, sampler_process, vllm)
-        curriculum.check_ordering(within_round, "bootstrap.within_round", prompts_only=False)
-        curriculum.check_ordering(across_rounds, "bootstrap.across_rounds", prompts_only=True)
+        settings = {k: v for k, v in locals().items() if k not in ("self", "__class__")}  # for the run identity
+        check_sampler_settings(sampler)
+        check_ordering(within_round, "bootstrap.within_round", prompts_only=False)
+        check_ordering(across_rounds, "bootstrap.across_rounds", prompts_only=True)
         # Small files, read now so a missing or malformed one fails before any model loads.
-        icl_settings = phases.IclSettings(load_principles(principles), load_icl_pool(icl_pool), icl, icl_examples,
-                                          icl_self, seed)
-        checks = load_checks(principles)
-        if zero_shot.prompts and checks is None:
-            raise ConfigError(f"bootstrap.zero_shot.prompts needs principles a rule can check, but {principles!r} has "
-                              "no `checks` section; use bootstrap.principles rules or set zero_shot.prompts null.")
+        principles, examples = Principles.load(icl.principles), load_icl_pool(icl.pool)
+        if zero_shot.prompts and principles.checks is None:
+            raise ConfigError(f"bootstrap.zero_shot.prompts needs principles a rule can check, but {icl.principles!r} "
+                              "has no `checks` section; use bootstrap.icl.principles rules or set zero_shot.prompts "
+                              "null.")
         self.run = SoftRun(
-            store=RoundStore(out_dir), rounds=rounds, epochs_per_round=epochs_per_round, seed=seed,
-            sampler_name=sampler, icl=icl_settings,
-            checks=checks, within_round=within_round, across_rounds=across_rounds, score_batch_size=score_batch_size,
+            settings=settings, store=RoundStore(out_dir), rounds=rounds, epochs_per_round=epochs_per_round, seed=seed,
+            sampler_settings=sampler, sampling=sampling, icl=icl, principles=principles, examples=examples,
+            within_round=within_round, across_rounds=across_rounds, score_batch_size=score_batch_size,
             filters=filters, generation_chunk=generation_chunk, zero_shot=zero_shot,
-            zero_shot_prompts=zero_shot_eval.load_prompts(zero_shot) if zero_shot.prompts else [],
+            zero_shot_prompts=zero_shot.load_prompts() if zero_shot.prompts else [],
             prompt_synthesis=prompt_synthesis,
             seed_tasks=synthesis.load_seed_tasks(prompt_synthesis.seed_tasks) if prompt_synthesis.per_round else [])
-        self.sampler_process, self.vllm_options, self.adapter_sync = sampler_process, vllm, adapter_sync
-        self.sampling, self.hf_batch_tokens = sampling, hf_batch_tokens
         self.resume_requested: bool | None = None  # the CLI sets it from --ckpt_path (None: not known)
 
     # ---- hooks ---------------------------------------------------------------------------------
@@ -138,9 +112,8 @@ class BootstrapCallback(L.Callback):
         if stage != "fit":
             return
         sigterm_without_collectives(trainer)
-        backends.check_sampler_for_run(self.run.sampler_name, self.sampler_process, self.vllm_options,
-                                       pl_module.hparams.lora_r, trainer.world_size,
-                                       sharded=isinstance(trainer.strategy, FSDPStrategy))
+        check_sampler_for_run(self.run.sampler_settings, pl_module.hparams.lora_r, trainer.world_size,
+                              sharded=isinstance(trainer.strategy, FSDPStrategy))
         if self.resume_requested is not None:
             self.run.store.claim(self.run.identity(trainer), self.resume_requested, lock=trainer.is_global_zero)
         # The LR schedule's length: rounds x the optimizer steps a full round of prompts takes.
@@ -148,16 +121,12 @@ class BootstrapCallback(L.Callback):
                                                                           trainer.datamodule.full_round_batches())
 
     def on_fit_start(self, trainer, pl_module):
-        run, dm = self.run, trainer.datamodule
+        run = self.run
         if self.resume_requested is None:  # not started from the CLI: Lightning has named the checkpoint
             self.resume_requested = trainer.ckpt_path is not None
             run.store.claim(run.identity(trainer), self.resume_requested, lock=trainer.is_global_zero)
         run.read_plan(trainer)
-        run.sampler = run.sampler or make_sampler(  # its engine starts with the first generation
-            run.sampler_name, self.sampler_process, module=pl_module, tokenizer=dm.encoder.tokenizer,
-            sampling=self.sampling, seed=run.seed,
-            stop=dm.encoder.format.stop_strings(), vllm=self.vllm_options, hf_batch_tokens=self.hf_batch_tokens,
-            adapter_sync=self.adapter_sync, ranks=(trainer.global_rank, trainer.local_rank, trainer.world_size))
+        run.open_sampler(trainer)
         if run.zero_shot_prompts and not run.store.zero_shot_path("base").is_file():
             run.zero_shot_answers(trainer, "base", run.start_adapter(trainer))
 
@@ -197,7 +166,7 @@ class BootstrapCallback(L.Callback):
         run.save_adapter(trainer, r)  # the sampler reads it from disk
         with torch.inference_mode(False):
             result = run.zero_shot_answers(trainer, r, run.store.adapter_dir(r))
-        for name, value in zero_shot_eval.metrics(result).items():
+        for name, value in zero_shot.metrics(result).items():
             pl_module.log(name, value, prog_bar=name == "val/adherence")
 
     def on_exception(self, trainer, pl_module, exception):
@@ -219,8 +188,8 @@ class BootstrapCallback(L.Callback):
         store = self.run.store
         base = store.read_zero_shot("base")
         rank_zero_info("[soft] per-round summary (train_s includes validation)\n"
-                       + report.format_table(report.rows(store), store.best_round())
-                       + (f"\nbase model: zero-shot adherence {zero_shot_eval.summary(base)}" if base else ""))
+                       + table.format_table(table.rows(store), store.best_round())
+                       + (f"\nbase model: zero-shot adherence {zero_shot.summary(base)}" if base else ""))
 
     def teardown(self, trainer, pl_module, stage):
         if self.run.sampler is not None:

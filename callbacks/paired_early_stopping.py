@@ -11,8 +11,8 @@ from jsonargparse.typing import OpenUnitInterval, PositiveInt
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
-from soft_lightning import stats
-from soft_lightning.run import SoftRun
+from soft_lightning.rounds.run import SoftRun
+from soft_lightning.signals import stats
 
 
 class PairedEarlyStopping(Callback):

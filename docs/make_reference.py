@@ -12,8 +12,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "configuration.md"
-SECTIONS = {"model": "soft_lightning/module.py (SoftModule)", "data": "soft_lightning/data.py (SoftDataModule)",
-            "bootstrap": "callbacks/bootstrap.py (BootstrapCallback)"}
+SECTIONS = {"model": "soft_lightning/training/module.py (SoftModule)",
+            "data": "soft_lightning/training/data.py (SoftDataModule)",
+            "bootstrap": "callbacks/bootstrap.py (BootstrapCallback, installed as soft_lightning.callbacks)"}
 HIDDEN = "==SUPPRESS=="
 
 
@@ -21,8 +22,8 @@ def fit_parser():
     """The `fit` subcommand's parser, built exactly as the CLI builds it, without running anything."""
     sys.path.insert(0, str(ROOT))
     from soft_lightning.cli import SoftCLI
-    from soft_lightning.data import SoftDataModule
-    from soft_lightning.module import SoftModule
+    from soft_lightning.training.data import SoftDataModule
+    from soft_lightning.training.module import SoftModule
 
     class Built(Exception):
         pass

@@ -15,30 +15,31 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from soft_lightning import rounds, stats, zero_shot  # noqa: E402
-from soft_lightning.adherence import Adherence  # noqa: E402
-from soft_lightning.jsonl import write_json_atomic  # noqa: E402
-from soft_lightning.models import load_tokenizer, resolve_model  # noqa: E402
-from soft_lightning.precision import resolve  # noqa: E402
-from soft_lightning.prompts import PromptFormat, load_checks, load_icl_pool, load_principles  # noqa: E402
-from soft_lightning.sampler import SamplingConfig, VLLMOptions  # noqa: E402
-from soft_lightning.sampler.vllm import VLLMSampler  # noqa: E402
+from soft_lightning.models.formats import PromptFormat  # noqa: E402
+from soft_lightning.models.precision import resolve  # noqa: E402
+from soft_lightning.models.source import load_tokenizer, resolve_model  # noqa: E402
+from soft_lightning.rounds import phases  # noqa: E402
+from soft_lightning.rounds.icl import IclSettings, Principles, load_icl_pool  # noqa: E402
+from soft_lightning.sampler import Policy, SamplerSettings, SamplingSettings, VLLMOptions, make_sampler  # noqa: E402
+from soft_lightning.signals import stats, zero_shot  # noqa: E402
+from soft_lightning.signals.adherence import Adherence  # noqa: E402
+from soft_lightning.utils.files import write_json_atomic  # noqa: E402
 
-GREEDY = SamplingConfig(temperature=0.0, top_p=1.0, max_new_tokens=96)
+GREEDY = SamplingSettings(temperature=0.0, top_p=1.0, max_new_tokens=96)
 
 
 def main(out: str) -> None:
     source = resolve_model("smollm2-135m-instruct")
-    fmt = PromptFormat(load_tokenizer(source))
-    checks = load_checks("rules")
-    prompts = [p for split in ("rules", "rules-test") for p in zero_shot.load_prompts(zero_shot.ZeroShot(split))]
-    pool = load_icl_pool("rules")
-    icl = rounds.IclSettings(load_principles("rules"), pool, "random", 3, seed=0)
-    few = rounds.build_requests(prompts, 0, icl, fmt, pool)
-    plain = zero_shot.requests(prompts, fmt)
+    tokenizer = load_tokenizer(source)
+    fmt, principles = PromptFormat(tokenizer), Principles.load("rules")
+    checks = principles.checks
+    prompts = [p for split in ("rules", "rules-test") for p in zero_shot.ZeroShot(split).load_prompts()]
+    icl = IclSettings(principles="rules", pool="rules", strategy="random", examples=3)
+    few = phases.build_requests(prompts, 0, icl, principles.text, fmt, load_icl_pool(icl.pool), seed=0)
+    plain = zero_shot.plain_requests(prompts, fmt)
     dtype = resolve("auto", None, "cpu").dtype
-    sampler = VLLMSampler(GREEDY, fmt.stop_strings(), 0, source, 16,
-                          VLLMOptions(kv_cache_memory_bytes=1_500_000_000, max_model_len=2048, dtype=dtype))
+    engine = SamplerSettings(backend="vllm", vllm=VLLMOptions(kv_cache_memory_bytes=1_500_000_000, max_model_len=2048))
+    sampler = make_sampler(engine, Policy(source, dtype, lora_rank=16), sampling=GREEDY, tokenizer=tokenizer)
     answers = {name: sampler.generate(requests, round_index=0)
                for name, requests in (("few_shot", few), ("zero_shot", plain))}
     sampler.close()

@@ -45,7 +45,7 @@ METHODS = {  # in the order they run: SOFT first, the reference of every claim
 TIMINGS = HERE / "runs" / "timings.json"  # wall seconds of every step, kept across sessions
 
 sys.path.insert(0, str(ROOT))
-from soft_lightning.store import RoundStore  # noqa: E402  (the checkout, not an installed copy)
+from soft_lightning.rounds.store import RoundStore  # noqa: E402  (the checkout, not an installed copy
 
 
 def run_dir(method: str, seed: int) -> Path:

@@ -16,9 +16,10 @@ import json
 import math
 from pathlib import Path
 
-from soft_lightning import report, stats
-from soft_lightning.adherence import RULES
-from soft_lightning.store import RoundStore
+from soft_lightning.rounds import table
+from soft_lightning.rounds.store import RoundStore
+from soft_lightning.signals import stats
+from soft_lightning.signals.adherence import RULES
 
 ALPHA = 0.05
 CLAIMS = [  # (name, claim, arm A (should win), its round, arm B, its round)
@@ -34,9 +35,9 @@ def run_rows(out: Path) -> list[dict]:
     """Per trained round: the round table's row, its truncated and dropped counts, and its test
     results (per prompt, all rules) if scored."""
     store = RoundStore(out)
-    found = report.manifests(store)
+    found = table.manifests(store)
     return [{**row, "truncated": found[row["round"]].get("truncated"), "dropped": found[row["round"]].get("dropped"),
-             "test": test_items(store, row["round"])} for row in report.rows(store, found, compare=False)]
+             "test": test_items(store, row["round"])} for row in table.rows(store, found, compare=False)]
 
 
 def test_items(store: RoundStore, r) -> list[int] | None:

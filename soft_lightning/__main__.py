@@ -1,4 +1,4 @@
-from soft_lightning.logs import quiet
+from soft_lightning.utils.logs import quiet
 
 quiet()  # before vLLM, transformers and bitsandbytes are imported
 

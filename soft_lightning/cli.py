@@ -19,19 +19,20 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from callbacks.bootstrap import BootstrapCallback
-from soft_lightning import precision
-from soft_lightning.data import SoftDataModule
-from soft_lightning.errors import ConfigError
-from soft_lightning.models import config_model_type
-from soft_lightning.module import SoftModule
+from soft_lightning.callbacks.bootstrap import BootstrapCallback
+from soft_lightning.models import precision
+from soft_lightning.models.source import config_model_type
+from soft_lightning.renamed import check_renamed
 from soft_lightning.sampler import vllm_lora_rank
+from soft_lightning.training.data import SoftDataModule
+from soft_lightning.training.module import SoftModule
+from soft_lightning.utils.errors import ConfigError
 
 # Subcommands beside LightningCLI's fit/validate, each a typed function on a run's out_dir.
 RUN_COMMANDS = {
-    "evaluate": "soft_lightning.harness:evaluate",  # lm-evaluation-harness scores of the rounds
-    "export": "soft_lightning.export:export",  # a round merged into a model folder
-    "report": "soft_lightning.html_report:build_report",  # report.html with answers side by side
+    "evaluate": "soft_lightning.commands.evaluate:evaluate",  # lm-evaluation-harness scores of the rounds
+    "export": "soft_lightning.commands.export:export",  # a round merged into a model folder
+    "report": "soft_lightning.commands.report:build_report",  # report.html with answers side by side
 }
 
 
@@ -64,7 +65,7 @@ class SoftCLI(LightningCLI):
             quantized=config.model.quantization == "nf4",
             model_type=config_model_type(config.model.model_name_or_path) if device == "cuda" else None,
         ).trainer_precision
-        if config.bootstrap.sampler == "vllm":
+        if config.bootstrap.sampler.backend == "vllm":
             vllm_lora_rank(config.model.lora_r)
         if "weights_only" in config and config.weights_only is None:
             # Checkpoints hold only tensors and plain values: load them without unpickling code.
@@ -100,6 +101,7 @@ def main(args: list[str] | None = None) -> None:
         if any(a.split("=")[0] == "--trainer.default_root_dir" for a in args):
             raise ConfigError("trainer.default_root_dir follows bootstrap.out_dir (the run's folder, where Lightning's "
                               "logs and checkpoints go too); set --bootstrap.out_dir instead.")
+        check_renamed(args)
         if args[:1] and args[0] in RUN_COMMANDS:  # commands on a finished run: no Trainer involved
             module, function = RUN_COMMANDS[args[0]].split(":")
             CLI(getattr(importlib.import_module(module), function), args=args[1:],

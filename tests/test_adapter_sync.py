@@ -10,16 +10,29 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from soft_lightning.jsonl import read_records
-from soft_lightning.merge import AdapterMerger
-from soft_lightning.models import load_tokenizer
-from soft_lightning.module import SoftModule
-from soft_lightning.prompts import PromptFormat, asset_path, draw_examples, load_icl_pool, load_principles
-from soft_lightning.sampler import GenerationRequest, SamplingConfig, VLLMOptions
-from soft_lightning.sampler.hf import GenerationCopy, HFSampler
-from tests.helpers.sampling import sample
+from soft_lightning.models.formats import PromptFormat
+from soft_lightning.models.merge import AdapterMerger
+from soft_lightning.models.source import load_tokenizer
+from soft_lightning.sampler import (
+    GenerationRequest,
+    Policy,
+    SamplerSettings,
+    SamplingSettings,
+    VLLMOptions,
+    make_sampler,
+)
+from soft_lightning.training.module import SoftModule
+from soft_lightning.utils.assets import asset_path
+from soft_lightning.utils.files import read_records
+from tests.helpers.sampling import few_shot_requests, sample
 
-GREEDY = SamplingConfig(temperature=0, max_new_tokens=24)
+GREEDY = SamplingSettings(temperature=0, max_new_tokens=24)
+
+
+def hf(source: str, tokenizer, sync: str):
+    """The hf backend in float32: `lora` samples from the model it is handed, `merged` from a copy."""
+    return make_sampler(SamplerSettings(backend="hf", adapter_sync=sync), Policy(source, "float32"), sampling=GREEDY,
+                        tokenizer=tokenizer)
 
 
 def random_adapter(source: str, target: Path, dtype: str = "float32", scale: float = 0.02) -> SoftModule:
@@ -36,14 +49,8 @@ def random_adapter(source: str, target: Path, dtype: str = "float32", scale: flo
 
 
 def demo_requests(tokenizer, n: int = 4) -> list[GenerationRequest]:
-    fmt, principles, pool = PromptFormat(tokenizer), load_principles(None), load_icl_pool(None)
     rows = read_records(asset_path("demo_prompts.jsonl"), key="test", required={"prompt": str})[:n]
-    requests = []
-    for row in rows:
-        examples = draw_examples(pool, 3, seed=0, round_index=1, prompt_id=row["id"])
-        text = fmt.generation_prompt(principles, examples, row["prompt"])
-        requests.append(GenerationRequest(row["id"], row["prompt"], text, [e.id for e in examples]))
-    return requests
+    return few_shot_requests(tokenizer, [{"id": row["id"], "prompt": row["prompt"]} for row in rows], round_index=1)
 
 
 def test_merge_is_exact_and_undone_exactly(tiny_model, tmp_path):
@@ -80,23 +87,22 @@ def adapted(smollm2_dir, tmp_path_factory):
 @pytest.mark.slow
 def test_hf_merged_generates_what_the_lora_generates(adapted, smollm2_dir):
     model, folder, tokenizer, requests = adapted
-    stop = PromptFormat(tokenizer).stop_strings()
-    lora = sample(HFSampler(GREEDY, stop, 0, tokenizer), requests, 1, folder, model)
-    copy = GenerationCopy(smollm2_dir, "float32")
-    merged = sample(HFSampler(GREEDY, stop, 0, tokenizer, copy=copy), requests, 1, folder)
+    lora = sample(hf(smollm2_dir, tokenizer, "lora"), requests, 1, folder, model)
+    merging = hf(smollm2_dir, tokenizer, "merged")
+    merged = sample(merging, requests, 1, folder)
     assert [r["response"] for r in merged] == [r["response"] for r in lora]
     assert [r["mean_logprob"] for r in merged] == pytest.approx([r["mean_logprob"] for r in lora], abs=1e-3)
-    base = sample(HFSampler(GREEDY, stop, 0, tokenizer, copy=copy), requests, 0)
+    base = sample(merging, requests, 0)
     assert [r["response"] for r in base] != [r["response"] for r in merged], "the adapter should matter"
 
 
 @pytest.mark.slow
-def test_the_shared_prefix_cache_changes_nothing(adapted):
+def test_the_shared_prefix_cache_changes_nothing(adapted, smollm2_dir):
     """HFSampler (principles' KV cache computed once, [prefix][pad][own tokens] batches) against
     plain left-padded `generate` of each prompt on its own."""
     model, folder, tokenizer, requests = adapted
     stop = PromptFormat(tokenizer).stop_strings()
-    ours = sample(HFSampler(GREEDY, stop, 0, tokenizer), requests, 1, None, model)
+    ours = sample(hf(smollm2_dir, tokenizer, "lora"), requests, 1, None, model)
     for request, got in zip(requests, ours):
         ids = tokenizer(request.text, return_tensors="pt", add_special_tokens=False)
         with torch.no_grad():
@@ -109,14 +115,12 @@ def test_the_shared_prefix_cache_changes_nothing(adapted):
 
 @pytest.mark.slow
 def test_vllm_merged_generates_what_the_lora_request_generates(adapted, smollm2_dir):
-    from soft_lightning.sampler.vllm import VLLMSampler
-
     _, folder, tokenizer, requests = adapted
-    stop = PromptFormat(tokenizer).stop_strings()
     results = {}
     for sync in ("lora", "merged"):
-        sampler = VLLMSampler(GREEDY, stop, 0, smollm2_dir, 8, VLLMOptions(gpu_memory_utilization=0.2, dtype="float32"),
-                              adapter_sync=sync)
+        engine = SamplerSettings(backend="vllm", adapter_sync=sync, vllm=VLLMOptions(gpu_memory_utilization=0.2))
+        sampler = make_sampler(engine, Policy(smollm2_dir, "float32", lora_rank=8), sampling=GREEDY,
+                               tokenizer=tokenizer)
         try:
             base = sample(sampler, requests, 0)
             results[sync] = sample(sampler, requests, 1, folder)

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from soft_lightning.adherence import RULES, Adherence, RuleChecks
-from soft_lightning.prompts import asset_path, load_checks, load_icl_pool
+from soft_lightning.rounds.icl import Principles, load_icl_pool
+from soft_lightning.signals.adherence import RULES, Adherence, RuleChecks
+from soft_lightning.utils.assets import asset_path
 
 CHECKS = RuleChecks()
 GOOD = ("Summary: Water boils at a lower temperature high up because the air pressure is lower.\n"
@@ -45,7 +46,7 @@ def test_curly_apostrophes_and_parenthesised_numbers_count():
 
 def test_the_bundled_examples_keep_every_rule_and_include_refusals():
     """The in-context pool teaches the rules: every example keeps all of them."""
-    checks = load_checks("rules")
+    checks = Principles.load("rules").checks
     assert checks == RuleChecks(**json.loads(asset_path("rules_principles.json").read_text())["checks"])
     harmful = {json.loads(line)["id"] for line in asset_path("rules_icl_pool.jsonl").read_text().splitlines()
                if json.loads(line)["category"] == "harmful"}

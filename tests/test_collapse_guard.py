@@ -15,18 +15,20 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-from callbacks.bootstrap import BootstrapCallback
-from callbacks.paired_early_stopping import PairedEarlyStopping
-from soft_lightning import stats
-from soft_lightning.data import SoftDataModule
-from soft_lightning.encoding import TrainExample
-from soft_lightning.errors import ConfigError
-from soft_lightning.evaluation import choice_logprobs, distinct_n, labelled_logprobs, token_entropy
-from soft_lightning.filters import FilterSettings
-from soft_lightning.mc import collate_mc, mc_pair
-from soft_lightning.module import SoftModule
-from soft_lightning.prompts import asset_path
-from soft_lightning.sampler import SamplingConfig
+from soft_lightning.callbacks.bootstrap import BootstrapCallback
+from soft_lightning.callbacks.paired_early_stopping import PairedEarlyStopping
+from soft_lightning.models.encoding import TrainExample
+from soft_lightning.models.likelihood import choice_logprobs, labelled_logprobs, token_entropy
+from soft_lightning.rounds.filters import FilterSettings
+from soft_lightning.rounds.icl import IclSettings
+from soft_lightning.sampler import SamplerSettings, SamplingSettings
+from soft_lightning.signals import stats
+from soft_lightning.signals.diagnostics import distinct_n
+from soft_lightning.signals.multiple_choice import collate_mc, mc_pair
+from soft_lightning.training.data import SoftDataModule
+from soft_lightning.training.module import SoftModule
+from soft_lightning.utils.assets import asset_path
+from soft_lightning.utils.errors import ConfigError
 from tests.helpers.cli import ROOT, TRUTHFULQA, needs_truthfulqa, run_cli
 
 MC_FILES = {"bundled": asset_path("demo_mc.jsonl"), "truthfulqa": TRUTHFULQA}
@@ -129,8 +131,9 @@ class ScriptedValidation(SoftModule):
 def scripted_fit(tiny_model, tmp_path, script: list[float], items: int, callbacks: list) -> tuple[L.Trainer, Path]:
     """A real Trainer and BootstrapCallback over len(script) rounds of ScriptedValidation."""
     out, rounds = tmp_path / "store", len(script)
-    bootstrap = BootstrapCallback(rounds=rounds, out_dir=str(out), sampler="hf", icl_examples=2,
-                                  sampling=SamplingConfig(max_new_tokens=8), filters=FilterSettings(truncated="keep"))
+    bootstrap = BootstrapCallback(rounds=rounds, out_dir=str(out), sampler=SamplerSettings(backend="hf"),
+                                  icl=IclSettings(examples=2), sampling=SamplingSettings(max_new_tokens=8),
+                                  filters=FilterSettings(truncated="keep"))
     dm = SoftDataModule(prompts_per_round=6, rounds=rounds, val_limit=2, tokenizer=tiny_model, batch_size=3)
     module = ScriptedValidation(tiny_model, quantization="none", compute_dtype="float32", lora_r=8,
                                 script=script, items=items)
@@ -257,8 +260,8 @@ def test_paired_early_stopping_ignores_a_dip_inside_the_noise_and_stops_on_a_sig
 
 def test_diagnostics_of_a_round_whose_responses_were_all_dropped(tiny_model):
     """A collapsed round can lose every response to the filters; its diagnostics still come out."""
-    from soft_lightning.encoding import Encoder
-    from soft_lightning.evaluation import generation_diagnostics
+    from soft_lightning.models.encoding import Encoder
+    from soft_lightning.signals.diagnostics import generation_diagnostics
 
     records = [{"id": f"r{i}", "prompt": "Say it.", "response": "loop " * 30, "kept": False, "n_tokens": 30,
                 "finish_reason": "length"} for i in range(3)]

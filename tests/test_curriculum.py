@@ -10,14 +10,15 @@ from lightning.pytorch.trainer.connectors.data_connector import _process_dataloa
 from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from transformers import AutoModelForCausalLM
 
-from callbacks.bootstrap import BootstrapCallback
-from soft_lightning import curriculum, rounds
-from soft_lightning.data import SoftDataModule
-from soft_lightning.encoding import Encoder
-from soft_lightning.errors import ConfigError
-from soft_lightning.module import SoftModule
-from soft_lightning.prompts import SelfExamples, load_icl_pool, load_principles
-from soft_lightning.store import RoundStore
+from soft_lightning.callbacks.bootstrap import BootstrapCallback
+from soft_lightning.models.encoding import Encoder
+from soft_lightning.rounds import curriculum, phases
+from soft_lightning.rounds.icl import IclSettings, Principles, SelfExamples, load_icl_pool
+from soft_lightning.rounds.store import RoundStore
+from soft_lightning.sampler import SamplerSettings
+from soft_lightning.training.data import SoftDataModule
+from soft_lightning.training.module import SoftModule
+from soft_lightning.utils.errors import ConfigError
 from tests.helpers.cli import run_cli, tiny_run_args
 
 ITEMS = [
@@ -121,7 +122,8 @@ def test_training_order_is_the_recorded_position_order(ordered_run, tiny_model):
         dm = SoftDataModule(prompts=None, val_path=None, tokenizer=tiny_model, batch_size=4, rounds=2,
                             epochs_per_round=2, max_length=512)
         dm.setup("predict")  # only the tokenizer: no pool, no validation set
-        bootstrap = BootstrapCallback(rounds=2, epochs_per_round=2, out_dir=str(out), sampler="hf")
+        bootstrap = BootstrapCallback(rounds=2, epochs_per_round=2, out_dir=str(out),
+                                      sampler=SamplerSettings(backend="hf"))
         for epoch in (2 * r, 2 * r + 1):  # repeated epochs replay the same order
             dm.trainer = SimpleNamespace(current_epoch=epoch, world_size=1, callbacks=[bootstrap])  # the store's reader
             seen = [row for batch in dm.train_dataloader() for row in batch["input_ids"].tolist()]
@@ -166,18 +168,18 @@ def _finished_round(store, r, n=5):
 
 def test_random_plus_self_only_adds_earlier_rounds(tmp_path, encoder):
     store = RoundStore(tmp_path)
-    icl = rounds.IclSettings(load_principles("default"), load_icl_pool("default"), "random+self", 6,
-                             SelfExamples(per_round=2, max_chars=100))
+    icl = IclSettings(strategy="random+self", examples=6, self_examples=SelfExamples(per_round=2, max_chars=100))
+    examples = load_icl_pool(icl.pool)
     for r in (0, 1, 2):
         _finished_round(store, r)
-    base = len(icl.pool)
-    assert len(rounds.icl_pool(icl, store, 0)) == base
-    pool_2 = rounds.icl_pool(icl, store, 2)
+    base = len(examples)
+    assert len(phases.icl_pool(icl, examples, store, 0)) == base
+    pool_2 = phases.icl_pool(icl, examples, store, 2)
     assert len(pool_2) == base + 4
     self_ids = [e.id for e in pool_2[base:]]
     assert self_ids == ["self-r0-q0-0", "self-r0-q0-1", "self-r1-q1-0", "self-r1-q1-1"], "best by mean_logprob"
-    requests = rounds.build_requests([{"id": f"p{i}", "prompt": f"new prompt {i}"} for i in range(40)], 2, icl,
-                                     encoder.format, pool_2)
+    requests = phases.build_requests([{"id": f"p{i}", "prompt": f"new prompt {i}"} for i in range(40)], 2, icl,
+                                     Principles.load(icl.principles).text, encoder.format, pool_2, seed=0)
     drawn = {i for req in requests for i in req.icl_ids}
     assert any(i.startswith("self-") for i in drawn), "self examples should be drawn sometimes"
     assert not any(i.startswith("self-r2-") for i in drawn), "an example from the current round leaked in"

@@ -8,10 +8,8 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from soft_lightning.models import load_tokenizer
-from soft_lightning.prompts import PromptFormat
-from soft_lightning.sampler import VLLMOptions
-from soft_lightning.sampler.hf import GenerationCopy, HFSampler
+from soft_lightning.models.source import load_tokenizer
+from soft_lightning.sampler import Policy, SamplerSettings, VLLMOptions, make_sampler
 from tests.helpers.cli import ok_here, run_here
 from tests.test_adapter_sync import GREEDY, demo_requests
 
@@ -64,14 +62,13 @@ def test_export_loads_in_transformers_and_computes_base_plus_adapter(exported, t
 def test_export_loads_in_vllm_and_generates_what_transformers_generates(exported):
     """vLLM reads the folder (config, tokenizer, weights) and decodes greedily what transformers
     decodes from it (float32 compute of the same bf16 weights)."""
-    from soft_lightning.sampler.vllm import VLLMSampler
-
     _, folder, _ = exported
     tokenizer = load_tokenizer(str(folder))
-    requests, stop = demo_requests(tokenizer), PromptFormat(tokenizer).stop_strings()
-    hf = HFSampler(GREEDY, stop, 0, tokenizer, copy=GenerationCopy(str(folder), "float32")).generate(
-        requests, round_index=0)
-    sampler = VLLMSampler(GREEDY, stop, 0, str(folder), 8, VLLMOptions(gpu_memory_utilization=0.2, dtype="float32"))
+    requests, policy = demo_requests(tokenizer), Policy(str(folder), "float32", lora_rank=8)
+    hf = make_sampler(SamplerSettings(backend="hf", adapter_sync="merged"), policy, sampling=GREEDY,
+                      tokenizer=tokenizer).generate(requests, round_index=0)
+    engine = SamplerSettings(backend="vllm", adapter_sync="lora", vllm=VLLMOptions(gpu_memory_utilization=0.2))
+    sampler = make_sampler(engine, policy, sampling=GREEDY, tokenizer=tokenizer)
     try:
         ours = sampler.generate(requests, round_index=0)
     finally:

@@ -1,6 +1,6 @@
-from soft_lightning.filters import FilterSettings, drop_reason
-from soft_lightning.prompts import Example
-from soft_lightning.rounds import filter_records
+from soft_lightning.rounds.filters import FilterSettings, drop_reason
+from soft_lightning.rounds.icl import Example
+from soft_lightning.rounds.phases import filter_records
 
 EXAMPLE = ("To make a paper plane, fold a sheet of paper in half lengthwise, open it again, fold the top "
            "corners to the centre line, fold the new edges to the centre once more, then fold it in half "
@@ -56,7 +56,7 @@ def test_filter_records_judges_each_record_by_the_examples_it_was_shown():
 def test_an_answer_cut_off_at_the_cap_never_reaches_training_as_finished(tiny_model):
     """Dropped as `truncated` by default; kept only on request, and then trained without the
     end-of-turn marker a finished answer gets."""
-    from soft_lightning.encoding import Encoder
+    from soft_lightning.models.encoding import Encoder
 
     cut = {"id": "cut", "prompt": "Tell me a craft.", "response": "Fold the paper in half, then", "icl_ids": [],
            "finish_reason": "length"}

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from soft_lightning.precision import resolve
-from soft_lightning.store import RoundStore
+from soft_lightning.models.precision import resolve
+from soft_lightning.rounds.store import RoundStore
 from tests.helpers.cli import ROOT, run_ok, tiny_run_args
 from tests.helpers.tiny_model import build_tiny_llama
 
@@ -24,7 +24,7 @@ def gpu_tiny_model(tmp_path_factory) -> str:
     if kit.is_dir():
         tokenizer = str(kit)
     else:
-        from soft_lightning.models import resolve_model
+        from soft_lightning.models.source import resolve_model
 
         tokenizer = resolve_model("smollm2-135m-instruct")
     return str(build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama", tokenizer))

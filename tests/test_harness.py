@@ -9,9 +9,9 @@ import shutil
 import lightning as L
 import pytest
 
-from soft_lightning.data import SoftDataModule
-from soft_lightning.harness import has_mc2, run_harness
-from soft_lightning.module import SoftModule
+from soft_lightning.commands.evaluate import has_mc2, run_harness
+from soft_lightning.training.data import SoftDataModule
+from soft_lightning.training.module import SoftModule
 from tests.helpers.cli import TRUTHFULQA, needs_truthfulqa, ok_here, run_here
 from tests.test_collapse_guard import small_mc_file
 

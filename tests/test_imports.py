@@ -1,19 +1,28 @@
-"""Imports inside soft_lightning/ flow one way: no module reaches itself through others, counting
-the imports made inside functions too (they are cycles that only bite later), and the samplers do
-not reach into the training code."""
+"""Imports inside the package flow one way: from each sub-package only to the ones below it in
+LAYERS (or within itself), with no module reaching itself through others; the imports made inside
+functions count too (they are cycles that only bite later). No module is imported under the name
+of another concept, and no folder holds more than 12 modules."""
 
 import ast
+import re
 from pathlib import Path
 
 from tests.helpers.cli import ROOT
 
 PACKAGE = ROOT / "soft_lightning"
+# Bottom to top; `callbacks` is the top-level callbacks/ folder, installed as soft_lightning.callbacks.
+LAYERS = ["utils", "models", "sampler", "signals", "rounds", "training", "callbacks", "commands", ""]
+FOLDERS = {"callbacks": ROOT / "callbacks", **{name: PACKAGE / name for name in LAYERS if name and name != "callbacks"}}
 
 
-def name_of(path: Path) -> str:
-    """`sampler.hf` for soft_lightning/sampler/hf.py, `sampler` for its __init__.py."""
-    parts = path.relative_to(PACKAGE).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+def package_files() -> dict[str, Path]:
+    """Module name (`sampler.hf`, `sampler` for its __init__, `cli`) -> file."""
+    files = {}
+    for path in [*PACKAGE.rglob("*.py"), *(ROOT / "callbacks").glob("*.py")]:
+        base = ROOT if path.is_relative_to(ROOT / "callbacks") else PACKAGE
+        parts = path.relative_to(base).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return files
 
 
 def imports_of(path: Path, modules: set[str]) -> set[str]:
@@ -29,13 +38,27 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
         elif isinstance(node, ast.Import):
             found |= {a.name.removeprefix("soft_lightning.") for a in node.names
                       if a.name.startswith("soft_lightning.")}
-    return found - {name_of(path), ""}
+    return found - {""}
+
+
+def layer(module: str) -> int:
+    """The sub-package's place in LAYERS (top-level modules: the top)."""
+    head = module.split(".")[0]
+    return LAYERS.index(head if head in LAYERS else "")
+
+
+def test_every_sub_package_is_layered_and_imports_flow_down():
+    files = package_files()
+    heads = {m.split(".")[0] for m in files if "." in m or (PACKAGE / m).is_dir() or m == "callbacks"}
+    assert heads <= set(LAYERS), f"a sub-package missing from LAYERS: {heads - set(LAYERS)}"
+    upward = [f"{m} -> {dep}" for m, path in files.items() for dep in imports_of(path, set(files))
+              if dep in files and layer(dep) > layer(m)]
+    assert not upward, "imports that run up the layers: " + ", ".join(upward)
 
 
 def test_no_import_cycle_in_the_package():
-    files = sorted(PACKAGE.rglob("*.py"))
-    modules = {name_of(f) for f in files}
-    graph = {name_of(f): imports_of(f, modules) for f in files}
+    files = package_files()
+    graph = {m: imports_of(path, set(files)) - {m} for m, path in files.items()}
     assert {"sampler", "sampler.base", "sampler.hf"} <= graph.keys() and "sampler.base" in graph["sampler.hf"]
     done, on_path = set(), []
 
@@ -54,8 +77,17 @@ def test_no_import_cycle_in_the_package():
         visit(module)
 
 
-def test_no_sampler_imports_the_lightning_module():
+def test_no_sampler_imports_the_training_code():
     """A backend samples from weights it is handed (`sync_weights`), never from the training code."""
-    files = sorted((PACKAGE / "sampler").glob("*.py"))
-    modules = {name_of(f) for f in PACKAGE.rglob("*.py")}
-    assert files and all("module" not in imports_of(f, modules) for f in files)
+    files = package_files()
+    sampler = {m: p for m, p in files.items() if m.split(".")[0] == "sampler"}
+    used = {dep for path in sampler.values() for dep in imports_of(path, set(files))}
+    assert sampler and not any(dep.startswith("training") for dep in used)
+
+
+def test_folders_are_small_and_no_alias_renames_a_module():
+    assert all(len(list(folder.glob("*.py"))) - 1 <= 12 for folder in [PACKAGE, *FOLDERS.values()])
+    renaming = re.compile(r"\s*(import soft_lightning\S* as |from soft_lightning\S* import .* as )")
+    aliased = [f"{path.relative_to(ROOT)}: {line.strip()}" for path in package_files().values()
+               for line in path.read_text().splitlines() if renaming.match(line)]
+    assert not aliased, aliased

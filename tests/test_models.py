@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from soft_lightning.errors import ConfigError
-from soft_lightning.models import SHORT_NAMES, _packaged_file, check_model_source, resolve_model
+from soft_lightning.models.source import SHORT_NAMES, _packaged_file, check_model_source, resolve_model
+from soft_lightning.utils.errors import ConfigError
 from tests.helpers.cli import ROOT, run_cli
 
 
@@ -52,7 +52,7 @@ def test_the_merged_copy_is_sized_from_the_checkpoint_s_shapes_in_the_run_s_dtyp
     """Not from the packed 4-bit training weights (a quarter of the size)."""
     from transformers import AutoModelForCausalLM
 
-    from soft_lightning.models import checkpoint_bytes
+    from soft_lightning.models.source import checkpoint_bytes
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     numel = sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())

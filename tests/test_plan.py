@@ -1,8 +1,17 @@
 """The run plan: each round's slice of the pool, extended disjointly, reordered by SOFT+'s
 across-round curriculum without changing which prompts are answered; the run identity."""
 
-from soft_lightning.data import SoftDataModule
-from soft_lightning.plan import RunPlan, build_plan, extend_plan, identity_changes, slices
+from soft_lightning.rounds.plan import (
+    LEFT_OUT,
+    RunPlan,
+    build_plan,
+    extend_plan,
+    flatten,
+    identity_changes,
+    run_identity,
+    slices,
+)
+from soft_lightning.training.data import SoftDataModule
 from tests.helpers.files import pool_file
 
 
@@ -27,9 +36,57 @@ def test_plan_extension_continues_the_sequence_disjointly(tmp_path, tiny_model):
 
 
 def test_identity_changes_name_the_keys_and_ignore_the_path():
-    before = {"model": "m", "seed": 0, "prompts_path": "/a/p.jsonl", "prompts_sha256": "x"}
-    assert identity_changes(before, {**before, "prompts_path": "/moved/p.jsonl"}) == []
-    assert identity_changes(before, {**before, "seed": 7, "prompts_sha256": "y"}) == ["seed", "prompts_sha256"]
+    before = {"version": 2, "settings": {"model.model_name_or_path": "m", "bootstrap.seed": 0, "data.prompts": "x"},
+              "paths": {"data.prompts": "/a/p.jsonl"}}
+    assert identity_changes(before, {**before, "paths": {"data.prompts": "/moved/p.jsonl"}}) == []
+    after = {**before, "settings": {**before["settings"], "bootstrap.seed": 7, "data.prompts": "y"}}
+    assert identity_changes(before, after) == ["bootstrap.seed", "data.prompts"]
+
+
+# The settings deliberately left out of the run identity (rounds/plan.py's LEFT_OUT, with a reason
+# each): changing one of them on resume is allowed. Every other setting of the model, data and
+# bootstrap sections changes what a round produces, and a resume that changes it is refused.
+DELIBERATELY_LEFT_OUT = {
+    "bootstrap.rounds", "bootstrap.out_dir", "bootstrap.zero_shot", "bootstrap.score_batch_size",
+    "bootstrap.generation_chunk", "bootstrap.sampler.process", "bootstrap.sampler.hf_batch_tokens",
+    "bootstrap.sampler.vllm.gpu_memory_utilization", "bootstrap.sampler.vllm.kv_cache_memory_bytes",
+    "bootstrap.sampler.vllm.enforce_eager", "bootstrap.sampler.vllm.sleep_between_rounds",
+    "bootstrap.sampler.vllm.tensor_parallel_size", "model.gradient_checkpointing", "model.trust_remote_code",
+    "data.num_workers", "data.val_path", "data.val_limit", "data.val_format", "data.val_protocol",
+    "data.val_batch_items", "data.tokenizer", "data.rounds", "data.epochs_per_round", "data.seed",
+    "data.synthesized_per_round",
+}
+
+
+def default_sections() -> dict[str, dict]:
+    """Every setting of the three sections at its default, as a run hands them to the identity."""
+    from soft_lightning.callbacks.bootstrap import BootstrapCallback
+    from soft_lightning.training.module import SoftModule
+
+    return {"model": dict(SoftModule().hparams), "data": dict(SoftDataModule().hparams),
+            "bootstrap": BootstrapCallback().run.settings}
+
+
+def test_the_identity_holds_every_setting_but_those_left_out_on_purpose():
+    assert set(LEFT_OUT) == DELIBERATELY_LEFT_OUT and all(LEFT_OUT.values()), "each left-out setting says why"
+    sections = default_sections()
+    every = {k for section, settings in sections.items() for k in flatten(section, settings)}
+    assert all(any(k == left or k.startswith(left + ".") for k in every) for left in LEFT_OUT), "a stale LEFT_OUT key"
+    identity = run_identity(sections)
+    kept = set(identity["settings"])
+    for key in every:
+        left_out = any(key == left or key.startswith(left + ".") for left in LEFT_OUT)
+        switched_off = key.startswith(("bootstrap.prompt_synthesis.", "bootstrap.icl.self_examples.")) and not \
+            key.endswith("prompt_synthesis.per_round")
+        assert (key in kept) == (not left_out and not switched_off), key
+    assert {"bootstrap.icl.examples", "bootstrap.icl.strategy", "bootstrap.sampling.temperature",
+            "bootstrap.sampler.backend", "bootstrap.filters.max_prompt_overlap", "model.learning_rate",
+            "data.max_length", "data.prompts"} <= kept
+    assert len(identity["settings"]["bootstrap.icl.principles"]) == 64, "a file is held by its sha256"
+    assert identity["paths"]["data.prompts"].endswith("demo_prompts.jsonl")
+    synthesis = run_identity({**sections, "bootstrap": {**sections["bootstrap"],
+                                                         "prompt_synthesis": {"per_round": 2, "topics": 3}}})
+    assert synthesis["settings"]["bootstrap.prompt_synthesis.topics"] == 3, "an active feature's settings count"
 
 
 def test_slices_wrap_only_past_the_end():

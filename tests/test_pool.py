@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from soft_lightning.data import SoftDataModule
-from soft_lightning.errors import ConfigError
-from soft_lightning.plan import build_plan
+from soft_lightning.rounds.plan import build_plan
+from soft_lightning.training.data import SoftDataModule
+from soft_lightning.utils.errors import ConfigError
 from tests.helpers.files import pool_file
 
 

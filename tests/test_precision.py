@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from soft_lightning import precision
-from soft_lightning.errors import ConfigError
-from soft_lightning.precision import resolve
+from soft_lightning.models import precision
+from soft_lightning.models.precision import resolve
+from soft_lightning.utils.errors import ConfigError
 
 
 @pytest.mark.parametrize(("device", "hardware", "model_type", "dtype", "trainer_precision"), [

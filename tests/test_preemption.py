@@ -10,7 +10,7 @@ import uuid
 import psutil
 import pytest
 
-from soft_lightning.store import RoundStore
+from soft_lightning.rounds.store import RoundStore
 from tests.helpers.cli import ROOT, resume_args, run_cli, run_ok, tiny_run_args
 
 
@@ -66,7 +66,7 @@ def test_nothing_outlives_a_run_killed_during_generation(sampler, process, tiny_
     """SIGKILL of the training process while its sampler generates: no engine, worker or sampler
     process of the run is left holding memory (or a GPU)."""
     marker = uuid.uuid4().hex
-    cli_args = tiny_run_args(tiny_model, tmp_path / "run", sampler, "--bootstrap.sampler_process", process,
+    cli_args = tiny_run_args(tiny_model, tmp_path / "run", sampler, "--bootstrap.sampler.process", process,
                              "--bootstrap.generation_chunk", "3")
     run = start(cli_args, SOFT_TEST_MARKER=marker, SOFT_LIGHTNING_KILL_AT="generated:0:0",
                 SOFT_LIGHTNING_SIGNAL="STOP")

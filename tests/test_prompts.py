@@ -5,13 +5,9 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from soft_lightning.prompts import (
-    PromptFormat,
-    asset_path,
-    draw_examples,
-    load_icl_pool,
-    load_principles,
-)
+from soft_lightning.models.formats import PromptFormat
+from soft_lightning.rounds.icl import IclSettings, Principles, load_icl_pool
+from soft_lightning.utils.assets import asset_path
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +23,13 @@ def plain_format(smollm2_dir):
 
 
 def test_icl_draws_are_reproducible_and_differ_across_prompts():
-    pool = load_icl_pool("default")
-    draws = [tuple(e.id for e in draw_examples(pool, 3, seed=7, round_index=0, prompt_id=f"p{i}")) for i in range(10)]
-    again = [tuple(e.id for e in draw_examples(pool, 3, seed=7, round_index=0, prompt_id=f"p{i}")) for i in range(10)]
+    pool, icl = load_icl_pool("default"), IclSettings(examples=3)
+    draws = [tuple(e.id for e in icl.draw(pool, seed=7, round_index=0, prompt_id=f"p{i}")) for i in range(10)]
+    again = [tuple(e.id for e in icl.draw(pool, seed=7, round_index=0, prompt_id=f"p{i}")) for i in range(10)]
     assert draws == again
     assert len(set(draws)) >= 5
     assert all(len(set(d)) == 3 for d in draws)
-    other_round = [tuple(e.id for e in draw_examples(pool, 3, seed=7, round_index=1, prompt_id=f"p{i}"))
+    other_round = [tuple(e.id for e in icl.draw(pool, seed=7, round_index=1, prompt_id=f"p{i}"))
                    for i in range(10)]
     assert other_round != draws
 
@@ -41,7 +37,7 @@ def test_icl_draws_are_reproducible_and_differ_across_prompts():
 @pytest.mark.parametrize("fmt_name", ["chat_format", "plain_format"])
 def test_generation_prompt_has_principles_and_examples_training_pair_has_neither(fmt_name, request):
     fmt = request.getfixturevalue(fmt_name)
-    principles = load_principles("default")
+    principles = Principles.load("default").text
     examples = load_icl_pool("default")[:2]
     text = fmt.generation_prompt(principles, examples, "How do magnets work?")
     assert principles in text and all(e.prompt in text and e.response in text for e in examples)
@@ -71,7 +67,7 @@ def test_bundled_assets_meet_the_brief():
 
 
 def test_fixed_icl_gives_every_prompt_the_same_examples():
-    pool = load_icl_pool("default")
-    draws = {tuple(e.id for e in draw_examples(pool, 3, seed=1, round_index=r, prompt_id=f"p{i}", strategy="fixed"))
+    pool, icl = load_icl_pool("default"), IclSettings(strategy="fixed", examples=3)
+    draws = {tuple(e.id for e in icl.draw(pool, seed=1, round_index=r, prompt_id=f"p{i}"))
              for i in range(10) for r in range(2)}
     assert len(draws) == 1

@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from soft_lightning.store import RoundStore
+from soft_lightning.rounds.store import RoundStore
+from soft_lightning.sampler import SamplerSettings
 from tests.helpers.cli import ORDERINGS, ROOT, resume_args, round_ids, run_cli, run_ok
 
 pytestmark = pytest.mark.slow
@@ -149,9 +150,9 @@ def test_resumed_weights_and_optimizer_equal_the_checkpoint(tiny_model, tmp_path
     of the store: no test changes another's files)."""
     import lightning as L
 
-    from callbacks.bootstrap import BootstrapCallback
-    from soft_lightning.data import SoftDataModule
-    from soft_lightning.module import SoftModule
+    from soft_lightning.callbacks.bootstrap import BootstrapCallback
+    from soft_lightning.training.data import SoftDataModule
+    from soft_lightning.training.module import SoftModule
 
     out = tmp_path / "copy"
     shutil.copytree(uninterrupted, out)
@@ -162,7 +163,8 @@ def test_resumed_weights_and_optimizer_equal_the_checkpoint(tiny_model, tmp_path
                         tokenizer=tiny_model, batch_size=2, max_prompt_tokens=256, max_length=512)  # demo.yaml's
     trainer = L.Trainer(accelerator="cpu", max_epochs=4, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, reload_dataloaders_every_n_epochs=1,
-                        callbacks=[BootstrapCallback(rounds=2, epochs_per_round=2, out_dir=str(out), sampler="hf")])
+                        callbacks=[BootstrapCallback(rounds=2, epochs_per_round=2, out_dir=str(out),
+                                      sampler=SamplerSettings(backend="hf"))])
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path))  # already finished: restores, trains nothing
     assert ckpt["state_dict"] and all("lora_" in k for k in ckpt["state_dict"]), "the checkpoint holds LoRA only"
     restored = module.state_dict()
@@ -202,8 +204,8 @@ def test_a_checkpoint_of_another_adapter_is_refused_by_name_and_shape(tiny_model
     shapes are checked before, so another rank or target list is one clear error."""
     import lightning as L
 
-    from soft_lightning.errors import ConfigError
-    from soft_lightning.module import SoftModule
+    from soft_lightning.training.module import SoftModule
+    from soft_lightning.utils.errors import ConfigError
 
     def lora(**kwargs):
         module = SoftModule(tiny_model, quantization="none", compute_dtype="float32", **kwargs)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from soft_lightning.precision import resolve
-from soft_lightning.store import RoundStore, sha256_file
+from soft_lightning.models.precision import resolve
+from soft_lightning.rounds.store import RoundStore, sha256_file
 from tests.helpers.cli import run_cli, tiny_run_args
 
 RECORD_FIELDS = {"id", "prompt", "response", "icl_ids", "n_tokens", "finish_reason", "mean_logprob", "kept"}

@@ -13,39 +13,40 @@ from functools import partial
 import pytest
 import torch
 
-from callbacks.bootstrap import BootstrapCallback
-from soft_lightning.encoding import Encoder
-from soft_lightning.errors import ConfigError
-from soft_lightning.models import load_tokenizer
-from soft_lightning.module import SoftModule
-from soft_lightning.prompts import PromptFormat, draw_examples, load_icl_pool, load_principles
-from soft_lightning.sampler import GenerationRequest, SamplingConfig, VLLMOptions, check_sampler_for_run, make_sampler
-from soft_lightning.sampler.base import resolve_sampler
-from soft_lightning.sampler.hf import HFAdapterSampler, HFSampler
+from soft_lightning.callbacks.bootstrap import BootstrapCallback
+from soft_lightning.models.encoding import Encoder
+from soft_lightning.models.source import load_tokenizer
+from soft_lightning.sampler import (
+    GenerationRequest,
+    Policy,
+    SamplerSettings,
+    SamplingSettings,
+    VLLMOptions,
+    check_sampler_for_run,
+    make_sampler,
+    resolve_backend,
+)
+from soft_lightning.sampler.hf import HFSampler
 from soft_lightning.sampler.process import SamplerProcess, SamplerProcessError
-from tests.helpers.sampling import sample
+from soft_lightning.training.module import SoftModule
+from soft_lightning.utils.errors import ConfigError
+from tests.helpers.sampling import few_shot_requests, sample
 
-SAMPLING = SamplingConfig(temperature=0.9, top_p=0.95, max_new_tokens=12)
-GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=12)
+SAMPLING = SamplingSettings(temperature=0.9, top_p=0.95, max_new_tokens=12)
+GREEDY = SamplingSettings(temperature=0.0, max_new_tokens=12)
 PROMPTS = ["Name a primary colour.", "How do plants make food?", "Write a haiku about rain."]
 
 
 def requests_for(tokenizer) -> list[GenerationRequest]:
-    fmt, principles, pool = PromptFormat(tokenizer), load_principles(None), load_icl_pool(None)
-    out = []
-    for i, prompt in enumerate(PROMPTS):
-        examples = draw_examples(pool, 2, seed=0, round_index=0, prompt_id=str(i))
-        out.append(GenerationRequest(str(i), prompt, fmt.generation_prompt(principles, examples, prompt),
-                                     [e.id for e in examples]))
-    return out
+    return few_shot_requests(tokenizer, [{"id": str(i), "prompt": p} for i, p in enumerate(PROMPTS)], examples=2)
 
 
 def hf_process(hparams: dict, tokenizer, dtype: str | None = "bfloat16") -> SamplerProcess:
-    return SamplerProcess(HFAdapterSampler, {
-        "sampling": SAMPLING, "stop": PromptFormat(tokenizer).stop_strings(), "seed": 0, "tokenizer": tokenizer,
-        "load_model": partial(SoftModule.policy_for_sampling, hparams, dtype, "cpu"), "dtype": dtype,
-        "batch_tokens": 1024,
-    })
+    """A spawned hf sampler that rebuilds the training policy (the adapter as LoRA), as a run's does."""
+    policy = Policy(hparams["model_name_or_path"], load=partial(SoftModule.policy_for_sampling, hparams, dtype, "cpu"),
+                    cast=dtype)
+    return make_sampler(SamplerSettings(backend="hf", process="spawn", adapter_sync="lora", hf_batch_tokens=1024),
+                        policy, sampling=SAMPLING, tokenizer=tokenizer)
 
 
 
@@ -71,7 +72,8 @@ def test_spawned_hf_sampler_matches_in_process(tiny_model, tmp_path):
     """
     tokenizer = load_tokenizer(tiny_model)
     requests = requests_for(tokenizer)
-    inline = HFSampler(SAMPLING, PromptFormat(tokenizer).stop_strings(), 0, tokenizer, batch_tokens=1024)
+    inline = make_sampler(SamplerSettings(backend="hf", adapter_sync="lora", hf_batch_tokens=1024),
+                          Policy(tiny_model), sampling=SAMPLING, tokenizer=tokenizer)
     module = training_model(tiny_model)
     expected = [sample(inline, requests, 0, None, module.model, sampling=GREEDY)]
     torch.manual_seed(1)
@@ -134,27 +136,30 @@ def test_killed_child_raises_instead_of_hanging(tiny_model):
 def test_auto_picks_vllm_when_installed_and_merges_the_adapter_on_cpu(tiny_model):
     import importlib.util
 
-    assert resolve_sampler("auto") == ("vllm" if importlib.util.find_spec("vllm") else "hf")
+    assert resolve_backend("auto") == ("vllm" if importlib.util.find_spec("vllm") else "hf")
     encoder = Encoder.load(tiny_model)
     module = SoftModule(tiny_model, quantization="none", compute_dtype="float32", lora_r=8)
     module.configure_model()
-    sampler = make_sampler("hf", "inline", module=module, tokenizer=encoder.tokenizer,
-                           sampling=SAMPLING, stop=encoder.format.stop_strings(), seed=0, vllm=VLLMOptions(),
-                           hf_batch_tokens=1024)
+    sampler = make_sampler(SamplerSettings(backend="hf", hf_batch_tokens=1024), module.policy(), sampling=SAMPLING,
+                           tokenizer=encoder.tokenizer, stop=encoder.format.stop_strings())
     assert isinstance(sampler, HFSampler) and sampler.describe()["backend"] == "hf"
     if not torch.cuda.is_available():
         assert sampler.describe()["adapter_sync"] == "merged", "auto merges on CPU"
-    with pytest.raises(ConfigError, match=r"bootstrap\.vllm\.sleep_between_rounds=true does nothing with "
-                                          r"bootstrap\.sampler_process=spawn"):
-        BootstrapCallback(sampler="auto", sampler_process="spawn", vllm=VLLMOptions(sleep_between_rounds=True))
+    with pytest.raises(ConfigError, match=r"bootstrap\.sampler\.vllm\.sleep_between_rounds=true does nothing with "
+                                          r"bootstrap\.sampler\.process=spawn"):
+        BootstrapCallback(sampler=SamplerSettings(backend="auto", process="spawn",
+                                                  vllm=VLLMOptions(sleep_between_rounds=True)))
 
 
 def test_sampler_settings_the_run_cannot_honour_are_refused():
+    def settings(backend, process, tp=1):
+        return SamplerSettings(backend=backend, process=process, vllm=VLLMOptions(tensor_parallel_size=tp))
+
     with pytest.raises(ConfigError, match=r"tensor_parallel_size=3 must divide the run's 2 ranks"):
-        check_sampler_for_run("vllm", "inline", VLLMOptions(tensor_parallel_size=3), 8, 2, False)
-    with pytest.raises(ConfigError, match=r"needs bootstrap\.sampler_process=inline"):
-        check_sampler_for_run("vllm", "spawn", VLLMOptions(tensor_parallel_size=2), 8, 2, False)
+        check_sampler_for_run(settings("vllm", "inline", 3), 8, 2, False)
+    with pytest.raises(ConfigError, match=r"needs bootstrap\.sampler\.process=inline"):
+        check_sampler_for_run(settings("vllm", "spawn", 2), 8, 2, False)
     with pytest.raises(ConfigError, match=r"cannot generate from FSDP-sharded weights on several ranks"):
-        check_sampler_for_run("hf", "inline", VLLMOptions(), 8, 2, True)
-    check_sampler_for_run("hf", "spawn", VLLMOptions(), 8, 2, True)
-    check_sampler_for_run("vllm", "inline", VLLMOptions(tensor_parallel_size=2), 8, 4, False)
+        check_sampler_for_run(settings("hf", "inline"), 8, 2, True)
+    check_sampler_for_run(settings("hf", "spawn"), 8, 2, True)
+    check_sampler_for_run(settings("vllm", "inline", 2), 8, 4, False)

@@ -14,12 +14,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from soft_lightning import curriculum
-from soft_lightning.distributed import shard_map
-from soft_lightning.encoding import Encoder
-from soft_lightning.evaluation import generation_diagnostics
-from soft_lightning.module import SoftModule
-from soft_lightning.store import RoundStore
+from soft_lightning.models.encoding import Encoder
+from soft_lightning.rounds import curriculum
+from soft_lightning.rounds.store import RoundStore
+from soft_lightning.signals.diagnostics import generation_diagnostics
+from soft_lightning.training.module import SoftModule
+from soft_lightning.utils.distributed import shard_map
 from tests.helpers.cli import ORDERINGS, ROOT, resume_args, round_ids, run_cli, run_ok, tiny_run_args
 
 RECORDS = [{"id": f"r{i}", "prompt": f"Question {i}: what is {i} plus {i}?", "kept": i % 5 != 4,
@@ -110,7 +110,8 @@ def test_vllm_ranks_stay_in_lockstep_through_uneven_shares_a_one_rank_sigterm_an
     out = tmp_path / "run"
     cli_args = tiny_run_args(tiny_model, out, "vllm", "--data.prompts_per_round", "5", "--data.batch_size", "2",
                              "--bootstrap.generation_chunk", "2", "--config", str(ROOT / "configs" / "ddp.yaml"),
-                             "--trainer.accelerator", "cpu", "--bootstrap.vllm.kv_cache_memory_bytes", "200000000")
+                             "--trainer.accelerator", "cpu",
+                             "--bootstrap.sampler.vllm.kv_cache_memory_bytes", "200000000")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
            "SOFT_LIGHTNING_KILL_AT": "generated:1:0", "SOFT_LIGHTNING_KILL_RANK": "1", "SOFT_LIGHTNING_SIGNAL": "TERM"}
     stopped = subprocess.run([sys.executable, "-m", "soft_lightning", *cli_args], cwd=ROOT, env=env,
@@ -152,7 +153,7 @@ def test_fsdp_full_shard_rounds_save_every_lora_tensor_and_resume_close_to_ddp(t
 
     def args(out, *extra):
         return resume_args(tiny_model, out, *ORDERINGS["both"], "--config", str(ROOT / "configs" / "ddp.yaml"),
-                           "--trainer.accelerator", "cpu", "--bootstrap.sampler_process", "spawn",
+                           "--trainer.accelerator", "cpu", "--bootstrap.sampler.process", "spawn",
                            "--model.quantization", "nf4", "--model.compute_dtype", "float32", *extra)
 
     ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from soft_lightning import stats
+from soft_lightning.signals import stats
 
 
 def test_paired_statistics_by_hand():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from soft_lightning.store import RoundStore
+from soft_lightning.rounds.store import RoundStore
 
 
 def test_round_store_checksums_the_data(tmp_path):

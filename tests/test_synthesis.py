@@ -6,8 +6,8 @@ import signal
 
 import pytest
 
-from soft_lightning.store import RoundStore
-from soft_lightning.synthesis import PromptSynthesis, SeedTask, clean_prompts, grams, load_seed_tasks, similarity
+from soft_lightning.rounds.store import RoundStore
+from soft_lightning.rounds.synthesis import PromptSynthesis, SeedTask, clean_prompts, grams, load_seed_tasks, similarity
 from tests.helpers.cli import ROOT, run_cli, run_ok, tiny_run_args
 
 SEEDS = [SeedTask("s1", "Write a four-line poem about waiting for a bus in the rain.", "writing"),
@@ -105,8 +105,9 @@ def test_two_ranks_synthesize_what_one_does(smollm2_dir, tmp_path):
                                                "--trainer.accelerator", "cpu"))):
         out = tmp_path / name
         killed = run_cli(*tiny_run_args(smollm2_dir, out, "hf", "--bootstrap.rounds", "1", "--data.batch_size", "2",
-                                        "--bootstrap.hf_batch_tokens", "1", "--bootstrap.prompt_synthesis.per_round",
-                                        "3", "--bootstrap.prompt_synthesis.topics", "3",
+                                        "--bootstrap.sampler.hf_batch_tokens", "1",
+                                        "--bootstrap.prompt_synthesis.per_round", "3",
+                                        "--bootstrap.prompt_synthesis.topics", "3",
                                         "--bootstrap.prompt_synthesis.sampling.temperature", "0",
                                         "--bootstrap.prompt_synthesis.sampling.max_new_tokens", "40", *extra),
                          env_extra={"SOFT_LIGHTNING_KILL_AT": "synthesized:0"})

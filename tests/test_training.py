@@ -8,9 +8,9 @@ import bitsandbytes.functional as bnbf
 import pytest
 import torch
 
-from soft_lightning.encoding import Encoder
-from soft_lightning.evaluation import labelled_logprobs
-from soft_lightning.module import SoftModule
+from soft_lightning.models.encoding import Encoder
+from soft_lightning.models.likelihood import labelled_logprobs
+from soft_lightning.training.module import SoftModule
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_nf4_lora_gradients_match_a_dequantised_reference(tiny_model, after_gene
 BASE_DIGEST = """
 import hashlib, sys
 import lightning as L, torch
-from soft_lightning.module import SoftModule
+from soft_lightning.training.module import SoftModule
 module = SoftModule(sys.argv[1], lora_r=8, compute_dtype="bfloat16")
 if sys.argv[2] == "lightning":
     with L.Trainer(accelerator="cpu", precision="bf16-true", logger=False).init_module():
@@ -130,10 +130,11 @@ def test_every_round_trains_at_the_peak_learning_rate_by_default(schedule, tiny_
     starts where the first did; `run` (one cosine over the run) starves the late rounds."""
     import lightning as L
 
-    from callbacks.bootstrap import BootstrapCallback
-    from soft_lightning.data import SoftDataModule
-    from soft_lightning.filters import FilterSettings
-    from soft_lightning.sampler import SamplingConfig
+    from soft_lightning.callbacks.bootstrap import BootstrapCallback
+    from soft_lightning.rounds.filters import FilterSettings
+    from soft_lightning.rounds.icl import IclSettings
+    from soft_lightning.sampler import SamplerSettings, SamplingSettings
+    from soft_lightning.training.data import SoftDataModule
 
     lrs: list[list[float]] = []
 
@@ -145,8 +146,9 @@ def test_every_round_trains_at_the_peak_learning_rate_by_default(schedule, tiny_
             lrs[-1].append(trainer.optimizers[0].param_groups[0]["lr"])
 
     out, rounds = tmp_path / "store", 3
-    bootstrap = BootstrapCallback(rounds=rounds, out_dir=str(out), sampler="hf", icl_examples=2,
-                                  sampling=SamplingConfig(max_new_tokens=6), filters=FilterSettings(truncated="keep"))
+    bootstrap = BootstrapCallback(rounds=rounds, out_dir=str(out), sampler=SamplerSettings(backend="hf"),
+                                  icl=IclSettings(examples=2), sampling=SamplingSettings(max_new_tokens=6),
+                                  filters=FilterSettings(truncated="keep"))
     dm = SoftDataModule(prompts_per_round=6, rounds=rounds, val_path=None, val_holdout=0.0, tokenizer=tiny_model,
                         batch_size=2)
     kwargs = {} if schedule == "round" else {"schedule": "run"}

@@ -19,12 +19,13 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from soft_lightning.encoding import pad
-from soft_lightning.evaluation import eval_mode
-from soft_lightning.merge import AdapterMerger
-from soft_lightning.progress import no_progress
-from soft_lightning.prompts import stable_seed
-from soft_lightning.sampler.base import Sampler, SamplingConfig, make_record
+from soft_lightning.models.encoding import pad
+from soft_lightning.models.likelihood import eval_mode
+from soft_lightning.models.merge import AdapterMerger
+from soft_lightning.sampler.base import SamplerBase, make_record
+from soft_lightning.sampler.settings import SamplingSettings
+from soft_lightning.utils.progress import no_progress
+from soft_lightning.utils.seeds import stable_seed
 
 
 class GenerationCopy:
@@ -70,10 +71,10 @@ def token_batches(lengths: list[int], budget: int, extra: int) -> list[list[int]
     return batches
 
 
-class HFSampler(Sampler):
+class HFSampler(SamplerBase):
     name = "hf"
 
-    def __init__(self, sampling: SamplingConfig, stop: list[str], seed: int, tokenizer, batch_tokens: int = 16384,
+    def __init__(self, sampling: SamplingSettings, stop: list[str], seed: int, tokenizer, batch_tokens: int = 16384,
                  copy: GenerationCopy | None = None):
         super().__init__(sampling, stop, seed)
         self.tokenizer, self.batch_tokens, self.copy = tokenizer, batch_tokens, copy
@@ -128,7 +129,7 @@ class HFSampler(Sampler):
         return prefix, self._prefix[2]
 
     @staticmethod
-    def _sampling_kwargs(sampling: SamplingConfig) -> dict[str, Any]:
+    def _sampling_kwargs(sampling: SamplingSettings) -> dict[str, Any]:
         if sampling.temperature == 0:  # greedy
             decoding = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         else:
@@ -176,7 +177,7 @@ class HFAdapterSampler(HFSampler):
     builds the policy model the way training does, with the round's saved adapter (None: the
     run's starting weights), so it samples from exactly the weights training saved."""
 
-    def __init__(self, sampling: SamplingConfig, stop: list[str], seed: int, tokenizer,
+    def __init__(self, sampling: SamplingSettings, stop: list[str], seed: int, tokenizer,
                  load_model: Callable[[str | None], Any], batch_tokens: int = 16384, dtype: str | None = None):
         super().__init__(sampling, stop, seed, tokenizer, batch_tokens)
         self.load_model, self.dtype = load_model, dtype

@@ -25,9 +25,9 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from soft_lightning.logs import quiet
-from soft_lightning.progress import no_progress
-from soft_lightning.sampler.base import Sampler
+from soft_lightning.sampler.base import SamplerBase
+from soft_lightning.utils.logs import quiet
+from soft_lightning.utils.progress import no_progress
 
 
 class SamplerProcessError(RuntimeError):
@@ -98,7 +98,7 @@ def _stop(proc, conn, timeout: float = 30.0) -> None:
     conn.close()
 
 
-class SamplerProcess(Sampler):
+class SamplerProcess(SamplerBase):
     """Runs `factory(**kwargs)` (a `Sampler` class and picklable arguments) in a spawned child.
 
     `pause()` stops the child and the next `generate` starts a new one: giving every byte back
@@ -107,7 +107,7 @@ class SamplerProcess(Sampler):
 
     process = "spawn"
 
-    def __init__(self, factory: type[Sampler], kwargs: dict[str, Any], poll_seconds: float = 1.0,
+    def __init__(self, factory: type[SamplerBase], kwargs: dict[str, Any], poll_seconds: float = 1.0,
                  visible_devices: str | None = None):
         self.factory, self.kwargs, self.poll_seconds = factory, kwargs, poll_seconds
         self.visible_devices = visible_devices  # CUDA_VISIBLE_DEVICES of the child (this rank's GPUs)

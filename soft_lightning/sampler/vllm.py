@@ -1,4 +1,4 @@
-"""The vLLM backend and its settings: one engine per process (or per tensor-parallel group of ranks), started once
+"""The vLLM backend: one engine per process (or per tensor-parallel group of ranks), started once
 per run and kept across rounds. The round's adapter reaches it either as a `LoRARequest`
 (`adapter_sync: lora`) or folded into the engine's own weights (`merged`: the weights are loaded
 into the running engine, which then decodes at the base model's speed, and its prefix cache is
@@ -10,48 +10,19 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from jsonargparse.typing import PositiveInt
-
-from soft_lightning.config_types import ShareUpToOne
-from soft_lightning.errors import ConfigError
-from soft_lightning.merge import AdapterMerger
-from soft_lightning.progress import no_progress
-from soft_lightning.sampler.base import AdapterSync, Sampler, SamplerProcessMode, SamplingConfig, make_record
+from soft_lightning.models.merge import AdapterMerger
+from soft_lightning.sampler.base import SamplerBase, make_record
+from soft_lightning.sampler.settings import AdapterSync, SamplerProcessMode, SamplingSettings, VLLMOptions
+from soft_lightning.utils.errors import ConfigError
+from soft_lightning.utils.progress import no_progress
 
 # vLLM's accepted `max_lora_rank` values (vllm.config.lora.MaxLoRARanks); checked without
 # importing vLLM so a bad rank fails in milliseconds.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-
-
-@dataclass
-class VLLMOptions:
-    """Engine settings for the vLLM backend.
-
-    Attributes:
-        gpu_memory_utilization: the share of GPU memory the engine takes (weights + KV cache);
-            on CPU the share of the RAM free when the engine starts that its KV cache takes.
-        kv_cache_memory_bytes: the KV cache's size in bytes, instead of sizing it from
-            gpu_memory_utilization (on CPU a size set here also skips vLLM's profiling pass).
-        max_model_len: prompt + response tokens the engine handles (null: the model's own).
-        dtype: the engine's weights; `auto` is the run's dtype (model.compute_dtype, resolved for
-            the device).
-        enforce_eager: no CUDA graphs (they start slower and hold memory; worth it for long runs).
-        tensor_parallel_size: ranks (GPUs) that share one engine, for models one GPU cannot hold.
-        sleep_between_rounds: between rounds, offload the engine's weights and drop its KV cache
-            so training on the same GPU gets the memory back (vLLM sleep mode: CUDA/ROCm only).
-    """
-
-    gpu_memory_utilization: ShareUpToOne = 0.3
-    kv_cache_memory_bytes: PositiveInt | None = None
-    max_model_len: PositiveInt | None = 2048
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    enforce_eager: bool = True
-    tensor_parallel_size: PositiveInt = 1
-    sleep_between_rounds: bool = False
 
 
 def vllm_lora_rank(rank: int) -> int:
@@ -61,7 +32,7 @@ def vllm_lora_rank(rank: int) -> int:
             return allowed
     raise ConfigError(
         f"model.lora_r={rank} is above the largest LoRA rank vLLM serves ({VLLM_LORA_RANKS[-1]}); "
-        "lower model.lora_r or use --bootstrap.sampler hf."
+        "lower model.lora_r or use --bootstrap.sampler.backend hf."
     )
 
 
@@ -70,12 +41,12 @@ def check_vllm_options(options: VLLMOptions, world: int = 1, process: SamplerPro
     or model loads."""
     if world > 1 and options.tensor_parallel_size > 1 and process == "spawn":
         raise ConfigError(
-            "bootstrap.vllm.tensor_parallel_size > 1 with several ranks needs bootstrap.sampler_process=inline "
+            "bootstrap.sampler.vllm.tensor_parallel_size > 1 with several ranks needs bootstrap.sampler.process=inline "
             "(the ranks of a group share one engine in their own processes); set it to inline."
         )
     if world > 1 and world % options.tensor_parallel_size:
         raise ConfigError(
-            f"bootstrap.vllm.tensor_parallel_size={options.tensor_parallel_size} must divide the run's "
+            f"bootstrap.sampler.vllm.tensor_parallel_size={options.tensor_parallel_size} must divide the run's "
             f"{world} ranks (each group of that many ranks shares one engine); change either."
         )
     if options.sleep_between_rounds:
@@ -83,11 +54,9 @@ def check_vllm_options(options: VLLMOptions, world: int = 1, process: SamplerPro
 
         if not current_platform.is_sleep_mode_available():
             raise ConfigError(
-                f"bootstrap.vllm.sleep_between_rounds needs vLLM sleep mode, which the "
+                f"bootstrap.sampler.vllm.sleep_between_rounds needs vLLM sleep mode, which the "
                 f"{current_platform.device_name} platform lacks; set it to false."
             )
-
-
 
 
 def empty_cuda_cache() -> None:
@@ -105,10 +74,10 @@ def current_platform_is_cpu() -> bool:
     return current_platform.is_cpu()
 
 
-class VLLMSampler(Sampler):
+class VLLMSampler(SamplerBase):
     name = "vllm"
 
-    def __init__(self, sampling: SamplingConfig, stop: list[str], seed: int, model_path: str, lora_rank: int,
+    def __init__(self, sampling: SamplingSettings, stop: list[str], seed: int, model_path: str, lora_rank: int,
                  options: VLLMOptions, trust_remote_code: bool = False, rank: int = 0, local_rank: int = 0,
                  world: int = 1, adapter_sync: AdapterSync = "lora"):
         super().__init__(sampling, stop, seed)
@@ -161,8 +130,8 @@ class VLLMSampler(Sampler):
                 from vllm import LLM
             except ImportError:
                 raise ConfigError(
-                    "bootstrap.sampler=vllm needs vLLM; install the 'cpu' or 'gpu' extra "
-                    "(`pip install -e .[cpu]`) or use --bootstrap.sampler hf."
+                    "bootstrap.sampler.backend=vllm needs vLLM; install the 'cpu' or 'gpu' extra "
+                    "(`pip install -e .[cpu]`) or use --bootstrap.sampler.backend hf."
                 ) from None
             options = asdict(self.options)
             sleep = options.pop("sleep_between_rounds")

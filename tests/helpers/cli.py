@@ -54,7 +54,7 @@ def tiny_run_args(model: str, out_dir: Path, sampler: str, *extra: str) -> list[
     return [
         "fit", "--config", str(ROOT / "configs" / "demo.yaml"),
         "--model.model_name_or_path", model,
-        "--bootstrap.sampler", sampler,
+        "--bootstrap.sampler.backend", sampler,
         "--bootstrap.out_dir", str(out_dir),
         "--data.prompts_per_round", "6",
         "--data.val_limit", "4",
@@ -96,6 +96,6 @@ def run_ok(*cli_args, **kw) -> subprocess.CompletedProcess:
 
 
 def round_ids(out, rounds=(0, 1)) -> list[list[str]]:
-    from soft_lightning.store import RoundStore
+    from soft_lightning.rounds.store import RoundStore
 
     return [[rec["id"] for rec in RoundStore(out).read_records(r)] for r in rounds]
