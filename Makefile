@@ -49,6 +49,6 @@ gpu-kit: $(VENV)/.installed
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_24_x86_64 --python-version 3.12 \
 	  -d gpu-kit/wheels bitsandbytes==0.50.2 jsonargparse==4.53.0 docstring-parser==0.18.0 typeshed-client==2.15.0 \
 	  torchdata==0.11.0 pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 pytest-timeout==2.4.0
-	$(PY) -c "from soft_lightning.models import resolve_model, load_tokenizer; \
+	$(PY) -c "from soft_lightning.models.source import resolve_model, load_tokenizer; \
 	  load_tokenizer(resolve_model('smollm2-135m-instruct')).save_pretrained('gpu-kit/tokenizer')"
 	du -sh gpu-kit

@@ -61,6 +61,18 @@ CASES = {
                                             "empty-model/config.json is not valid JSON with a 'model_type'"),
     "trainer.default_root_dir": (["--trainer.default_root_dir", "{tmp}/logs"],
                                  "trainer.default_root_dir follows bootstrap.out_dir"),
+    "a renamed key": (["--bootstrap.icl_examples", "2"],
+                      "--bootstrap.icl_examples (in the command line) is now --bootstrap.icl.examples; rename it there"),
+    "a key that became a section": (["--bootstrap.sampler", "hf"],
+                                    "--bootstrap.sampler hf (in the command line) is now --bootstrap.sampler.backend hf"),
+    "a renamed key in a config file": (["--config", "{tmp}/old.yaml"],
+                                       "bootstrap.icl_pool (in {tmp}/old.yaml) is now bootstrap.icl.pool"),
+    "an old class path in a config file": (["--config", "{tmp}/old-class.yaml"],
+                                           "class_path callbacks.paired_early_stopping.PairedEarlyStopping (in "
+                                           "{tmp}/old-class.yaml) is now soft_lightning.callbacks.PairedEarlyStopping"),
+    "a run started before the identity held every setting": (
+        ["--ckpt_path", "last", "--config", "{tmp}/out-v1.yaml"],
+        "was started by an earlier soft_lightning whose plan.json records fewer settings"),
     "missing seed tasks": (["--bootstrap.prompt_synthesis.per_round", "2", "--bootstrap.prompt_synthesis.seed_tasks",
                             "{tmp}/no-seeds.jsonl"],
                            "bootstrap.prompt_synthesis.seed_tasks: file {tmp}/no-seeds.jsonl does not exist"),
@@ -78,6 +90,14 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(case, tmp_path, capsys,
     (tmp_path / "latin1.jsonl").write_bytes(b'{"prompt": "fine"}\n{"prompt": "caf\xe9"}\n')
     write_jsonl(tmp_path / "icl.jsonl", [{"id": "x", "prompt": "q", "response": "  "}])
     write_jsonl(tmp_path / "icl-dups.jsonl", [{"id": "x", "prompt": "q", "response": "a"}] * 2)
+    (tmp_path / "old.yaml").write_text("bootstrap:\n  icl_pool: rules\n")
+    (tmp_path / "old-class.yaml").write_text("trainer:\n  callbacks:\n    - class_path: "
+                                             "callbacks.paired_early_stopping.PairedEarlyStopping\n")
+    # A run folder from before the identity held every setting (its plan has no version).
+    (tmp_path / "out-v1").mkdir()
+    (tmp_path / "out-v1" / "plan.json").write_text(json.dumps({"identity": {"model": "m", "seed": 0}, "rounds": [[]],
+                                                               "pool": {}}))
+    (tmp_path / "out-v1.yaml").write_text(f"bootstrap:\n  out_dir: {tmp_path / 'out-v1'}\n")
     (tmp_path / "empty-model").mkdir()
     (tmp_path / "empty-model" / "config.json").write_text("{}")
     extra, expected = CASES[case]
@@ -114,7 +134,7 @@ def test_out_dir_of_another_run_is_refused_unless_resumed(tmp_path, tiny_model, 
     assert f"bootstrap.out_dir: {out} already holds a run; resume it with --ckpt_path last" in message
     other = fails(capsys, tiny_run_args(tiny_model, out, "hf", "--bootstrap.rounds", "1", "--bootstrap.seed", "7",
                                         "--ckpt_path", "last"))
-    assert "holds a different run (seed changed since it started)" in other
+    assert "holds a different run (bootstrap.seed changed since it started)" in other
 
 
 PARSER_CASES = {  # refused by jsonargparse from the types of the constructor arguments

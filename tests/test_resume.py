@@ -9,8 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from soft_lightning.rounds.filters import FilterSettings
+from soft_lightning.rounds.icl import IclSettings
 from soft_lightning.rounds.store import RoundStore
-from soft_lightning.sampler import SamplerSettings
+from soft_lightning.sampler import SamplerSettings, SamplingSettings
 from tests.helpers.cli import ORDERINGS, ROOT, resume_args, round_ids, run_cli, run_ok
 
 pytestmark = pytest.mark.slow
@@ -163,8 +165,10 @@ def test_resumed_weights_and_optimizer_equal_the_checkpoint(tiny_model, tmp_path
                         tokenizer=tiny_model, batch_size=2, max_prompt_tokens=256, max_length=512)  # demo.yaml's
     trainer = L.Trainer(accelerator="cpu", max_epochs=4, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, reload_dataloaders_every_n_epochs=1,
-                        callbacks=[BootstrapCallback(rounds=2, epochs_per_round=2, out_dir=str(out),
-                                      sampler=SamplerSettings(backend="hf"))])
+                        callbacks=[BootstrapCallback(  # the CLI run's bootstrap settings (demo.yaml + tiny_run_args)
+                            rounds=2, epochs_per_round=2, out_dir=str(out), sampler=SamplerSettings(backend="hf"),
+                            icl=IclSettings(principles="rules", pool="rules"),
+                            sampling=SamplingSettings(max_new_tokens=12), filters=FilterSettings(truncated="keep"))])
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path))  # already finished: restores, trains nothing
     assert ckpt["state_dict"] and all("lora_" in k for k in ckpt["state_dict"]), "the checkpoint holds LoRA only"
     restored = module.state_dict()

@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from soft_lightning.models.precision import resolve
-from soft_lightning.rounds.store import RoundStore, sha256_file
+from soft_lightning.rounds.store import RoundStore
+from soft_lightning.utils.files import sha256_file
 from tests.helpers.cli import run_cli, tiny_run_args
 
 RECORD_FIELDS = {"id", "prompt", "response", "icl_ids", "n_tokens", "finish_reason", "mean_logprob", "kept"}
@@ -89,4 +90,5 @@ def test_checkpoints_hold_the_adapter_and_the_loop_position_only(finished_run):
     plan = json.loads((out / "plan.json").read_text())
     assert [[p["id"] for p in s] for s in plan["rounds"]] == [[rec["id"] for rec in RoundStore(out).read_records(r)]
                                                               for r in (0, 1)]
-    assert plan["identity"]["prompts_per_round"] == 6 and len(plan["identity"]["prompts_sha256"]) == 64
+    settings = plan["identity"]["settings"]
+    assert settings["data.prompts_per_round"] == 6 and len(settings["data.prompts"]) == 64

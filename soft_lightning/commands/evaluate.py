@@ -160,7 +160,7 @@ def evaluate_principles(out_dir: str, rounds: str, prompts: str, principles: str
     from soft_lightning.rounds.icl import Principles
     from soft_lightning.signals import zero_shot
 
-    checks = Principles.load(principles).checks
+    checks = Principles.load(principles, key="evaluate --principles").checks
     if checks is None:
         raise ConfigError(f"evaluate --principles: {principles!r} has no `checks` section; use rules or a JSON "
                           "principles file with one.")

@@ -94,10 +94,10 @@ class Principles:
     checks: RuleChecks | None = None
 
     @classmethod
-    def load(cls, path: str) -> Principles:
-        """From JSON {preamble, principles, checks?} or a text file; `default` and `rules` are bundled."""
-        key = "bootstrap.icl.principles"
-        file = Path(bundled(key, path))
+    def load(cls, path: str, key: str = "bootstrap.icl.principles") -> Principles:
+        """From JSON {preamble, principles, checks?} or a text file; `default` and `rules` are bundled.
+        `key` names the setting in errors."""
+        file = Path(bundled("bootstrap.icl.principles", path))
         if not file.is_file():
             raise ConfigError(f"{key}: file {file} does not exist; give a .json or .txt file.")
         text = file.read_text(encoding="utf-8")

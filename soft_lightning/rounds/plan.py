@@ -126,7 +126,7 @@ def run_identity(sections: dict[str, dict]) -> dict:
     ({section: {setting: value}}): every setting but those LEFT_OUT, the files' digests instead of
     their paths, and the settings of a feature that is off dropped (they change nothing)."""
     flat = {k: v for section, settings in sections.items() for k, v in flatten(section, settings).items()
-            if not _left_out(k)}
+            if not _left_out(k) and "._" not in k}  # (`_instantiator`: LightningCLI's, not a setting)
     if not flat.get("bootstrap.prompt_synthesis.per_round"):
         flat = {k: v for k, v in flat.items() if not k.startswith("bootstrap.prompt_synthesis.") or k.endswith(
             ".per_round")}

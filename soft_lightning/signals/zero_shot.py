@@ -16,6 +16,7 @@ from pathlib import Path
 from jsonargparse.typing import PositiveInt
 
 from soft_lightning.models.formats import PromptFormat
+from soft_lightning.models.source import load_tokenizer
 from soft_lightning.sampler import ZERO_SHOT, GenerationRequest, Policy, SamplerSettings, SamplingSettings, make_sampler
 from soft_lightning.signals.adherence import Adherence, RuleChecks
 from soft_lightning.utils.assets import bundled
@@ -101,14 +102,15 @@ def evaluate_model(source: str, adapter: Path | None, settings: ZeroShot, checks
                    device: str) -> dict:
     """Zero-shot adherence of one model outside a run (`evaluate --tasks principles`): the base
     (or an exported folder) with `adapter` merged into a `dtype` copy, greedy, on the hf backend."""
+    tokenizer = load_tokenizer(source)
     sampler = make_sampler(SamplerSettings(backend="hf", adapter_sync="merged"), Policy(source, dtype, device),
-                           sampling=settings.sampling())
+                           sampling=settings.sampling(), tokenizer=tokenizer)
     sampler.sync_weights(adapter)
 
     def generate(requests, sampling):
         return sampler.generate(requests, round_index=0, sampling=sampling)
 
-    fmt = PromptFormat(sampler.tokenizer)
+    fmt = PromptFormat(tokenizer)
     result = measure(generate, settings.load_prompts(key="evaluate --prompts"), fmt, checks, settings)
     return {**result, "model": source, "adapter": str(adapter) if adapter else None, "dtype": dtype,
             "backend": "hf"}

@@ -73,7 +73,7 @@ class SoftModule(L.LightningModule):
         model_name_or_path: HF folder, `.gguf` file, short name (`smollm2-135m-instruct`) or hub id.
         quantization: `nf4` (4-bit NormalFloat, QLoRA) or `none` (full-precision base, debugging).
         compute_dtype: the run's one dtype: 4-bit matmuls, the unquantised base, generation and
-            scoring. `auto` picks it from the device (see soft_lightning/precision.py): bf16 where
+            scoring. `auto` picks it from the device (see soft_lightning/models/precision.py): bf16 where
             the GPU or CPU has native bf16, else float16 on older GPUs and float32 on CPUs.
         double_quant: quantise the quantisation constants too (QLoRA's double quantisation).
         lora_r: LoRA rank (Dromedary-2 used 64).
