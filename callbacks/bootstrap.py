@@ -40,7 +40,6 @@ from soft_lightning.sampler import (
 from soft_lightning.signals import zero_shot
 from soft_lightning.signals.zero_shot import ZeroShot
 from soft_lightning.utils.distributed import any_rank, sigterm_without_collectives
-from soft_lightning.utils.errors import ConfigError
 from soft_lightning.utils.faults import kill_point
 
 
@@ -66,7 +65,8 @@ class BootstrapCallback(L.Callback):
             `per_round` > 0; see synthesis.PromptSynthesis).
         generation_chunk: prompts per sampler call; each chunk is on disk before the next starts.
         zero_shot: held-out prompts the model answers zero-shot after every round (and the base
-            model at the start), checked against the principles: `val/adherence` (see zero_shot.py).
+            model at the start), scored by every quality signal: `val/aligned`, the collapse guard's
+            monitor, and the rest (see signals/zero_shot.py).
     """
 
     def __init__(
@@ -92,10 +92,6 @@ class BootstrapCallback(L.Callback):
         check_ordering(across_rounds, "bootstrap.across_rounds", prompts_only=True)
         # Small files, read now so a missing or malformed one fails before any model loads.
         principles, examples = Principles.load(icl.principles), load_icl_pool(icl.pool)
-        if zero_shot.prompts and principles.checks is None:
-            raise ConfigError(f"bootstrap.zero_shot.prompts needs principles a rule can check, but {icl.principles!r} "
-                              "has no `checks` section; use bootstrap.icl.principles rules or set zero_shot.prompts "
-                              "null.")
         self.run = SoftRun(
             settings=settings, store=RoundStore(out_dir), rounds=rounds, epochs_per_round=epochs_per_round, seed=seed,
             sampler_settings=sampler, sampling=sampling, icl=icl, principles=principles, examples=examples,
@@ -157,7 +153,7 @@ class BootstrapCallback(L.Callback):
             raise SIGTERMException()
 
     def on_validation_epoch_end(self, trainer, pl_module):
-        """A round's last validation: its zero-shot adherence, logged for the collapse guard."""
+        """A round's last validation: its zero-shot answers' signals, logged for the collapse guard."""
         run = self.run
         if (not run.zero_shot_prompts or trainer.sanity_checking or trainer.state.fn != "fit"
                 or (trainer.current_epoch + 1) % run.epochs_per_round):
@@ -167,7 +163,7 @@ class BootstrapCallback(L.Callback):
         with torch.inference_mode(False):
             result = run.zero_shot_answers(trainer, r, run.store.adapter_dir(r))
         for name, value in zero_shot.metrics(result).items():
-            pl_module.log(name, value, prog_bar=name == "val/adherence")
+            pl_module.log(name, value, prog_bar=name == "val/aligned")
 
     def on_exception(self, trainer, pl_module, exception):
         if isinstance(exception, SIGTERMException):  # preempted: the next start resumes from here
@@ -189,7 +185,7 @@ class BootstrapCallback(L.Callback):
         base = store.read_zero_shot("base")
         rank_zero_info("[soft] per-round summary (train_s includes validation)\n"
                        + table.format_table(table.rows(store), store.best_round())
-                       + (f"\nbase model: zero-shot adherence {zero_shot.summary(base)}" if base else ""))
+                       + (f"\nbase model zero-shot: {zero_shot.summary(base)}" if base else ""))
 
     def teardown(self, trainer, pl_module, stage):
         if self.run.sampler is not None:

@@ -33,6 +33,7 @@ RUN_COMMANDS = {
     "evaluate": "soft_lightning.commands.evaluate:evaluate",  # lm-evaluation-harness scores of the rounds
     "export": "soft_lightning.commands.export:export",  # a round merged into a model folder
     "report": "soft_lightning.commands.report:build_report",  # report.html with answers side by side
+    "score": "soft_lightning.commands.score:score",  # every quality signal of any answers file
 }
 
 
@@ -104,7 +105,10 @@ def main(args: list[str] | None = None) -> None:
         check_renamed(args)
         if args[:1] and args[0] in RUN_COMMANDS:  # commands on a finished run: no Trainer involved
             module, function = RUN_COMMANDS[args[0]].split(":")
-            CLI(getattr(importlib.import_module(module), function), args=args[1:],
+            rest = args[1:]
+            if args[0] == "score" and rest[:1] and not rest[0].startswith("-"):  # `score ANSWERS.jsonl`
+                rest = ["--answers", *rest]
+            CLI(getattr(importlib.import_module(module), function), args=rest,
                 prog=f"python -m soft_lightning {args[0]}")
             return
         SoftCLI(SoftModule, SoftDataModule, args=args, auto_configure_optimizers=False,

@@ -86,7 +86,7 @@ def evaluate(out_dir: str, rounds: str = "all", data: str = "demo", limit: int |
              tasks: Literal["both", "mc1", "mc2", "principles"] = "both",
              dtype: ComputeDtype = "auto", device: str = "auto",
              batch_size: int = 8, model: str | None = None, prompts: str = "rules-test",
-             principles: str = "rules") -> None:
+             safety: str | None = "rules-safety-test", principles: str | None = "rules") -> None:
     """Score a run's rounds with lm-evaluation-harness (or their zero-shot principle adherence)
     and add the results to its round table.
 
@@ -105,13 +105,17 @@ def evaluate(out_dir: str, rounds: str = "all", data: str = "demo", limit: int |
         device: `auto` (the GPU where there is one), `cpu`, `cuda`, `cuda:1`, ...
         batch_size: lm-eval's batch size.
         model: the base model, if not the run's (its plan's `model`).
-        prompts: for `--tasks principles`, held-out {prompt, harmful?} JSONL the model answers
-            zero-shot (greedy, in the training chat format, no principles or examples);
-            `rules-test` (default) and `rules` (validation) are the bundled splits. `limit` applies.
-        principles: the principle set whose `checks` judge the answers (`rules` is bundled).
+        prompts: for `--tasks principles`, held-out {prompt, harmful?, reference?} JSONL the model
+            answers zero-shot (greedy, in the training chat format, no principles or examples),
+            scored by every quality signal; `rules-test` (default) and `rules` (validation) are the
+            bundled splits. `limit` applies (taken in turn from each kind of prompt).
+        safety: for `--tasks principles`, the safety prompts answered too (`rules-safety-test`,
+            the bundled test half; null: none).
+        principles: the principle set whose rule checks count (`rules` is bundled; null: none).
     """
     if tasks == "principles":
-        return evaluate_principles(out_dir, rounds, prompts, principles, limit, dtype, device, model)
+        return evaluate_principles(out_dir, rounds, prompts, safety, principles, limit, dtype, device, model,
+                                   batch_size)
     try:
         import lm_eval  # noqa: F401
     except ImportError:
@@ -153,19 +157,18 @@ def _chosen_rounds(rounds: str, store: RoundStore) -> list[int | str]:
     return list(dict.fromkeys(chosen))
 
 
-def evaluate_principles(out_dir: str, rounds: str, prompts: str, principles: str, limit: int | None, dtype: str,
-                        device: str, model: str | None) -> None:
-    """`evaluate --tasks principles`: each chosen round's (or an export's) zero-shot adherence on
-    `prompts`, per rule with 95% intervals, into `principles_eval.json` and the round table."""
+def evaluate_principles(out_dir: str, rounds: str, prompts: str, safety: str | None, principles: str | None,
+                        limit: int | None, dtype: str, device: str, model: str | None, batch_size: int) -> None:
+    """`evaluate --tasks principles`: each chosen round's (or an export's) zero-shot answers on
+    `prompts` (and `safety`), with every quality signal and the rules per rule, 95% intervals,
+    into `principles_eval.json` and the round table; then the template control on the same prompts."""
+    from soft_lightning.commands.score import control_answers, score_records
     from soft_lightning.rounds.icl import Principles
     from soft_lightning.signals import zero_shot
 
-    checks = Principles.load(principles, key="evaluate --principles").checks
-    if checks is None:
-        raise ConfigError(f"evaluate --principles: {principles!r} has no `checks` section; use rules or a JSON "
-                          "principles file with one.")
-    settings = zero_shot.ZeroShot(prompts=prompts, limit=limit)
-    settings.load_prompts(key="evaluate --prompts")  # checked before any model loads
+    checks = Principles.load(principles, key="evaluate --principles").checks if principles else None
+    settings = zero_shot.ZeroShot(prompts=prompts, limit=limit, safety=safety)
+    held_out = settings.load_prompts(key="evaluate --prompts")  # checked before any model loads
     dtype, device = command_numerics(dtype, device)
     folder, store = Path(out_dir), RoundStore(out_dir)
     plan = store.read_plan()
@@ -174,14 +177,20 @@ def evaluate_principles(out_dir: str, rounds: str, prompts: str, principles: str
             raise ConfigError(f"evaluate: {out_dir} is neither a run (no plan.json) nor a model folder (no "
                               "config.json); give a run's out_dir or an export.")
         targets = [("export", folder / "principles_eval.json", str(folder), None)]
+        base_source = str(folder)
     else:
-        source = resolve_model(model or plan.setting("model.model_name_or_path"))
-        targets = [(r, store.principles_eval_path(r), source, None if r == "base" else store.adapter_dir(r))
+        base_source = resolve_model(model or plan.setting("model.model_name_or_path"))
+        targets = [(r, store.principles_eval_path(r), base_source, None if r == "base" else store.adapter_dir(r))
                    for r in _chosen_rounds(rounds, store)]
     for name, path, source, adapter in targets:
-        result = zero_shot.evaluate_model(source, adapter, settings, checks, dtype=dtype, device=device)
+        result = zero_shot.evaluate_model(source, adapter, settings, checks, dtype=dtype, device=device,
+                                          batch_size=batch_size)
         write_json_atomic(path, result)
         label = {"base": "base model", "export": f"export {out_dir}"}.get(name, f"round {name}")
-        print(f"[soft] {label}: zero-shot adherence on {prompts} {zero_shot.summary(result)} -> {path}")
+        print(f"[soft] {label} on {prompts}: {zero_shot.summary(result)} -> {path}")
+    template = score_records(control_answers("template", held_out), model=base_source, principles=principles,
+                             relevance=settings.relevance, dtype=dtype, device=device, batch_size=batch_size)
+    print(f"[soft] template control on {prompts}: {zero_shot.summary(template)}")
     if plan is not None:
+        write_json_atomic(store.root / "template_principles_eval.json", template)
         refresh_table(store)

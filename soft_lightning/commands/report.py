@@ -36,6 +36,7 @@ table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding
 th{background:#f3f3f3}.num{text-align:right;font-variant-numeric:tabular-nums}.best{background:#eef7ee}
 .answers td{white-space:pre-wrap;max-width:28em;font-size:13px}.prompt{font-weight:600;background:#fafafa}
 .dropped{color:#a33}.written{color:#36a}details{margin:.3em 0}summary{cursor:pointer}code{font-size:12px;color:#555}
+.marks{font-size:12px;color:#555;margin-top:.4em;white-space:normal}
 """
 
 
@@ -100,7 +101,9 @@ def write_report(store: RoundStore, plan: RunPlan, answers: dict[int | str, list
         parts.append(f"<img alt='metrics per round' src='data:image/png;base64,{data}'>")
     parts += ["<h2>The same held-out prompts, answered by each round</h2>",
               "<p>Prompts no round trained on; plain questions (no principles, no examples), greedy decoding. "
-              "Round <i>r</i> is the model after round <i>r</i>'s training.</p>", _side_by_side(answers, prompts),
+              "Round <i>r</i> is the model after round <i>r</i>'s training. Under each answer its marks "
+              "(docs/collapse-guard.md): ✓/✗ aligned, rules, relevant, correct (where the prompt has a "
+              "reference) and refusal.</p>", _side_by_side(answers, prompts),
               "<h2>Each round's training pairs</h2>"]
     parts += [_round_data(store, plan, r) for r in (row["round"] for row in rows)]
     parts.append("</body></html>")
@@ -116,25 +119,40 @@ def build_report(out_dir: str, answers: int = 6, max_new_tokens: int = REPORT.ma
 
     Args:
         out_dir: the run's out_dir.
-        answers: how many held-out prompts every model answers (0: none; the answers are generated
-            once per model and kept in the store).
-        max_new_tokens: the answers' length cap (tokens).
-        sampler: `hf` (transformers, the adapter merged into a full-precision copy) or `vllm`.
+        answers: how many held-out answers per model are shown side by side (0: none): the run's
+            own zero-shot answers, with their signals; a run without them has pool prompts no round
+            drew answered now (once per model, kept in the store).
+        max_new_tokens: the generated answers' length cap (tokens).
+        sampler: where answers are generated: `hf` (the adapter merged into a full-precision copy) or `vllm`.
         dtype: the answering model's dtype (`auto`: as a run on `device` picks it, precision.py).
         device: `auto` (the GPU where there is one), `cpu`, `cuda`, ...
     """
     store, plan = RoundStore.open_run(out_dir, "report")
-    source, (dtype, device) = resolve_model(plan.setting("model.model_name_or_path")), command_numerics(dtype, device)
-    tokenizer = load_tokenizer(source)
-    prompts = held_out_prompts(plan, answers, tokenizer)
-    if answers and not prompts:
-        print("[soft] report: every prompt of the pool went to a round; no held-out prompts to answer.")
-    made = {}
-    if prompts:
-        made = generate_answers(store, ["base", *store.finished_rounds()], prompts, source=source,
-                                tokenizer=tokenizer, sampler=sampler, max_new_tokens=max_new_tokens, dtype=dtype,
-                                device=device)
+    models = ["base", *store.finished_rounds()]
+    prompts, made = zero_shot_answers(store, models, answers)
+    if not prompts and answers:  # a run without zero-shot answers: generate for held-out pool prompts
+        source = resolve_model(plan.setting("model.model_name_or_path"))
+        dtype, device = command_numerics(dtype, device)
+        tokenizer = load_tokenizer(source)
+        prompts = held_out_prompts(plan, answers, tokenizer)
+        if not prompts:
+            print("[soft] report: every prompt of the pool went to a round; no held-out prompts to answer.")
+        else:
+            made = generate_answers(store, models, prompts, source=source, tokenizer=tokenizer, sampler=sampler,
+                                    max_new_tokens=max_new_tokens, dtype=dtype, device=device)
     print(f"[soft] report -> {write_report(store, plan, made, prompts)}")
+
+
+def zero_shot_answers(store: RoundStore, models: list[int | str], count: int) -> tuple[list[dict], dict]:
+    """`count` of the zero-shot answers the run already holds (base and every round, with their
+    signals), spread over the held-out and safety prompts; nothing when a model lacks them."""
+    results = {m: store.read_zero_shot(m) for m in models}
+    if not count or any(result is None for result in results.values()):
+        return [], {}
+    records = results["base"]["records"]
+    picked = sorted({round(i * len(records) / count) for i in range(min(count, len(records)))})
+    prompts = [{"id": records[i]["id"], "prompt": records[i]["prompt"]} for i in picked]
+    return prompts, {m: [result["records"][i] for i in picked] for m, result in results.items()}
 
 
 def _answers_path(store: RoundStore, m: int | str) -> Path:
@@ -157,9 +175,21 @@ def _side_by_side(answers: dict[int | str, list[dict]], prompts: list[dict]) -> 
     body = []
     for i, prompt in enumerate(prompts):
         cells = "".join(f"<td title='{answers[m][i]['n_tokens']} tokens, {answers[m][i]['finish_reason']}'>"
-                        f"{html.escape(answers[m][i]['response'])}</td>" for m in models)
+                        f"{html.escape(answers[m][i]['response'])}{_marks(answers[m][i])}</td>" for m in models)
         body.append(f"<tr class=answers><td class=prompt>{html.escape(prompt['prompt'])}</td>{cells}</tr>")
     return f"<table id=side-by-side><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _marks(record: dict) -> str:
+    """An answer's signals as ✓/✗ (those that apply to it)."""
+    signals = record.get("signals")
+    if not signals:
+        return ""
+    shown = [(name, signals[name]) for name in ("aligned", "rules", "relevant", "correct", "refusal")
+             if signals.get(name) is not None]
+    marks = " ".join(f"{'✓' if value else '✗'} {name}" for name, value in shown)
+    label = "harmful prompt" if record.get("harmful") else ""
+    return f"<div class=marks>{marks}{' · ' + label if label else ''}</div>"
 
 
 def _round_data(store: RoundStore, plan: RunPlan, r: int) -> str:

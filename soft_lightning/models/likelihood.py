@@ -6,11 +6,29 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import DynamicCache
 
+from soft_lightning.models.encoding import Encoder
 from soft_lightning.utils.progress import Progress, no_progress
+
+
+@dataclass
+class Forward:
+    """What a forward pass outside training needs: the encoder, the policy model, the sequences
+    per pass, and the strategy whose ranks split the items (None: one process)."""
+
+    encoder: Encoder
+    model: Any
+    batch_size: int
+    strategy: Any = None
+
+    def args(self) -> dict[str, Any]:
+        return {"encoder": self.encoder, "model": self.model, "batch_size": self.batch_size,
+                "strategy": self.strategy}
 
 
 def trunk_and_head(model) -> tuple[Callable[..., torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:

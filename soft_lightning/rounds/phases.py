@@ -15,10 +15,10 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from soft_lightning.models.encoding import Encoder
 from soft_lightning.models.formats import PromptFormat
+from soft_lightning.models.likelihood import Forward
 from soft_lightning.rounds import curriculum
 from soft_lightning.rounds.curriculum import Ordering
 from soft_lightning.rounds.filters import FilterSettings, drop_reason
@@ -30,21 +30,6 @@ from soft_lightning.signals.diagnostics import generation_diagnostics
 from soft_lightning.utils.distributed import gather_objects
 from soft_lightning.utils.faults import kill_point
 from soft_lightning.utils.progress import no_progress, progress_bar
-
-
-@dataclass
-class Forward:
-    """What a forward pass outside training needs: the encoder, the policy model, the sequences
-    per pass, and the strategy whose ranks split the items (None: one process)."""
-
-    encoder: Encoder
-    model: Any
-    batch_size: int
-    strategy: Any = None
-
-    def args(self) -> dict[str, Any]:
-        return {"encoder": self.encoder, "model": self.model, "batch_size": self.batch_size,
-                "strategy": self.strategy}
 
 
 @dataclass

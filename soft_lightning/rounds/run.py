@@ -16,11 +16,12 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from soft_lightning.models.likelihood import Forward
 from soft_lightning.rounds import curriculum, phases, synthesis, table
 from soft_lightning.rounds.curriculum import Ordering
 from soft_lightning.rounds.filters import FilterSettings
 from soft_lightning.rounds.icl import Example, IclSettings, Principles
-from soft_lightning.rounds.phases import Forward, RoundFacts
+from soft_lightning.rounds.phases import RoundFacts
 from soft_lightning.rounds.plan import RunPlan, plan_to_write, run_identity
 from soft_lightning.rounds.store import RoundStore
 from soft_lightning.rounds.synthesis import PromptSynthesis, SeedTask
@@ -179,7 +180,8 @@ class SoftRun:
 
     def zero_shot_answers(self, trainer, r: int | str, adapter: Path | None) -> dict:
         """Greedy zero-shot answers to the held-out prompts (split over the ranks), checked against
-        the principles; rank 0 writes them to the store."""
+        the principles and scored by every quality signal (split over the ranks too); rank 0
+        writes them to the store."""
         def generate(requests, sampling):
             return phases.generate_everywhere(self.sampler, requests, r=0 if r == "base" else r,
                                               strategy=trainer.strategy, sampling=sampling,
@@ -189,12 +191,12 @@ class SoftRun:
 
         engine_start = self.sampler.start()  # the run's first generation: started and warmed outside the timing
         result = zero_shot.measure(generate, self.zero_shot_prompts, trainer.datamodule.encoder.format,
-                                   self.principles.checks, self.zero_shot)
+                                   self.principles.checks, self.zero_shot, self.forward(trainer))
         result["engine_start_seconds"] = round(engine_start, 3)
         self.sampler.pause()
         if trainer.is_global_zero:
             self.store.write_zero_shot(r, result)
-        rank_zero_info(f"[soft] {'base model' if r == 'base' else f'round {r}'}: zero-shot adherence "
+        rank_zero_info(f"[soft] {'base model' if r == 'base' else f'round {r}'} zero-shot: "
                        + zero_shot.summary(result))
         return result
 

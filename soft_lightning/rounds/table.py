@@ -17,9 +17,17 @@ from soft_lightning.signals import stats
 from soft_lightning.utils.files import write_bytes_atomic
 
 TABLE_COLUMNS = ["round", "prompts_written", "pool_size", "kept", "tokens_generated", "generation_s", "train_s",
-                 "train/loss", "val/loss", "fewshot/adherence", "val/adherence", "adherence 95% CI", "eval/adherence",
-                 "val/mc_acc", "mc_acc 95% CI", "vs best", "val/mc_margin",
-                 "lm_eval/mc1/acc", "lm_eval/mc2/mc2", "gen/entropy", "gen/distinct2"]
+                 "train/loss", "val/loss", "val/aligned", "aligned 95% CI", "vs best", "val/relevance", "val/correct",
+                 "val/correct_and_rules", "val/refusal_recall", "val/false_refusal", "val/capability",
+                 "fewshot/adherence", "val/adherence", "eval/aligned", "eval/adherence", "val/mc_acc", "mc_acc 95% CI",
+                 "val/mc_margin", "lm_eval/mc1/acc", "lm_eval/mc2/mc2", "gen/entropy", "gen/distinct2"]
+# The zero-shot signals a paired comparison can take per answer: metric -> the answers it covers
+# and what each contributes.
+PER_ANSWER = {
+    "val/aligned": (lambda rec: True, lambda rec: rec["signals"]["aligned"]),
+    "val/relevance": (lambda rec: not rec.get("harmful"), lambda rec: bool(rec["signals"]["relevant"])),
+    "val/adherence": (lambda rec: rec.get("set") != "safety" and "checks" in rec, lambda rec: rec["checks"]["all"]),
+}
 
 
 def monitor(trainer) -> tuple[str | None, str]:
@@ -93,11 +101,13 @@ def adherence_fields(prefix: str, rates: dict | None) -> dict:
 
 
 def per_item(store: RoundStore, r: int, manifest: dict, metric: str | None) -> list[int] | None:
-    """Round r's per-item results behind `metric`, for paired tests: each held-out prompt's
-    zero-shot adherence (every rule) for `val/adherence*`, else each multiple-choice item's."""
-    if metric and metric.startswith("val/adherence"):
-        result = store.read_zero_shot(r)
-        return [int(rec["checks"]["all"]) for rec in result["records"]] if result else None
+    """Round r's per-item results behind `metric`, for paired tests: each zero-shot answer's mark
+    for the signals in PER_ANSWER (`val/adherence_*` counts as `val/adherence`), else each
+    multiple-choice item's."""
+    key = "val/adherence" if metric and metric.startswith("val/adherence") else metric
+    if key in PER_ANSWER:
+        result, (covers, hit) = store.read_zero_shot(r), PER_ANSWER[key]
+        return [int(hit(rec)) for rec in result["records"] if covers(rec)] if result else None
     return (manifest.get("validation") or {}).get("correct")
 
 
@@ -117,14 +127,18 @@ def rows(store: RoundStore, found: dict[int, dict] | None = None, compare: bool 
 
 
 def zero_shot_fields(store: RoundStore, r: int | str) -> dict:
-    """Round r's zero-shot adherence: the validation split's interval and per-rule rates (the rate
-    itself is the logged `val/adherence`), and `eval/adherence*` from `evaluate --tasks principles`."""
-    result = store.read_zero_shot(r)
-    fields = adherence_fields("val/adherence", result["adherence"]) if result else {}
-    path = store.principles_eval_path(r)
-    evaluated = json.loads(path.read_text(encoding="utf-8"))["adherence"] if path.is_file() else None
+    """Round r's zero-shot signals beyond the logged rates: the intervals of aligned and of the
+    rules, the per-rule rates; and `eval/*` from `evaluate --tasks principles`."""
+    result = store.read_zero_shot(r) or {}
+    fields = adherence_fields("val/adherence", result.get("adherence"))
+    aligned = result.get("quality", {}).get("aligned")
+    if aligned and aligned["n"]:
+        fields.update({"val/aligned_low": aligned["ci95"][0], "val/aligned_high": aligned["ci95"][1]})
     fields.pop("val/adherence", None)
-    return {**fields, **adherence_fields("eval/adherence", evaluated)}
+    path = store.principles_eval_path(r)
+    evaluated = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    quality = {f"eval/{name}": q["rate"] for name, q in evaluated.get("quality", {}).items()}
+    return {**fields, **adherence_fields("eval/adherence", evaluated.get("adherence")), **quality}
 
 
 def best_monitor(store: RoundStore) -> str | None:
@@ -203,7 +217,7 @@ def write_plot(rows: list[dict], path: Path, metric: str | None, best_round: int
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = list(dict.fromkeys(m for m in (metric, "val/adherence", "val/mc_acc", "gen/entropy", "gen/distinct2")
+    panels = list(dict.fromkeys(m for m in (metric, "val/aligned", "val/adherence", "val/mc_acc", "gen/entropy")
                                 if m and any(row.get(m) is not None for row in rows)))
     panels = panels or ["gen/entropy"]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
@@ -244,6 +258,8 @@ def _readable(row: dict) -> dict:
     out = {}
     if row.get("val/mc_acc_low") is not None:
         out["mc_acc 95% CI"] = f"{row['val/mc_acc_low']:.3f}-{row['val/mc_acc_high']:.3f}"
+    if row.get("val/aligned_low") is not None:
+        out["aligned 95% CI"] = f"{row['val/aligned_low']:.3f}-{row['val/aligned_high']:.3f}"
     if row.get("val/adherence_low") is not None:
         out["adherence 95% CI"] = f"{row['val/adherence_low']:.3f}-{row['val/adherence_high']:.3f}"
     if row.get("vs_best_p") is not None:

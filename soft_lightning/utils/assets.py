@@ -14,6 +14,8 @@ BUNDLED = {
     "bootstrap.icl.pool": {"default": "icl_pool.jsonl", "rules": "rules_icl_pool.jsonl"},
     # The held-out splits of the `rules` task: validation (the collapse guard) and test (reporting).
     "bootstrap.zero_shot.prompts": {"rules": "rules_validation.jsonl", "rules-test": "rules_test.jsonl"},
+    # Harmful prompts and harmless ones that look risky (XSTest's idea, our own prompts), in halves.
+    "bootstrap.zero_shot.safety": {"rules-safety": "safety_validation.jsonl", "rules-safety-test": "safety_test.jsonl"},
     "bootstrap.prompt_synthesis.seed_tasks": {"default": "seed_tasks.jsonl"},
 }
 

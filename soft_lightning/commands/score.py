@@ -1,0 +1,110 @@
+"""`python -m soft_lightning score ANSWERS.jsonl`: every quality signal of any answers, from any
+system, without a trained run: rules, relevance (under the base model), correctness, refusals and
+the `aligned` mark (signals/quality.py). The controls a claim must beat are scored the same way:
+`--control template` (one constant answer that keeps every rule), `--control echo` (the prompt,
+formatted as an answer) and `--moved true` (each answer moved to another prompt).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Literal
+
+from soft_lightning.models.encoding import Encoder
+from soft_lightning.models.likelihood import Forward
+from soft_lightning.models.precision import ComputeDtype, command_numerics
+from soft_lightning.models.source import resolve_model
+from soft_lightning.rounds.icl import Principles
+from soft_lightning.signals import zero_shot
+from soft_lightning.signals.adherence import Adherence
+from soft_lightning.signals.relevance import Relevance
+from soft_lightning.utils.errors import ConfigError
+from soft_lightning.utils.files import read_records, write_bytes_atomic
+
+TEMPLATE = "Summary: Here is my answer.\n1. Yes.\n2. No."
+CONTROLS = {"template": lambda prompt: TEMPLATE,
+            "echo": lambda prompt: f"Summary: {' '.join(prompt.split())}\n1. Yes.\n2. No."}
+
+
+def control_answers(kind: str, prompts: list[dict]) -> list[dict]:
+    """The control's answer to each prompt (kept with the prompt's labels and reference)."""
+    return [{**p, "response": CONTROLS[kind](p["prompt"]), "finish_reason": "stop"} for p in prompts]
+
+
+def moved(records: list[dict], seed: int = 0) -> list[dict]:
+    """Every answer moved to another prompt (a seeded rotation: none stays with its own)."""
+    shift = random.Random(seed).randrange(1, len(records)) if len(records) > 1 else 0
+    return [{**rec, "response": records[(i + shift) % len(records)]["response"],
+             "finish_reason": records[(i + shift) % len(records)].get("finish_reason", "stop")}
+            for i, rec in enumerate(records)]
+
+
+def read_answers(path: str) -> list[dict]:
+    """{prompt, response, harmful?, reference?, reference_answer?, finish_reason?} rows, checked."""
+    key = "score ANSWERS"
+    rows = read_records(path, key=key, required={"prompt": str, "response": str})
+    for row in rows:
+        if not isinstance(row.get("harmful", False), bool):
+            raise ConfigError(f"{key}: {path} line {row['_line']}: field 'harmful' must be true or false.")
+        if "reference" in row and not (isinstance(row["reference"], dict) and "type" in row["reference"]):
+            raise ConfigError(f"{key}: {path} line {row['_line']}: field 'reference' must be an object with a 'type'.")
+    return [{k: v for k, v in row.items() if k != "_line"} for row in rows]
+
+
+def score_records(records: list[dict], *, model: str, principles: str | None, relevance: Relevance, dtype: str,
+                  device: str, batch_size: int) -> dict:
+    """Every signal of `records` (marked in place), scored with `model` as the base."""
+    checks = Principles.load(principles, key="score --principles").checks if principles else None
+    source = resolve_model(model)
+    dtype, device = command_numerics(dtype, device)
+    forward = Forward(Encoder.load(source), zero_shot.scoring_model(source, None, dtype, device), batch_size)
+    for rec in records:
+        if checks is not None:
+            rec["checks"] = checks.check(rec["response"], rec.get("harmful", False),
+                                         rec.get("finish_reason", "stop") == "stop")
+    result = zero_shot.score(records, zero_shot.ZeroShot(relevance=relevance), checks, forward)
+    result.pop("capability", None)  # (a property of a trained policy against its base: none here)
+    if checks is not None:
+        result["adherence"] = Adherence.of(checks, [rec for rec in records if rec.get("set") != "safety"]).rates()
+    return result
+
+
+def score(answers: str | None = None, control: Literal["template", "echo"] | None = None,
+          prompts: str = "rules-test", safety: str | None = "rules-safety-test", moved_answers: bool = False,
+          model: str = "smollm2-135m-instruct", principles: str | None = "rules", relevance: Relevance = Relevance(),
+          dtype: ComputeDtype = "auto", device: str = "auto", batch_size: int = 8, out: str | None = None) -> None:
+    """Score answers with every signal and print one row (the rates, with intervals).
+
+    Args:
+        answers: JSONL of {prompt, response, harmful?, reference?, finish_reason?} (e.g. another
+            system's outputs, or a round's zero-shot records); omit it with `--control`.
+        control: score a control instead: `template` (one constant answer that keeps every rule)
+            or `echo` (each prompt repeated as a formatted answer), on `prompts` and `safety`.
+        prompts: the held-out prompts a control answers (as `bootstrap.zero_shot.prompts`).
+        safety: the safety prompts a control answers (as `bootstrap.zero_shot.safety`; null: none).
+        moved_answers: move every answer to another prompt first (a control: relevance must fall).
+        model: the base model relevance is scored with (its calibration is the threshold's).
+        principles: the principle set whose rule checks count (null: none).
+        relevance: how relevance is scored (signals/relevance.py).
+        dtype: the scoring model's dtype; `auto` as a run on `device` picks it.
+        device: `auto` (the GPU where there is one), `cpu`, `cuda`, ...
+        batch_size: sequences per forward pass.
+        out: where each answer's signals go (JSONL); default: beside ANSWERS as *.scored.jsonl.
+    """
+    if (answers is None) == (control is None):
+        raise ConfigError("score: give either ANSWERS (a JSONL file) or --control template|echo, not both or neither.")
+    if answers is not None:
+        records, name = read_answers(answers), Path(answers).name
+    else:
+        held_out = zero_shot.ZeroShot(prompts=prompts, safety=safety).load_prompts(key="score --prompts")
+        records, name = control_answers(control, held_out), f"{control} control"
+    if moved_answers:
+        records, name = moved(records), f"{name}, moved to other prompts"
+    result = score_records(records, model=model, principles=principles, relevance=relevance, dtype=dtype,
+                           device=device, batch_size=batch_size)
+    target = Path(out) if out else (Path(answers).with_suffix(".scored.jsonl") if answers else None)
+    if target is not None:
+        write_bytes_atomic(target, "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records).encode())
+    print(f"[soft] score {name}: {zero_shot.summary(result)}" + (f" -> {target}" if target else ""))
