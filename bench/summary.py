@@ -31,7 +31,7 @@ def where(result: dict) -> str:
 
 def main() -> None:
     gen, train, overhead, pool = load("generation"), load("training"), load("round_overhead"), load("pool_scale")
-    sync, demo, mc = load("adapter_sync"), load("demo_runtime"), load("mc_scoring")
+    sync, demo, mc, report = load("adapter_sync"), load("demo_runtime"), load("mc_scoring"), load("report_runtime")
     cells = sync["results"]
     summary = {
         "vllm_merged_adapter_over_base": cells["vllm_merged"]["adapter_over_base"],
@@ -46,6 +46,7 @@ def main() -> None:
         "round_overhead_fraction": overhead["round_overhead_fraction"],
         "pool_1m_peak_rss_mb": pool["pool_1m_peak_rss_mb"],
         "pool_1m_split_seconds": pool["pool_1m_split_seconds"],
+        "report_seconds": report["zero_shot_seconds"],
     }
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
@@ -96,6 +97,9 @@ def main() -> None:
         f"| the same run's fixed costs: start-up {ph['startup']} s, engine start {ph['engine_start']} s (once), "
         f"shutdown {ph['shutdown']} s | {overhead['overhead_with_fixed_costs_fraction']:.1%} with them | – | – | – | "
         f"{where(overhead)} |",
+        f"| `report` on a finished {report['models'] - 1}-round demo run, {report['answers']} answers per model: "
+        f"the run's zero-shot answers vs answering pool prompts now (`--held_out pool`) | {report['zero_shot_seconds']} s | "
+        f"{report['pool_seconds']} s | {report['speedup']}× faster | ≤ 30 s: {ok(report['met'])} | {where(report)} |",
         f"| data path: split a 1M-prompt pool ({million['file_mb']} MB JSONL) into {pool['rounds']} rounds of 64 | "
         f"{million['split_seconds']:.2f} s, peak RSS {million['peak_rss_mb']:.0f} MB | 10k pool: "
         f"{small['split_seconds']:.2f} s, {small['peak_rss_mb']:.0f} MB | {million['split_vs_10k']}× time for "

@@ -1,6 +1,8 @@
 """`report`: report.html with the round table, the plot and held-out prompts answered by every
-round side by side, rendered by a real browser (headless Chromium)."""
+round side by side (the run's own zero-shot answers with their marks, or pool prompts answered
+now), rendered by a real browser (headless Chromium)."""
 
+import html
 import json
 import shutil
 import subprocess
@@ -40,13 +42,24 @@ class Tables(HTMLParser):
 
 @pytest.fixture(scope="module")
 def reported(trained_run):
-    result = ok_here("report", str(trained_run), "--answers", "2", "--max_new_tokens", "8")
+    result = ok_here("report", str(trained_run), "--answers", "2")
     return trained_run, result
 
 
 @pytest.mark.slow
-def test_report_answers_held_out_prompts_once_per_round(reported):
+def test_report_shows_the_run_s_zero_shot_answers_with_their_marks_and_generates_nothing(reported):
     out, result = reported
+    assert "answered" not in result.stdout and not (out / "base_held_out.json").exists()
+    page = (out / "report.html").read_text()
+    base = json.loads((out / "base_zero_shot.json").read_text())["records"]
+    assert html.escape(base[0]["response"]) in page, "the base model's first zero-shot answer, as the run holds it"
+    assert page.count("<div class=marks>") == 4, "each of 2 answers x 2 models carries its marks"
+
+
+@pytest.mark.slow
+def test_report_answers_held_out_prompts_once_per_round(trained_run):
+    out = trained_run
+    result = ok_here("report", str(out), "--answers", "2", "--held_out", "pool", "--max_new_tokens", "8")
     assert "base model answered 2 held-out prompts" in result.stdout and "round 0 answered 2" in result.stdout
     plan = json.loads((out / "plan.json").read_text())
     trained_on = {p["id"] for prompts in plan["rounds"] for p in prompts}
@@ -54,7 +67,7 @@ def test_report_answers_held_out_prompts_once_per_round(reported):
     round_0 = json.loads((out / "round_0" / "held_out.json").read_text())
     assert base["settings"]["prompts"] == round_0["settings"]["prompts"]
     assert len(base["answers"]) == 2 and not trained_on & set(base["settings"]["prompts"])
-    again = ok_here("report", str(out), "--answers", "2", "--max_new_tokens", "8")
+    again = ok_here("report", str(out), "--answers", "2", "--held_out", "pool", "--max_new_tokens", "8")
     assert "answered" not in again.stdout, "answers already in the store are re-used"
     assert json.loads((out / "round_0" / "held_out.json").read_text()) == round_0
 

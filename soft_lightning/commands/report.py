@@ -112,16 +112,18 @@ def write_report(store: RoundStore, plan: RunPlan, answers: dict[int | str, list
     return path
 
 
-def build_report(out_dir: str, answers: int = 6, max_new_tokens: int = REPORT.max_new_tokens,
-                 sampler: Literal["hf", "vllm"] = "hf", dtype: ComputeDtype = "auto", device: str = "auto") -> None:
+def build_report(out_dir: str, answers: int = 6, held_out: Literal["zero_shot", "pool"] = "zero_shot",
+                 max_new_tokens: int = REPORT.max_new_tokens, sampler: Literal["hf", "vllm"] = "hf",
+                 dtype: ComputeDtype = "auto", device: str = "auto") -> None:
     """Write `<out_dir>/report.html`: the round table, plot, held-out answers side by side and
     each round's training pairs.
 
     Args:
         out_dir: the run's out_dir.
-        answers: how many held-out answers per model are shown side by side (0: none): the run's
-            own zero-shot answers, with their signals; a run without them has pool prompts no round
-            drew answered now (once per model, kept in the store).
+        answers: how many held-out answers per model are shown side by side (0: none).
+        held_out: `zero_shot`: the run's own zero-shot answers, with their signals (nothing to
+            generate; a run without them falls back to `pool`); `pool`: prompts of the pool no
+            round drew, answered now by every model (once per model and setting, kept in the store).
         max_new_tokens: the generated answers' length cap (tokens).
         sampler: where answers are generated: `hf` (the adapter merged into a full-precision copy) or `vllm`.
         dtype: the answering model's dtype (`auto`: as a run on `device` picks it, precision.py).
@@ -129,7 +131,7 @@ def build_report(out_dir: str, answers: int = 6, max_new_tokens: int = REPORT.ma
     """
     store, plan = RoundStore.open_run(out_dir, "report")
     models = ["base", *store.finished_rounds()]
-    prompts, made = zero_shot_answers(store, models, answers)
+    prompts, made = zero_shot_answers(store, models, answers) if held_out == "zero_shot" else ([], {})
     if not prompts and answers:  # a run without zero-shot answers: generate for held-out pool prompts
         source = resolve_model(plan.setting("model.model_name_or_path"))
         dtype, device = command_numerics(dtype, device)
