@@ -98,7 +98,8 @@ def main() -> None:
         f"shutdown {ph['shutdown']} s | {overhead['overhead_with_fixed_costs_fraction']:.1%} with them | – | – | – | "
         f"{where(overhead)} |",
         f"| `report` on a finished {report['models'] - 1}-round demo run, {report['answers']} answers per model: "
-        f"the run's zero-shot answers vs answering pool prompts now (`--held_out pool`) | {report['zero_shot_seconds']} s | "
+        f"the run's zero-shot answers vs answering pool prompts now (`--held_out pool`) | "
+        f"{report['zero_shot_seconds']} s | "
         f"{report['pool_seconds']} s | {report['speedup']}× faster | ≤ 30 s: {ok(report['met'])} | {where(report)} |",
         f"| data path: split a 1M-prompt pool ({million['file_mb']} MB JSONL) into {pool['rounds']} rounds of 64 | "
         f"{million['split_seconds']:.2f} s, peak RSS {million['peak_rss_mb']:.0f} MB | 10k pool: "
