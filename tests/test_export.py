@@ -80,22 +80,29 @@ def test_export_loads_in_vllm_and_generates_what_transformers_generates(exported
 @pytest.mark.slow
 def test_evaluate_principles_on_a_run_and_on_its_export(exported):
     """`evaluate --tasks principles` answers held-out prompts zero-shot for a run's rounds (into
-    the store and its round table) and for an exported folder (into the folder)."""
+    the store and its round table) and for an exported folder (into the folder), with every
+    quality signal, and prints the template control's row."""
     import csv
     import io
 
     out, folder, _ = exported
     result = ok_here("evaluate", str(out), "--tasks", "principles", "--rounds", "base,0", "--limit", "3",
-                    "--dtype", "float32")
-    assert "round 0: zero-shot adherence on rules-test" in result.stdout
+                     "--safety", "null", "--dtype", "float32")
+    assert "round 0 on rules-test: aligned" in result.stdout
+    assert "template control on rules-test: aligned" in result.stdout
     evaluated = json.loads((out / "round_0" / "principles_eval.json").read_text())
     assert evaluated["adherence"]["all"]["n"] == 3 and len(evaluated["records"]) == 3
     assert all(set(rec["checks"]) == {"summary", "points", "length", "refusal", "all"} for rec in evaluated["records"])
-    assert (out / "base_principles_eval.json").is_file()
+    assert all({"aligned", "relevant", "refusal", "correct"} <= set(rec["signals"]) for rec in evaluated["records"])
+    assert (out / "base_principles_eval.json").is_file() and (out / "template_principles_eval.json").is_file()
     table = list(csv.DictReader(io.StringIO((out / "rounds.csv").read_text())))
     assert float(table[0]["eval/adherence"]) == evaluated["adherence"]["all"]["rate"]
+    assert float(table[0]["eval/aligned"]) == evaluated["quality"]["aligned"]["rate"]
 
-    ok_here("evaluate", str(folder), "--tasks", "principles", "--prompts", "rules", "--limit", "2")
+    ok_here("evaluate", str(folder), "--tasks", "principles", "--prompts", "rules", "--limit", "2", "--safety", "null")
     assert json.loads((folder / "principles_eval.json").read_text())["adherence"]["all"]["n"] == 2
-    refused = run_here("evaluate", str(out), "--tasks", "principles", "--principles", "default")
-    assert refused.returncode == 2 and "has no `checks` section" in refused.stderr
+    # Principles without rule checks: every other signal, no rules.
+    plain = ok_here("evaluate", str(folder), "--tasks", "principles", "--principles", "default", "--limit", "2",
+                    "--safety", "null")
+    assert "aligned" in plain.stdout and "; rules " not in plain.stdout
+    assert "adherence" not in json.loads((folder / "principles_eval.json").read_text())
