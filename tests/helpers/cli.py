@@ -62,6 +62,7 @@ def tiny_run_args(model: str, out_dir: Path, sampler: str, *extra: str) -> list[
         # A random-weight model rarely ends an answer: keep the cut-off ones so rounds have data.
         "--bootstrap.filters.truncated", "keep",
         "--bootstrap.zero_shot.limit", "2",
+        "--bootstrap.zero_shot.safety_limit", "2",
         "--bootstrap.zero_shot.max_new_tokens", "12",
         "--model.lora_r", "8",
         *extra,
