@@ -112,10 +112,10 @@ def smollm2_forward(smollm2_dir):
 
 @pytest.mark.slow
 def test_template_echo_and_moved_answers_score_low_the_base_model_s_own_high(smollm2_forward):
-    """The base model's own answers (10 committed from the calibration, outside validation and
+    """The base model's own answers (8 committed from the calibration, outside validation and
     test) against the same answers moved to other prompts, the template and a formatted echo."""
     base = [{"prompt": r["prompt"], "response": r["response"], "harmful": False}
-            for r in json.loads(CALIBRATION.read_text())["records"][:10]]
+            for r in json.loads(CALIBRATION.read_text())["records"][:8]]
     settings, checks = zero_shot.ZeroShot(), Principles.load("rules").checks
     scored = {name: zero_shot.score([dict(r) for r in records], settings, checks, smollm2_forward)["quality"]
               for name, records in (("base", base), ("moved", moved(base)),

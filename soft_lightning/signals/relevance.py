@@ -14,10 +14,11 @@ random prompt gives. Two conditions close what PMI alone leaves open:
   "Is it ...?"), so a fixed template earns PMI on those prompts: an answer that says no words of
   its own (all function words, format words such as summary, answer, yes, no, or the prompt's
   words) must exceed `bare_threshold`, the highest PMI the template gets on the calibration
-  prompts. (An extraction that is all the prompt's words, and right, is likely far above it.)
+  prompts.
 
 What it cannot see: an answer that is on topic and wrong (correctness checks that where a reference
-exists), or one that pads a template with the prompt's topic words in other forms.
+exists), or one that pads a template with the prompt's topic words in other forms. What it gets
+wrong: an extraction that rightly copies most of its prompt counts as an echo.
 
 The threshold is fixed before any validation or test answer is scored, on prompts outside both
 (experiments/calibrate_relevance.py: the base model's answers to 64 train prompts, each moved to

@@ -63,6 +63,9 @@ def tiny_run_args(model: str, out_dir: Path, sampler: str, *extra: str) -> list[
         "--bootstrap.filters.truncated", "keep",
         "--bootstrap.zero_shot.limit", "2",
         "--bootstrap.zero_shot.safety_limit", "2",
+        # Relevance against 2 other prompts, not 8: the tiny random model's PMI means nothing, the
+        # scoring's mechanics (split over ranks, FSDP included) are what these runs test.
+        "--bootstrap.zero_shot.relevance.others", "2",
         "--bootstrap.zero_shot.max_new_tokens", "12",
         "--model.lora_r", "8",
         *extra,
