@@ -27,13 +27,12 @@ sys.path.insert(0, str(ROOT))
 
 from soft_lightning.commands.score import control_answers  # noqa: E402
 from soft_lightning.models.encoding import Encoder  # noqa: E402
-from soft_lightning.models.likelihood import Forward  # noqa: E402
 from soft_lightning.models.precision import command_numerics  # noqa: E402
 from soft_lightning.models.source import resolve_model  # noqa: E402
 from soft_lightning.sampler import Policy, SamplerSettings, SamplingSettings, make_sampler  # noqa: E402
 from soft_lightning.signals.quality import mark  # noqa: E402
 from soft_lightning.signals.relevance import Relevance, copied_share, pmi_scores  # noqa: E402
-from soft_lightning.signals.zero_shot import plain_requests, read_prompts, scoring_model  # noqa: E402
+from soft_lightning.signals.zero_shot import plain_requests, read_prompts, scoring_forward  # noqa: E402
 from soft_lightning.utils.assets import asset_path  # noqa: E402
 from soft_lightning.utils.files import write_json_atomic  # noqa: E402
 
@@ -62,7 +61,7 @@ def main() -> None:
     records = sampler.generate(plain_requests(prompts, encoder.format), round_index=0)
     sampler.close()
     settings = Relevance()
-    forward = Forward(encoder, scoring_model(source, None, dtype, device), 16)
+    forward = scoring_forward(source, dtype, device, 16)
     pool = [p["prompt"] for p in prompts]
     matched = pmi_scores(records, pool, settings, forward)
     shift = random.Random(0).randrange(1, len(records))

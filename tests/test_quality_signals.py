@@ -12,8 +12,6 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from soft_lightning.callbacks.bootstrap import BootstrapCallback
 from soft_lightning.commands.score import TEMPLATE, control_answers, moved, read_answers
-from soft_lightning.models.encoding import Encoder
-from soft_lightning.models.likelihood import Forward
 from soft_lightning.rounds.filters import FilterSettings
 from soft_lightning.rounds.icl import IclSettings, Principles
 from soft_lightning.sampler import SamplerSettings, SamplingSettings
@@ -107,7 +105,7 @@ def test_score_names_the_file_and_line_of_a_bad_row(tmp_path):
 @pytest.fixture(scope="module")
 def smollm2_forward(smollm2_dir):
     """The real demo model as the scoring base, in float32 (exact on any CPU)."""
-    return Forward(Encoder.load(smollm2_dir), zero_shot.scoring_model(smollm2_dir, None, "float32", "cpu"), 16)
+    return zero_shot.scoring_forward(smollm2_dir, "float32", "cpu", 16)
 
 
 @pytest.mark.slow

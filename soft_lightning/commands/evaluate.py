@@ -176,20 +176,20 @@ def evaluate_principles(out_dir: str, rounds: str, prompts: str, safety: str | N
         if not (folder / "config.json").is_file():
             raise ConfigError(f"evaluate: {out_dir} is neither a run (no plan.json) nor a model folder (no "
                               "config.json); give a run's out_dir or an export.")
-        targets = [("export", folder / "principles_eval.json", str(folder), None)]
-        base_source = str(folder)
+        source, targets = str(folder), [("export", folder / "principles_eval.json", None)]
     else:
-        base_source = resolve_model(model or plan.setting("model.model_name_or_path"))
-        targets = [(r, store.principles_eval_path(r), base_source, None if r == "base" else store.adapter_dir(r))
+        source = resolve_model(model or plan.setting("model.model_name_or_path"))
+        targets = [(r, store.principles_eval_path(r), None if r == "base" else store.adapter_dir(r))
                    for r in _chosen_rounds(rounds, store)]
-    for name, path, source, adapter in targets:
-        result = zero_shot.evaluate_model(source, adapter, settings, checks, dtype=dtype, device=device,
-                                          batch_size=batch_size)
+    base = zero_shot.scoring_forward(source, dtype, device, batch_size)
+    results = zero_shot.evaluate_models(source, [adapter for *_, adapter in targets], held_out, settings, checks,
+                                        base, dtype=dtype, device=device)
+    for (name, path, _), result in zip(targets, results):
         write_json_atomic(path, result)
         label = {"base": "base model", "export": f"export {out_dir}"}.get(name, f"round {name}")
         print(f"[soft] {label} on {prompts}: {zero_shot.summary(result)} -> {path}")
-    template = score_records(control_answers("template", held_out), model=base_source, principles=principles,
-                             relevance=settings.relevance, dtype=dtype, device=device, batch_size=batch_size)
+    template = score_records(control_answers("template", held_out), checks=checks, relevance=settings.relevance,
+                             base=base)
     print(f"[soft] template control on {prompts}: {zero_shot.summary(template)}")
     if plan is not None:
         write_json_atomic(store.root / "template_principles_eval.json", template)

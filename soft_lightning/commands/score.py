@@ -12,13 +12,11 @@ import random
 from pathlib import Path
 from typing import Literal
 
-from soft_lightning.models.encoding import Encoder
 from soft_lightning.models.likelihood import Forward
 from soft_lightning.models.precision import ComputeDtype, command_numerics
 from soft_lightning.models.source import resolve_model
 from soft_lightning.rounds.icl import Principles
 from soft_lightning.signals import zero_shot
-from soft_lightning.signals.adherence import Adherence
 from soft_lightning.signals.relevance import Relevance
 from soft_lightning.utils.errors import ConfigError
 from soft_lightning.utils.files import read_records, write_bytes_atomic
@@ -53,21 +51,10 @@ def read_answers(path: str) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "_line"} for row in rows]
 
 
-def score_records(records: list[dict], *, model: str, principles: str | None, relevance: Relevance, dtype: str,
-                  device: str, batch_size: int) -> dict:
-    """Every signal of `records` (marked in place), scored with `model` as the base."""
-    checks = Principles.load(principles, key="score --principles").checks if principles else None
-    source = resolve_model(model)
-    dtype, device = command_numerics(dtype, device)
-    forward = Forward(Encoder.load(source), zero_shot.scoring_model(source, None, dtype, device), batch_size)
-    for rec in records:
-        if checks is not None:
-            rec["checks"] = checks.check(rec["response"], rec.get("harmful", False),
-                                         rec.get("finish_reason", "stop") == "stop")
-    result = zero_shot.score(records, zero_shot.ZeroShot(relevance=relevance), checks, forward)
+def score_records(records: list[dict], *, checks, relevance: Relevance, base: Forward) -> dict:
+    """Every signal of `records` (marked in place), scored with `base` (the base model)."""
+    result = zero_shot.score(records, zero_shot.ZeroShot(relevance=relevance), checks, base)
     result.pop("capability", None)  # (a property of a trained policy against its base: none here)
-    if checks is not None:
-        result["adherence"] = Adherence.of(checks, [rec for rec in records if rec.get("set") != "safety"]).rates()
     return result
 
 
@@ -102,8 +89,9 @@ def score(answers: str | None = None, control: Literal["template", "echo"] | Non
         records, name = control_answers(control, held_out), f"{control} control"
     if moved_answers:
         records, name = moved(records), f"{name}, moved to other prompts"
-    result = score_records(records, model=model, principles=principles, relevance=relevance, dtype=dtype,
-                           device=device, batch_size=batch_size)
+    checks = Principles.load(principles, key="score --principles").checks if principles else None
+    base = zero_shot.scoring_forward(resolve_model(model), *command_numerics(dtype, device), batch_size)
+    result = score_records(records, checks=checks, relevance=relevance, base=base)
     target = Path(out) if out else (Path(answers).with_suffix(".scored.jsonl") if answers else None)
     if target is not None:
         write_bytes_atomic(target, "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records).encode())

@@ -121,7 +121,8 @@ def pmi_scores(items: list[dict], pool: list[str], settings: Relevance, forward:
             scores.append(own - sum(others) / len(others) if others and not math.isnan(own) else math.nan)
         return scores
 
-    return shard_map(fn, items, forward.strategy, "relevance", "sequence", settings.others + 1)
+    per_item = min(settings.others, max(len(set(pool)) - 1, 0)) + 1  # (a small pool has fewer others)
+    return shard_map(fn, items, forward.strategy, "relevance", "sequence", per_item)
 
 
 def reference_loglik(items: list[dict], forward: Forward, *, base: bool) -> list[float]:

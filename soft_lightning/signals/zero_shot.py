@@ -14,6 +14,7 @@ harmless answers, not on their format alone.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -112,17 +113,25 @@ def plain_requests(prompts: list[dict], fmt: PromptFormat) -> list[GenerationReq
 
 
 def score(records: list[dict], settings: ZeroShot, checks: RuleChecks | None, forward: Forward | None) -> dict:
-    """Mark every record ({prompt, response, harmful, reference?, ...}) with every signal (PMI and
-    capability need `forward`: the policy, whose adapter is switched off for the base model's
-    scores); returns the rates, and capability where records carry reference answers."""
+    """Mark every record ({prompt, response, harmful, reference?, set?, ...}) with every signal:
+    its rule checks (where the principles have checks), PMI and capability (they need `forward`:
+    the policy, whose adapter is switched off for the base model's scores), the `aligned` mark.
+    Returns the rates: quality, adherence over the held-out (not safety) records, and capability
+    where records carry reference answers."""
+    for rec in records:
+        if checks is not None:
+            rec["checks"] = checks.check(rec["response"], rec.get("harmful", False),
+                                         rec.get("finish_reason", "stop") == "stop")
     harmless = [rec for rec in records if not rec.get("harmful")]
     if forward is not None and harmless:
         pool = [rec["prompt"] for rec in records]
         for rec, pmi in zip(harmless, pmi_scores(harmless, pool, settings.relevance, forward)):
             rec["pmi"] = round(pmi, 4)
     for rec in records:
-        rec["signals"] = quality.mark(rec, settings.relevance, checks)
+        rec["signals"] = quality.mark(rec, settings.relevance)
     result = {"quality": quality.rates(records)}
+    if checks is not None:
+        result["adherence"] = Adherence.of(checks, [rec for rec in records if rec.get("set") != "safety"]).rates()
     with_answers = [rec for rec in records if rec.get("reference_answer")]
     if forward is not None and with_answers:
         policy = reference_loglik(with_answers, forward, base=False)
@@ -134,22 +143,17 @@ def score(records: list[dict], settings: ZeroShot, checks: RuleChecks | None, fo
 
 def measure(generate, prompts: list[dict], fmt: PromptFormat, checks: RuleChecks | None, settings: ZeroShot,
             forward: Forward | None = None) -> dict:
-    """Greedy zero-shot answers from `generate(requests, sampling)`, each with its rule checks
-    (those of the held-out prompts, where the principles have checks) and every quality signal,
-    and the rates with 95% intervals: what `zero_shot.json` holds."""
+    """Greedy zero-shot answers from `generate(requests, sampling)`, each marked by every signal
+    (`score`), and the rates with 95% intervals: what `zero_shot.json` holds."""
     t0 = time.perf_counter()
     records = generate(plain_requests(prompts, fmt), settings.sampling())
     seconds = time.perf_counter() - t0
     for rec, prompt in zip(records, prompts):
         rec.update({k: prompt[k] for k in ("harmful", "set", "reference", "reference_answer") if k in prompt})
-        if checks is not None:
-            rec["checks"] = checks.check(rec["response"], prompt["harmful"], rec["finish_reason"] == "stop")
     t1 = time.perf_counter()
     scored = score(records, settings, checks, forward)
-    held_out = [rec for rec in records if rec.get("set") != "safety"]
     return {"prompts": settings.path(), "prompts_sha256": sha256_file(settings.path()),
-            "checks": checks.describe() if checks else None,
-            **({"adherence": Adherence.of(checks, held_out).rates()} if checks else {}), **scored,
+            "checks": checks.describe() if checks else None, **scored,
             "seconds": round(seconds, 3), "scoring_seconds": round(time.perf_counter() - t1, 3),
             "tokens": sum(rec["n_tokens"] for rec in records), "records": records}
 
@@ -186,36 +190,39 @@ def summary(result: dict) -> str:
     return "; ".join(parts)
 
 
-def evaluate_model(source: str, adapter: Path | None, settings: ZeroShot, checks: RuleChecks | None, *, dtype: str,
-                   device: str, batch_size: int = 8) -> dict:
-    """Zero-shot answers and every signal of one model outside a run (`evaluate --tasks
-    principles`): the base (or an exported folder) with `adapter` merged into a `dtype` copy,
-    greedy, on the hf backend; scored with the base model (and base + adapter for capability)."""
-    encoder = Encoder.load(source)
-    sampler = make_sampler(SamplerSettings(backend="hf", adapter_sync="merged"), Policy(source, dtype, device),
-                           sampling=settings.sampling(), tokenizer=encoder.tokenizer)
-    sampler.sync_weights(adapter)
-
-    def generate(requests, sampling):
-        return sampler.generate(requests, round_index=0, sampling=sampling)
-
-    forward = Forward(encoder, scoring_model(source, adapter, dtype, device), batch_size)
-    result = measure(generate, settings.load_prompts(key="evaluate --prompts"), encoder.format, checks, settings,
-                     forward)
-    sampler.close()
-    return {**result, "model": source, "adapter": str(adapter) if adapter else None, "dtype": dtype,
-            "backend": "hf"}
-
-
-def scoring_model(source: str, adapter: Path | None, dtype: str, device: str):
-    """The model the signals score with outside a run: the base, with `adapter` on top (its
-    `disable_adapter()` gives the base back)."""
+def scoring_forward(source: str, dtype: str, device: str, batch_size: int = 8) -> Forward:
+    """Forward passes outside a run: the base model in `dtype` on `device`, which the signals
+    score with (an adapter goes on top of it for capability)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype)).to(device).eval()
-    if adapter is None:
-        return model
+    return Forward(Encoder.load(source), model, batch_size)
+
+
+def evaluate_models(source: str, adapters: list[Path | None], prompts: list[dict], settings: ZeroShot,
+                    checks: RuleChecks | None, base: Forward, *, dtype: str, device: str) -> Iterator[dict]:
+    """Zero-shot answers to `prompts` (settings.load_prompts) and every signal of the base
+    `source` with each of `adapters` (None: the base alone), outside a run (`evaluate --tasks
+    principles`): greedy, on the hf backend, each adapter merged into one `dtype` copy in turn;
+    scored with `base` (the adapter put on top of it for capability, and taken off again). One
+    copy and one scoring model for all of them."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, str(adapter)).eval()
+    sampler = make_sampler(SamplerSettings(backend="hf", adapter_sync="merged"), Policy(source, dtype, device),
+                           sampling=settings.sampling(), tokenizer=base.encoder.tokenizer)
+
+    def generate(requests, sampling):
+        return sampler.generate(requests, round_index=0, sampling=sampling)
+
+    try:
+        for adapter in adapters:
+            sampler.sync_weights(adapter)
+            policy = PeftModel.from_pretrained(base.model, str(adapter)).eval() if adapter else base.model
+            result = measure(generate, prompts, base.encoder.format, checks, settings, replace(base, model=policy))
+            if adapter:
+                base.model = policy.unload()  # the LoRA layers out of the scoring base again
+            yield {**result, "model": source, "adapter": str(adapter) if adapter else None, "dtype": dtype,
+                   "backend": "hf"}
+    finally:
+        sampler.close()
