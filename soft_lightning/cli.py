@@ -25,7 +25,7 @@ from soft_lightning.models.source import config_model_type
 from soft_lightning.renamed import check_renamed
 from soft_lightning.sampler import vllm_lora_rank
 from soft_lightning.training.data import SoftDataModule
-from soft_lightning.training.module import SoftModule
+from soft_lightning.training.module import SoftModule, check_optimizer
 from soft_lightning.utils.errors import ConfigError
 
 # Subcommands beside LightningCLI's fit/validate, each a typed function on a run's out_dir.
@@ -81,8 +81,10 @@ class SoftCLI(LightningCLI):
         Lightning's own `--ckpt_path last` (the newest `last*.ckpt` in ModelCheckpoint's folders)
         finds them."""
         trainer = super().instantiate_trainer(**kwargs)
+        config = self.config.get(self.subcommand, self.config)
+        check_optimizer(config.model.optimizer, trainer.strategy)  # before any rank is launched
         bootstrap = next(cb for cb in trainer.callbacks if isinstance(cb, BootstrapCallback))
-        ckpt_path = self.config.get(self.subcommand, self.config).get("ckpt_path")
+        ckpt_path = config.get("ckpt_path")
         bootstrap.resume_requested = bool(ckpt_path)  # `last` also resumes a run killed before its first checkpoint
         folder = bootstrap.run.store.round_end_checkpoint.parent.resolve()
         for cb in trainer.checkpoint_callbacks:

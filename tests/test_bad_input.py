@@ -36,6 +36,8 @@ CASES = {
     "LoRA rank above vLLM's": (["--model.lora_r", "1024", "--bootstrap.sampler.backend", "vllm"], "above the largest LoRA rank vLLM serves (512)"),
     "MC label out of range": (["--data.val_path", "{tmp}/mc.jsonl"], "mc.jsonl line 1: label 7 is out of range for 2 choices"),
     "paged optimizer on CPU": (["--model.optimizer", "paged_adamw_8bit"], "model.optimizer=paged_adamw_8bit needs a CUDA device"),
+    "8-bit optimizer under FSDP": (["--model.optimizer", "paged_adamw_8bit", "--config", "{tmp}/fsdp.yaml"],
+                                   "model.optimizer=paged_adamw_8bit cannot be checkpointed under FSDP"),
     "non-UTF-8 bytes": (["--data.prompts", "{tmp}/latin1.jsonl"], "latin1.jsonl line 2: not valid UTF-8"),
     "missing ICL pool": (["--bootstrap.icl.pool", "{tmp}/no-pool.jsonl"], "bootstrap.icl.pool: file {tmp}/no-pool.jsonl does not exist"),
     "ICL example without response": (["--bootstrap.icl.pool", "{tmp}/icl.jsonl"], "example 'x' has an empty response"),
@@ -98,6 +100,8 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(case, tmp_path, capsys,
     (tmp_path / "out-v1" / "plan.json").write_text(json.dumps({"identity": {"model": "m", "seed": 0}, "rounds": [[]],
                                                                "pool": {}}))
     (tmp_path / "out-v1.yaml").write_text(f"bootstrap:\n  out_dir: {tmp_path / 'out-v1'}\n")
+    (tmp_path / "fsdp.yaml").write_text("trainer:\n  devices: 2\n  strategy:\n    class_path: "
+                                        "tests.helpers.cpu_fsdp.CPUFSDPStrategy\n")
     (tmp_path / "empty-model").mkdir()
     (tmp_path / "empty-model" / "config.json").write_text("{}")
     extra, expected = CASES[case]

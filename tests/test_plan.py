@@ -51,7 +51,7 @@ DELIBERATELY_LEFT_OUT = {
     "bootstrap.generation_chunk", "bootstrap.sampler.process", "bootstrap.sampler.hf_batch_tokens",
     "bootstrap.sampler.vllm.gpu_memory_utilization", "bootstrap.sampler.vllm.kv_cache_memory_bytes",
     "bootstrap.sampler.vllm.enforce_eager", "bootstrap.sampler.vllm.sleep_between_rounds",
-    "bootstrap.sampler.vllm.tensor_parallel_size", "model.gradient_checkpointing", "model.trust_remote_code",
+    "model.gradient_checkpointing", "model.trust_remote_code",
     "data.num_workers", "data.val_path", "data.val_limit", "data.val_format", "data.val_protocol",
     "data.val_batch_items", "data.tokenizer", "data.rounds", "data.epochs_per_round", "data.seed",
     "data.synthesized_per_round",

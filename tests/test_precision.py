@@ -68,3 +68,30 @@ def test_commands_on_a_finished_run_resolve_auto_like_a_run():
     assert device == ("cuda" if torch.cuda.is_available() else "cpu")
     assert dtype == resolve("auto", None, "cuda" if device == "cuda" else "cpu").dtype
     assert precision.command_numerics("float16", "cpu") == ("float16", "cpu")
+
+
+def test_bf16_true_keeps_rope_in_float32_as_the_generation_copies_do(tiny_model):
+    """Lightning's `bf16-true` casts the module (`.to(bfloat16)`); the rotary frequencies, which
+    define the function and not the weights, stay float32 there as they do in the merged
+    generation copy and in a spawned sampler's rebuilt policy (and in vLLM): one policy in
+    training and generation. The rounding they are kept from is real on this model."""
+    from lightning.pytorch.plugins.precision import HalfPrecision
+
+    from soft_lightning.sampler.hf import GenerationCopy
+    from soft_lightning.training.module import SoftModule
+
+    module = SoftModule(tiny_model, quantization="none", compute_dtype="bfloat16", lora_r=8)
+    module.configure_model()
+    rope = {name.removeprefix("base_model.model."): buf.clone() for name, buf in module.model.named_buffers()
+            if "inv_freq" in name}
+    assert rope and all(buf.dtype == torch.float32 for buf in rope.values())
+    assert any(not torch.equal(buf.to(torch.bfloat16).float(), buf) for buf in rope.values()), "bf16 would round them"
+    HalfPrecision("bf16-true").convert_module(module)  # what Lightning does to the module at fit start
+    assert next(p for p in module.parameters() if p.requires_grad).dtype == torch.bfloat16, "the weights were cast"
+    trained = {name.removeprefix("base_model.model."): buf for name, buf in module.model.named_buffers()}
+    merged_copy = dict(GenerationCopy(tiny_model, "bfloat16").model_for(None).named_buffers())
+    rebuilt = SoftModule.policy_for_sampling(dict(module.hparams), "bfloat16", adapter=None, device="cpu")
+    spawned = {name.removeprefix("base_model.model."): buf for name, buf in rebuilt.named_buffers()}
+    for name, want in rope.items():
+        for where, buffers in (("training", trained), ("the merged copy", merged_copy), ("a spawned sampler", spawned)):
+            assert buffers[name].dtype == torch.float32 and torch.equal(buffers[name], want), f"{where}: {name}"

@@ -43,7 +43,7 @@ def requests_for(tokenizer) -> list[GenerationRequest]:
 
 def hf_process(hparams: dict, tokenizer, dtype: str | None = "bfloat16") -> SamplerProcess:
     """A spawned hf sampler that rebuilds the training policy (the adapter as LoRA), as a run's does."""
-    policy = Policy(hparams["model_name_or_path"], load=partial(SoftModule.policy_for_sampling, hparams, dtype, "cpu"),
+    policy = Policy(hparams["model_name_or_path"], load=partial(SoftModule.policy_for_sampling, hparams, dtype),
                     cast=dtype)
     return make_sampler(SamplerSettings(backend="hf", process="spawn", adapter_sync="lora", hf_batch_tokens=1024),
                         policy, sampling=SAMPLING, tokenizer=tokenizer)

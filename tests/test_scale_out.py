@@ -1,12 +1,13 @@
 """Every rank works, on CPU over gloo: scoring and diagnostics split over 2 processes equal 1
-process's; 2 "nodes" launched by torchrun and 2 DDP ranks with vLLM engines plan and generate the
-rounds a single process does."""
+process's; 2 "nodes" launched by torchrun plan and generate the rounds a single process does; 2
+ranks with independent vLLM engines neither wait for each other nor outlive a one-rank SIGTERM."""
 
 import json
 import os
 import socket
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -17,6 +18,7 @@ import torch.multiprocessing as mp
 from soft_lightning.models.encoding import Encoder
 from soft_lightning.rounds import curriculum
 from soft_lightning.rounds.store import RoundStore
+from soft_lightning.sampler import SAMPLER_FIELDS
 from soft_lightning.signals.diagnostics import generation_diagnostics
 from soft_lightning.training.module import SoftModule
 from soft_lightning.utils.distributed import shard_map
@@ -75,21 +77,38 @@ def test_scoring_and_diagnostics_split_over_two_ranks_equal_one_process(tiny_mod
     assert counts == [5, 4], "the 9 kept items are split over the ranks, not scored by rank 0 alone"
 
 
+def torchrun_nodes(cli_args: list[str], logs_at, env_extra: dict | None = None, pin: bool = False,
+                   timeout: int = 600) -> tuple[list[int], float, str]:
+    """`python -m soft_lightning` under torchrun --nnodes 2 on localhost, one process per "node"
+    (with `pin`, each on a core of its own: `taskset`, so each rank's engine has its core);
+    returns the exit codes, when the last process ended (time.time()), and the logs' tails.
+    The rendezvous times out well inside `timeout`, so a rank that never comes fails the test."""
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
+    logs = [logs_at.with_name(f"{logs_at.name}.node{node}.log") for node in (0, 1)]
+    nodes = [subprocess.Popen([*(["taskset", "-c", str(node)] if pin else []), sys.executable, "-m",
+                               "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--node_rank",
+                               str(node), "--master_addr", "127.0.0.1", "--master_port", str(port),
+                               "--rdzv_conf", "timeout=120", "-m", "soft_lightning", *cli_args],
+                              cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+             for node, log in zip((0, 1), logs)]
+    try:
+        codes = [node.wait(timeout=timeout) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    return codes, time.time(), "".join(log.read_text()[-3000:] for log in logs)
+
+
 @pytest.mark.slow
 def test_two_nodes_through_torchrun_plan_and_generate_like_one_process(reference, tiny_model, tmp_path):
     """torchrun --nnodes 2 on localhost, one process per node: the same prompts per round as a
     single process, every record complete, and every rank took part."""
-    out, port = tmp_path / "run", free_port()
+    out = tmp_path / "run"
     cli_args = resume_args(tiny_model, out, "--trainer.num_nodes", "2", "--trainer.devices", "1",
                            "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    logs = [tmp_path / f"node{node}.log" for node in (0, 1)]
-    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
-                               "--node_rank", str(node), "--master_addr", "127.0.0.1", "--master_port", str(port),
-                               "-m", "soft_lightning", *cli_args], cwd=ROOT, env=env, stdout=log.open("w"),
-                              stderr=subprocess.STDOUT) for node, log in zip((0, 1), logs)]
-    codes = [node.wait(timeout=600) for node in nodes]
-    assert codes == [0, 0], "".join(log.read_text()[-3000:] for log in logs)
+    codes, _, logs = torchrun_nodes(cli_args, out)
+    assert codes == [0, 0], logs
     assert round_ids(out) == round_ids(reference("none"))
     store = RoundStore(out)
     for r in (0, 1):
@@ -98,40 +117,55 @@ def test_two_nodes_through_torchrun_plan_and_generate_like_one_process(reference
 
 
 @pytest.mark.slow
-def test_vllm_ranks_stay_in_lockstep_through_uneven_shares_a_one_rank_sigterm_and_the_resume(tiny_model, tmp_path):
-    """Two CPU ranks, each with its own vLLM engine (vLLM's external launcher inside the run's
-    process group), each generating its share with the round's adapter. vLLM's data-parallel
-    engines all-reduce at every engine step, so every rank must call the engine as often as the
-    others. 2 DDP ranks, 5 prompts a round (shares of 3 and 2), chunks of
-    2: round 0's share sizes differ; a SIGTERM reaches rank 1 alone after its first chunk of round
-    1, both ranks stop there; the resume has 1 prompt left on rank 0 and none on rank 1. Each step
-    under a timeout, so a hang fails the test instead of the suite; every round ends with exactly
-    its planned prompts."""
-    out = tmp_path / "run"
-    cli_args = tiny_run_args(tiny_model, out, "vllm", "--data.prompts_per_round", "5", "--data.batch_size", "2",
-                             "--bootstrap.generation_chunk", "2", "--config", str(ROOT / "configs" / "ddp.yaml"),
-                             "--trainer.accelerator", "cpu",
-                             "--bootstrap.sampler.vllm.kv_cache_memory_bytes", "200000000")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
-           "SOFT_LIGHTNING_KILL_AT": "generated:1:0", "SOFT_LIGHTNING_KILL_RANK": "1", "SOFT_LIGHTNING_SIGNAL": "TERM"}
-    stopped = subprocess.run([sys.executable, "-m", "soft_lightning", *cli_args], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=600)
-    assert stopped.returncode != 0 and "SIGTERM" in stopped.stderr, stopped.stderr[-3000:]
+def test_vllm_engines_of_two_ranks_run_independently_stop_together_and_resume_to_the_uninterrupted_round(
+        tiny_model, tmp_path):
+    """Two ranks (torchrun, one core each), each with an independent vLLM engine (vLLM's external
+    launcher in the run's process group, no data-parallel coupling) and a seed of its own. 5 prompts
+    a round (shares of 3 and 2), chunks of 2.
+
+    - A slow rank holds nobody up: rank 0 sleeps 8 s before round 0; rank 1 answers its share
+      without waiting (its generation time is seconds shorter).
+    - A SIGTERM reaches rank 1 alone after its first chunk of round 1, while rank 0 is between chunks
+      (asleep again): rank 1 stops and leaves the stop flag, rank 0 reads it after its chunk in hand
+      and stops too, so both shards hold one chunk, and both ranks exit soon after the signal.
+    - The resume answers the 1 prompt left, and both rounds equal those of a run never interrupted
+      (each chunk's sampling is seeded by its round and first prompt, the engine by its rank)."""
+    def run(out, faults=None, resume=False):
+        cli_args = tiny_run_args(tiny_model, out, "vllm", "--data.prompts_per_round", "5", "--data.batch_size", "2",
+                                 "--bootstrap.generation_chunk", "2", "--trainer.num_nodes", "2",
+                                 "--trainer.devices", "1", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu",
+                                 "--bootstrap.sampler.vllm.kv_cache_memory_bytes", "200000000",
+                                 *(["--ckpt_path", "last"] if resume else []))
+        return torchrun_nodes(cli_args, out, faults, pin=True)
+
+    uninterrupted, out = tmp_path / "uninterrupted", tmp_path / "run"
+    codes, _, logs = run(uninterrupted)
+    assert codes == [0, 0], logs
+    faults = {"SOFT_LIGHTNING_DELAY_AT": "generate:0,generated:1:0", "SOFT_LIGHTNING_DELAY_RANK": "0",
+              "SOFT_LIGHTNING_DELAY_SECONDS": "8", "SOFT_LIGHTNING_KILL_AT": "generated:1:0",
+              "SOFT_LIGHTNING_KILL_RANK": "1", "SOFT_LIGHTNING_SIGNAL": "TERM"}
+    codes, ended, logs = run(out, faults)
+    assert codes != [0, 0] and "SIGTERM" in logs, logs
     store = RoundStore(out)
     assert store.is_trained(0) and not store.is_generated(1)
+    round0 = store.read_manifest(0)
+    assert round0["sampler"]["seed_per_rank"] == [0, 1], "each rank samples with a seed of its own"
+    rank0, rank1 = round0["timings"]["generation_seconds_per_rank"]
+    assert rank1 < rank0 - 4, f"rank 1 waited for the slow rank 0 ({rank1} s against {rank0} s)"
     shards = [len(store.partial_records(store.shard_path(1, k, 2), repair=False)) for k in (0, 1)]
-    assert shards == [2, 2], "both ranks stopped after the same chunk"
-    env.pop("SOFT_LIGHTNING_KILL_AT")
-    resumed = subprocess.run([sys.executable, "-m", "soft_lightning", *cli_args, "--ckpt_path", "last"], cwd=ROOT,
-                             env=env, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    plan = json.loads((out / "plan.json").read_text())
-    for r in (0, 1):
-        assert [rec["id"] for rec in store.read_records(r)] == [p["id"] for p in plan["rounds"][r]]
-        assert store.read_manifest(r)["ranks"] == 2 and store.read_manifest(r)["sampler"]["backend"] == "vllm"
-        assert all(rec["n_tokens"] > 0 for rec in store.read_records(r))
-    assert store.read_manifest(1)["adapter"] == str(store.adapter_dir(0))
+    assert shards == [2, 2], "rank 0 stops after its chunk in hand, not at the end of its share"
+    after_signal = ended - store.stop_path.stat().st_mtime
+    assert "rank 1 received SIGTERM" in store.stop_path.read_text() and after_signal < 60, after_signal
+    codes, _, logs = run(out, resume=True)
+    assert codes == [0, 0], logs
+    assert not store.stop_path.exists(), "the resume clears the stop flag"
     assert store.read_manifest(1)["resumed_with"] == 4 and store.read_manifest(1)["generated_now"] == 1
+    assert store.read_manifest(1)["adapter"] == str(store.adapter_dir(0))
+    for r in (0, 1):
+        got, want = (RoundStore(o).read_records(r) for o in (out, uninterrupted))
+        assert [{k: rec[k] for k in SAMPLER_FIELDS} for rec in got] == \
+            [{k: rec[k] for k in SAMPLER_FIELDS} for rec in want], f"round {r} differs from the uninterrupted run"
+        assert all(rec["n_tokens"] > 0 for rec in got)
 
 
 @pytest.mark.slow

@@ -53,6 +53,23 @@ class Numerics:
                 "sampler_dtype": sampler.get("dtype")}
 
 
+def float32_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the buffers the model's own code keeps in float32 whatever dtype it loads in
+    (RoPE's inverse frequencies, for one): they define the function, not the weights, and vLLM and
+    a fresh `from_pretrained` keep them in float32. A `-true` precision casts them with the weights
+    (to bf16: up to 2^-8 relative error in every rotary frequency), so they are put back after."""
+    return {name: buf.detach().clone().cpu() for name, buf in model.named_buffers() if buf.dtype == torch.float32}
+
+
+def restore_float32_buffers(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    """Put back the float32 buffers `float32_buffers` copied, on the device each is on now."""
+    for name, value in saved.items():
+        current = model.get_buffer(name)
+        if current.dtype != torch.float32:
+            owner, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(owner), attr, value.to(current.device))
+
+
 def precision_dtype(trainer_precision: str | int | None) -> str | None:
     """The dtype a Lightning precision setting computes in (None: not set)."""
     if trainer_precision is None:

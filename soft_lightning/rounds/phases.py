@@ -11,7 +11,6 @@ choreography.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,7 +28,7 @@ from soft_lightning.signals.adherence import Adherence, RuleChecks
 from soft_lightning.signals.diagnostics import generation_diagnostics
 from soft_lightning.utils.distributed import gather_objects
 from soft_lightning.utils.faults import kill_point
-from soft_lightning.utils.progress import no_progress, progress_bar
+from soft_lightning.utils.progress import progress_bar
 
 
 @dataclass
@@ -42,6 +41,7 @@ class RoundFacts:
     ranks: int
     seed: int
     seconds: dict[str, float]  # generation, engine_start, then scoring and diagnostics
+    seconds_per_rank: list[float]  # each rank's generation of its share (a slow rank shows here)
     dropped: dict[str, int]  # drops per filter reason
     pool: dict  # what cleaning the prompt pool dropped (the plan's)
     sampler: dict
@@ -65,11 +65,13 @@ class RoundFacts:
             "truncated": sum(rec["finish_reason"] == "length" for rec in records),
             "tokens_generated": tokens,
             "timings": {**{f"{k}_seconds": round(v, 3) for k, v in self.seconds.items()},
+                        "generation_seconds_per_rank": self.seconds_per_rank,
                         "tokens_per_second": round(tokens / max(self.seconds["generation"], 1e-9), 1)},
         }
         optional = ("few_shot_adherence", "synthesis")
+        counted = ("requests", "generated", "shares", "seconds", "seconds_per_rank")
         facts = {k: v for k, v in asdict(self).items()
-                 if k not in ("requests", "generated", "shares", "seconds") and (k not in optional or v is not None)}
+                 if k not in counted and (k not in optional or v is not None)}
         return {**counts, **facts}
 
 
@@ -101,35 +103,30 @@ def build_requests(prompts: list[dict], r: int, icl: IclSettings, principles: st
 # ---- generation ----------------------------------------------------------------------------------
 
 def generate_shard(sampler: Sampler, requests: list[GenerationRequest], store: RoundStore, *, r: int, rank: int,
-                   world: int, chunk: int, strategy=None,
-                   stop=lambda: False) -> tuple[int, int]:
+                   world: int, chunk: int, stop=lambda: False) -> tuple[int, int]:
     """This rank's share of round r's requests, answered `chunk` at a time, each chunk appended to
     the share's shard before the next starts (a killed run resumes with the rest). Ranks that
     generate together (vLLM tensor parallelism) answer the same share and the first of them
     writes it. Returns (responses this rank wrote, number of shares).
 
-    The ranks stay in lockstep: every rank makes as many sampler calls as the rank with the most
-    left to do (vLLM's data-parallel engines all-reduce at every engine step, so a rank that
-    stopped calling would hang the others), a rank out of work answering one repeated request
-    whose answer is dropped; and after each chunk they agree on `stop()` (a SIGTERM seen by any
-    rank stops them all after the same chunk)."""
+    The ranks do not wait for each other here: each answers its own share at its own pace (the
+    round's records are gathered after), and stops after the chunk in hand once `stop()` says so
+    (a SIGTERM seen by any rank: run.py's stop flag)."""
     share, shares, writes = sampler.shard(rank, world)
     shard = store.shard_path(r, share, shares)
     done = {rec["id"] for rec in store.partial_records(shard, repair=writes)}
     todo = [req for req in requests[share::shares] if req.id not in done]
-    calls = max(math.ceil(n / chunk) for n in gather_objects(strategy, len(todo)))
+    kill_point(f"generate:{r}")
     written = 0
     with progress_bar(f"round {r} generation", len(todo), "prompt", show=rank == 0) as progress:
-        for i in range(calls):
-            part = todo[i * chunk : (i + 1) * chunk]
-            if part or sampler.lockstep:
-                records = sampler.generate(part or requests[:1], round_index=r,
-                                           progress=progress if part else no_progress)
-                if writes and part:
-                    store.append_records(shard, records[: len(part)])
-                    written += len(part)
+        for i, start in enumerate(range(0, len(todo), chunk)):
+            part = todo[start : start + chunk]
+            records = sampler.generate(part, round_index=r, progress=progress)
+            if writes:
+                store.append_records(shard, records)
+                written += len(part)
             kill_point(f"generated:{r}:{i}")
-            if any(gather_objects(strategy, bool(stop()))):
+            if sampler.stop_together(stop()):
                 break
     return written, shares
 
@@ -137,15 +134,13 @@ def generate_shard(sampler: Sampler, requests: list[GenerationRequest], store: R
 def generate_everywhere(sampler: Sampler, requests: list[GenerationRequest], *, r: int, strategy,
                         sampling: SamplingSettings, description: str) -> list[dict]:
     """Records for all `requests`, on every rank: each rank (or group of ranks generating
-    together) answers its share in one sampler call (a rank with none, in lockstep, answers a
-    repeated request whose answer is dropped), and the shares are gathered. For short
+    together) answers its share in one sampler call, and the shares are gathered. For short
     generations (prompt synthesis, zero-shot answers) that are kept in memory, not in shards."""
     share, shares, _ = sampler.shard(strategy.global_rank, strategy.world_size)
     mine, records = requests[share::shares], []
     with progress_bar(f"round {r} {description}", len(mine), "request", show=strategy.global_rank == 0) as progress:
-        if mine or sampler.lockstep:
-            records = sampler.generate(mine or requests[:1], round_index=r, sampling=sampling,
-                                       progress=progress)[: len(mine)]
+        if mine:
+            records = sampler.generate(mine, round_index=r, sampling=sampling, progress=progress)
     by_id = {rec["id"]: rec for part in gather_objects(strategy, records) for rec in part}
     return [by_id[req.id] for req in requests]
 

@@ -29,7 +29,8 @@ from soft_lightning.utils.errors import ConfigError
 from soft_lightning.utils.files import sha256_file, write_json_atomic
 
 # The identity's format; a plan without it was written before identities held every setting.
-IDENTITY_VERSION = 2
+# 3: the number of ranks joined it (each rank's share of a round samples with a seed of its own).
+IDENTITY_VERSION = 3
 # The settings of the model, data and bootstrap sections that do not change what a round produces,
 # each with why; every other setting is part of the run's identity (tests/test_plan.py holds this
 # list against the code). A key stands for itself and everything below it.
@@ -45,7 +46,6 @@ LEFT_OUT = {
     "bootstrap.sampler.vllm.kv_cache_memory_bytes": "memory, sized to the machine",
     "bootstrap.sampler.vllm.enforce_eager": "CUDA graphs or not: speed and memory",
     "bootstrap.sampler.vllm.sleep_between_rounds": "memory between rounds",
-    "bootstrap.sampler.vllm.tensor_parallel_size": "how many GPUs hold one engine",
     "model.gradient_checkpointing": "activation memory",
     "model.trust_remote_code": "permission to run a checkpoint's code",
     "data.num_workers": "loader processes",

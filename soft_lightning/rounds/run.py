@@ -28,6 +28,7 @@ from soft_lightning.rounds.synthesis import PromptSynthesis, SeedTask
 from soft_lightning.sampler import Sampler, SamplerSettings, SamplingSettings, make_sampler
 from soft_lightning.signals import zero_shot
 from soft_lightning.signals.zero_shot import ZeroShot
+from soft_lightning.utils import memory
 from soft_lightning.utils.distributed import gather_objects
 from soft_lightning.utils.errors import ConfigError
 from soft_lightning.utils.faults import kill_point
@@ -72,9 +73,10 @@ class SoftRun:
         return runs[0]
 
     def identity(self, trainer) -> dict:
-        """What makes this run this run (rounds/plan.py): the model, data and bootstrap settings."""
+        """What makes this run this run (rounds/plan.py): the model, data and bootstrap settings, and
+        the number of ranks (each rank's share of a round samples with a seed of its own)."""
         return run_identity({"model": dict(trainer.lightning_module.hparams), "data": dict(trainer.datamodule.hparams),
-                             "bootstrap": self.settings})
+                             "bootstrap": self.settings, "trainer": {"world_size": trainer.world_size}})
 
     def start_adapter(self, trainer) -> Path | None:
         start = trainer.lightning_module.hparams.adapter  # the adapter the run started from, if any
@@ -123,6 +125,7 @@ class SoftRun:
         diagnosing; rank 0 seals the round."""
         dm, module, strategy, world = trainer.datamodule, trainer.lightning_module, trainer.strategy, trainer.world_size
         self.finish_round(trainer, r - 1, if_skipped=True)
+        memory.reset_peak()
         adapter = self.store.adapter_dir(r - 1) if r > 0 else self.start_adapter(trainer)
         engine_start = self.sampler.start()  # once inline (0 s after); a spawned sampler after each pause()
         self.synthesize(trainer, r, adapter)
@@ -135,17 +138,22 @@ class SoftRun:
         self.sampler.sync_weights(adapter, module.model)
         generated, shares = phases.generate_shard(
             self.sampler, requests, self.store, r=r, rank=trainer.global_rank, world=world,
-            chunk=self.generation_chunk, strategy=strategy, stop=lambda: trainer.received_sigterm)
+            chunk=self.generation_chunk, stop=lambda: self.stop_requested(trainer))
         self.sampler.pause()
-        counts = gather_objects(strategy, (generated, trainer.received_sigterm))
-        if any(stopped for _, stopped in counts):  # preempted: the chunks written so far are kept
+        sampler = self.sampler.describe()
+        # The ranks meet here, each with its share done (or stopped): what it wrote, its seed, its time.
+        counts = gather_objects(strategy, (generated, self.stop_requested(trainer), sampler["seed"],
+                                           round(time.perf_counter() - t0, 3)))
+        if any(stopped for _, stopped, _, _ in counts):  # preempted: the chunks written so far are kept
             raise SIGTERMException()
         seconds = {"generation": time.perf_counter() - t0, "engine_start": engine_start}
-        records, sampler = phases.merge_shards(self.store, r, shares, requests, prompts), self.sampler.describe()
+        records = phases.merge_shards(self.store, r, shares, requests, prompts)
         facts = RoundFacts(
-            requests=requests, generated=sum(n for n, _ in counts), shares=shares, ranks=world, seed=self.seed,
+            requests=requests, generated=sum(n for n, *_ in counts), shares=shares, ranks=world, seed=self.seed,
             seconds=seconds, dropped=phases.filter_records(records, self.filters, pool), pool=self.plan.pool,
-            sampler={**sampler, "requested": self.sampler_settings.backend},
+            sampler={**sampler, "requested": self.sampler_settings.backend,
+                     "seed_per_rank": [seed for *_, seed, _ in counts]},
+            seconds_per_rank=[took for *_, took in counts],
             numerics=module.numerics.record(module.model, sampler), adapter=str(adapter) if adapter else None,
             icl=self.icl.describe(len(pool)), synthesis=self.plan.synthesized(r))
         phases.score(records, facts, r=r, within=self.within_round, across=self.across_rounds,
@@ -153,6 +161,15 @@ class SoftRun:
         if trainer.is_global_zero:
             phases.seal(self.store, r, records, facts, dm.encoder)
         strategy.barrier()
+
+    def stop_requested(self, trainer) -> bool:
+        """Whether this rank, or any other, was told to stop (SIGTERM). A rank that sees the signal
+        leaves the store's stop flag for the others, which read it between chunks: no rank waits
+        for another's chunk, and none generates more than its chunk in hand after a stop."""
+        if trainer.received_sigterm:
+            self.store.request_stop(f"rank {trainer.global_rank} received SIGTERM")
+            return True
+        return self.store.stop_requested()
 
     def synthesize(self, trainer, r: int, adapter: Path | None) -> None:
         """Round r's synthesized prompts into the plan, once: a resume finds them there. Every
@@ -219,7 +236,7 @@ class SoftRun:
             kill_point(f"adapter_saved:{r}")
             seconds = time.perf_counter() - self.train_started if self.train_started else None
             diagnostics = table.mark_trained(self.store, r, metrics, seconds, table.monitor(trainer),
-                                             trainer.lightning_module.mc_results)
+                                             trainer.lightning_module.mc_results, memory=memory.peak())
             for logger in trainer.loggers:
                 logger.log_metrics(diagnostics, step=trainer.global_step)
         self.train_started = None

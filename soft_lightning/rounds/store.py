@@ -9,6 +9,8 @@
                                        principles (base_zero_shot.json: the base model's)
     <out_dir>/best/adapter/, best.json the best round's adapter, and which round and why
     <out_dir>/checkpoints/             Lightning checkpoints, `last-round-end.ckpt` among them
+    <out_dir>/stop                     a rank was told to stop (SIGTERM): the others stop generating
+                                       after their chunk in hand; removed when the run starts again
 
 Every file is written to a temp name and renamed into place, and the manifest comes last: a
 round counts as generated only when its manifest exists and its checksum matches the data, and
@@ -25,6 +27,8 @@ import socket
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_warn
 
 from soft_lightning.rounds.plan import RunPlan, identity_changes
 from soft_lightning.utils.errors import ConfigError
@@ -70,11 +74,25 @@ class RoundStore:
         ends, so a killed run never blocks its own resume."""
         if lock:
             self._lock()
+            self.stop_path.unlink(missing_ok=True)  # a stop from an earlier attempt is over
         try:
             self._check_run(identity, resuming)
         except ConfigError:
             self.release()
             raise
+
+    @property
+    def stop_path(self) -> Path:
+        return self.root / "stop"
+
+    def request_stop(self, reason: str) -> None:
+        """Tell every rank to stop generating after its chunk in hand (a file: ranks generate
+        without meeting, on one node or many, and read it between chunks)."""
+        if not self.stop_path.exists():
+            write_bytes_atomic(self.stop_path, (reason + "\n").encode("utf-8"))
+
+    def stop_requested(self) -> bool:
+        return self.stop_path.exists()
 
     def release(self) -> None:
         """Give out_dir up (the end of the run; the kernel does it for a process that dies)."""
@@ -116,6 +134,10 @@ class RoundStore:
                 f"bootstrap.out_dir: {self.root} is in use by {holder}; wait for that run to end (or stop it), "
                 "or choose another --bootstrap.out_dir."
             ) from None
+        except OSError as err:  # a file system without locks (some NFS and Lustre mounts): ENOLCK, ENOTSUP
+            rank_zero_warn(f"bootstrap.out_dir: {self.root} is on a file system without file locks ({err.strerror}), "
+                           "so nothing stops a second run from writing there at the same time; start one run per "
+                           "out_dir, or use a local disk.")
         handle.seek(0)
         handle.truncate()
         handle.write(f"the run on host {socket.gethostname()}, pid {os.getpid()}\n")

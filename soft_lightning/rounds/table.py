@@ -58,12 +58,14 @@ def validation_fields(results: list[tuple[int, bool, float]]) -> dict | None:
 
 
 def mark_trained(store: RoundStore, r: int, metrics: dict, seconds: float | None,
-                 monitor: tuple[str | None, str], mc_results: list[tuple[int, bool, float]] = ()) -> dict[str, float]:
-    """Record round r's training (and its per-item validation results) in its manifest (the round
-    counts as trained from here on) and rebuild the report; returns the round's generation
-    diagnostics, for the loggers."""
+                 monitor: tuple[str | None, str], mc_results: list[tuple[int, bool, float]] = (),
+                 memory: dict | None = None) -> dict[str, float]:
+    """Record round r's training (and its per-item validation results, and rank 0's peak memory
+    over the round) in its manifest (the round counts as trained from here on) and rebuild the
+    report; returns the round's generation diagnostics, for the loggers."""
     metrics = {k: float(v) for k, v in metrics.items() if v.numel() == 1}
-    store.update_manifest(r, training=training_fields(metrics, seconds), validation=validation_fields(mc_results))
+    store.update_manifest(r, training=training_fields(metrics, seconds), validation=validation_fields(mc_results),
+                          **({"memory": memory} if memory else {}))
     update(store, *monitor)
     return store.read_manifest(r).get("diagnostics", {})
 

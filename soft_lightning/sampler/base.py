@@ -48,8 +48,9 @@ class Policy:
     `device`, plus the adapter `sync_weights` names. A run's policy is its LightningModule's
     (`SoftModule.policy`); a command's is a model folder.
 
-    `load` (a run's, for a spawned hf sampler with the adapter as LoRA) rebuilds the policy model
-    the way training builds it, with a saved adapter (None: the starting weights), and `cast` is
+    `load(adapter=, device=)` (a run's, for a spawned hf sampler with the adapter as LoRA) rebuilds
+    the policy model the way training builds it, with a saved adapter (None: the starting weights)
+    on a device, and `cast` is
     the dtype Lightning's `-true` precision casts it to.
     """
 
@@ -58,7 +59,7 @@ class Policy:
     device: str = "cpu"
     lora_rank: int = 64
     trust_remote_code: bool = False
-    load: Callable[[str | None], Any] | None = None
+    load: Callable[..., Any] | None = None
     cast: str | None = None
 
 
@@ -66,9 +67,6 @@ class Sampler(Protocol):
     """Turns generation requests into records, from the weights `sync_weights` last named."""
 
     name: str  # the backend
-    # Whether every rank must make the same number of `generate` calls (engines that run
-    # collectives at every step); ranks then pad with repeated requests.
-    lockstep: bool
 
     def sync_weights(self, adapter: Path | None, model=None) -> None:
         """Sample from these weights from now on: `adapter` is the round's saved LoRA folder (None:
@@ -93,6 +91,10 @@ class Sampler(Protocol):
     def shard(self, rank: int, world: int) -> tuple[int, int, bool]:
         """Which share of a round this rank generates: (share, shares, whether it writes it)."""
 
+    def stop_together(self, stop: bool) -> bool:
+        """Whether to stop after this chunk, the same answer on every rank that generates the same
+        share (a tensor-parallel group runs collectives in every forward: it stops as one)."""
+
     def describe(self) -> dict[str, Any]:
         """The settings a round's manifest records."""
 
@@ -103,7 +105,6 @@ class SamplerBase:
 
     name = "base"
     process = "inline"  # where generation runs: this process, or a spawned child (SamplerProcess)
-    lockstep = False
 
     def __init__(self, sampling: SamplingSettings, stop: list[str], seed: int):
         self.sampling, self.stop, self.seed = sampling, stop, seed
@@ -116,6 +117,9 @@ class SamplerBase:
     def shard(self, rank: int, world: int) -> tuple[int, int, bool]:
         """One share per rank, unless ranks generate together (vLLM tensor parallelism)."""
         return rank, world, True
+
+    def stop_together(self, stop: bool) -> bool:
+        return stop
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "process": self.process, **asdict(self.sampling), "stop": self.stop,

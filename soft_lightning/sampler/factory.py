@@ -62,7 +62,7 @@ def make_sampler(settings: SamplerSettings, policy: Policy, *, sampling: Samplin
     generation. `tokenizer` and `stop` default to the policy's (its chat template's end of turn);
     `ranks` is (global rank, local rank, world size)."""
     from soft_lightning.sampler.hf import GenerationCopy, HFAdapterSampler, HFSampler
-    from soft_lightning.sampler.process import SamplerProcess
+    from soft_lightning.sampler.process import SamplerProcess, rank_devices
     from soft_lightning.sampler.vllm import VLLMSampler
 
     tokenizer = tokenizer or load_tokenizer(policy.source, policy.trust_remote_code)
@@ -74,27 +74,38 @@ def make_sampler(settings: SamplerSettings, policy: Policy, *, sampling: Samplin
                                 checkpoint_bytes(policy.source, policy.dtype) or 0, policy.device)
     if "auto" in (settings.backend, settings.adapter_sync):
         rank_zero_info(f"[soft] sampler: {backend}, adapter_sync: {sync}")
-    common = {"sampling": sampling, "stop": stop, "seed": seed}
+    rank, local_rank, world = ranks
+    tp = settings.vllm.tensor_parallel_size if backend == "vllm" and world > 1 else 1
+    # Each share of a round samples with a seed of its own (as TRL and verl seed colocated
+    # engines: base + rank // tp); one rank keeps the run's seed.
+    common = {"sampling": sampling, "stop": stop, "seed": seed + rank // tp}
     spawned = settings.process == "spawn"
+    # A spawned sampler sees this rank's GPU alone, as the parent names it (e.g. 5 for cuda:1 under
+    # CUDA_VISIBLE_DEVICES=4,5), and uses it as cuda:0; an inline one uses the rank's own device.
+    cuda = policy.device.startswith("cuda")
+    visible = rank_devices(policy.device) if spawned and cuda and world > 1 else None
+    device = "cuda:0" if visible is not None else policy.device
     if backend == "vllm":
         vllm = settings.vllm
         options = replace(vllm, dtype=policy.dtype) if vllm.dtype == "auto" else vllm  # the policy's numerics
         kwargs = {**common, "model_path": policy.source, "lora_rank": policy.lora_rank, "options": options,
                   "trust_remote_code": policy.trust_remote_code, "adapter_sync": sync}
         if not spawned:
-            return VLLMSampler(**kwargs, **dict(zip(("rank", "local_rank", "world"), ranks)))
-        # A spawned engine is a process of its own; under several ranks it sees its rank's GPU only.
-        return SamplerProcess(VLLMSampler, kwargs, visible_devices=str(ranks[1]) if ranks[2] > 1 else None)
+            index = torch.device(policy.device).index if cuda else None
+            return VLLMSampler(**kwargs, rank=rank, local_rank=local_rank if index is None else index, world=world)
+        return SamplerProcess(VLLMSampler, kwargs, visible_devices=visible)
     hf = {**common, "tokenizer": tokenizer, "batch_tokens": settings.hf_batch_tokens}
     if sync == "merged":  # a copy of the base in the policy's dtype, here or in the spawned child
-        copy = GenerationCopy(policy.source, policy.dtype, policy.device, policy.trust_remote_code)
-        return SamplerProcess(HFSampler, {**hf, "copy": copy}) if spawned else HFSampler(**hf, copy=copy)
+        copy = GenerationCopy(policy.source, policy.dtype, device, policy.trust_remote_code)
+        return SamplerProcess(HFSampler, {**hf, "copy": copy}, visible_devices=visible) if spawned \
+            else HFSampler(**hf, copy=copy)
     if not spawned:  # samples from the model `sync_weights` hands it (the policy being trained)
         return HFSampler(**hf)
     if policy.load is None:
         raise ConfigError("a spawned hf sampler with adapter_sync=lora rebuilds the training policy, which only a "
                           "run can; use adapter_sync merged.")
-    return SamplerProcess(HFAdapterSampler, {**hf, "load_model": policy.load, "dtype": policy.cast})
+    return SamplerProcess(HFAdapterSampler, {**hf, "load_model": policy.load, "dtype": policy.cast, "device": device},
+                          visible_devices=visible)
 
 
 def check_sampler_settings(settings: SamplerSettings) -> None:

@@ -173,14 +173,15 @@ class HFSampler(SamplerBase):
 
 
 class HFAdapterSampler(HFSampler):
-    """The hf backend without the trained model (in a spawned child): `load_model(adapter)`
-    builds the policy model the way training does, with the round's saved adapter (None: the
-    run's starting weights), so it samples from exactly the weights training saved."""
+    """The hf backend without the trained model (in a spawned child): `load_model(adapter=,
+    device=)` builds the policy model the way training does on `device`, with the round's saved
+    adapter (None: the run's starting weights), so it samples from exactly the weights training saved."""
 
     def __init__(self, sampling: SamplingSettings, stop: list[str], seed: int, tokenizer,
-                 load_model: Callable[[str | None], Any], batch_tokens: int = 16384, dtype: str | None = None):
+                 load_model: Callable[..., Any], batch_tokens: int = 16384, dtype: str | None = None,
+                 device: str = "cpu"):
         super().__init__(sampling, stop, seed, tokenizer, batch_tokens)
-        self.load_model, self.dtype = load_model, dtype
+        self.load_model, self.dtype, self.device = load_model, dtype, device
         self._loaded: tuple[str | None, Any] | None = None
 
     def describe(self) -> dict[str, Any]:
@@ -191,5 +192,5 @@ class HFAdapterSampler(HFSampler):
         key = str(self.adapter) if self.adapter is not None else None
         if self._loaded is None or self._loaded[0] != key:
             self._loaded = None  # free the old one before loading the next
-            self._loaded = (key, self.load_model(key))
+            self._loaded = (key, self.load_model(adapter=key, device=self.device))
         return self._loaded[1]

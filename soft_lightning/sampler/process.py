@@ -25,6 +25,8 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from soft_lightning.sampler.base import SamplerBase
 from soft_lightning.utils.logs import quiet
 from soft_lightning.utils.progress import no_progress
@@ -46,6 +48,20 @@ def die_with_parent() -> None:
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
     if os.getppid() == 1:  # the parent died before the request took effect
         os._exit(1)
+
+
+def rank_devices(device: str, parent: str | None = None) -> str:
+    """`CUDA_VISIBLE_DEVICES` for a child that serves the rank on `device` (`cuda:k`): the k-th
+    entry of the parent's own list (`parent`, default this process's), since k counts the devices
+    the parent sees, not the machine's (rank 0 under `4,5,6,7` is on GPU 4); k where none is set."""
+    index = torch.device(device).index or 0
+    parent = os.environ.get("CUDA_VISIBLE_DEVICES") if parent is None else parent
+    if not parent:
+        return str(index)
+    listed = [d.strip() for d in parent.split(",") if d.strip()]
+    if index >= len(listed):
+        raise SamplerProcessError(f"{device} is not among the {len(listed)} devices of CUDA_VISIBLE_DEVICES={parent}.")
+    return listed[index]
 
 
 def _serve(conn, factory, kwargs, visible_devices: str | None) -> None:

