@@ -1,9 +1,12 @@
-# GPU image: CUDA runtime, upstream vLLM (which brings the CUDA torch it was built with),
-# bitsandbytes, and this project.
+# GPU image: the CUDA toolkit, upstream vLLM (which brings the CUDA torch it was built with),
+# bitsandbytes, and this project. The `devel` base, not `runtime`: it has nvcc and the CUDA headers
+# that JIT paths need (torch.compile's Triton and inductor kernels, vLLM's CUDA graphs with
+# compilation, FlashInfer's kernels), at ~3 GB more image. Never built on our machines (no Docker):
+# hadolint checks it (tests/test_dockerfile.py).
 #   docker build -t soft-lightning .
 #   docker run --gpus all -v $PWD/runs:/app/runs -v /models:/models soft-lightning \
 #       fit --config configs/soft.yaml --model.model_name_or_path /models/Llama-2-7b-hf
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+FROM nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \

@@ -23,6 +23,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from soft_lightning.models.source import checkpoint_bytes
 from soft_lightning.rounds import synthesis, table
 from soft_lightning.rounds.curriculum import Ordering, check_ordering
 from soft_lightning.rounds.filters import FilterSettings
@@ -108,8 +109,12 @@ class BootstrapCallback(L.Callback):
         if stage != "fit":
             return
         sigterm_without_collectives(trainer)
+        def engine_bytes():  # asked for only with vLLM sleep mode
+            return checkpoint_bytes(pl_module.source(), pl_module.resolve_numerics().dtype)
+
         check_sampler_for_run(self.run.sampler_settings, pl_module.hparams.lora_r, trainer.world_size,
-                              sharded=isinstance(trainer.strategy, FSDPStrategy))
+                              sharded=isinstance(trainer.strategy, FSDPStrategy), engine_bytes=engine_bytes,
+                              ranks_here=trainer.num_devices)
         if self.resume_requested is not None:
             self.run.store.claim(self.run.identity(trainer), self.resume_requested, lock=trainer.is_global_zero)
         # The LR schedule's length: rounds x the optimizer steps a full round of prompts takes.

@@ -125,9 +125,21 @@ def test_vllm_merged_generates_what_the_lora_request_generates(adapted, smollm2_
             base = sample(sampler, requests, 0)
             results[sync] = sample(sampler, requests, 1, folder)
             again = sample(sampler, requests, 2)
+            if sync == "merged":
+                # The way to workers in processes of their own (tensor parallelism on one rank):
+                # through safetensors shards on disk, which the engine reloads from its folder. Here
+                # in-process, shards of at most 64 MB (a larger tensor alone): 8 files for SmolLM2's
+                # 0.54 GB in float32.
+                sampler.through_disk, sampler.merged_shard_bytes = True, 64 * 2**20
+                on_disk = sample(sampler, requests, 3, folder)
+                assert len(list(sampler._merged_dir.glob("*.safetensors"))) == 8
+                back = sample(sampler, requests, 4)
         finally:
             sampler.close()
         assert [r["response"] for r in again] == [r["response"] for r in base], "back to the base exactly"
+    assert [(r["response"], r["mean_logprob"]) for r in on_disk] == \
+        [(r["response"], r["mean_logprob"]) for r in results["merged"]], "the same weights through disk"
+    assert [r["response"] for r in back] == [r["response"] for r in base]
     assert [r["response"] for r in results["merged"]] == [r["response"] for r in results["lora"]]
     assert [r["mean_logprob"] for r in results["merged"]] == pytest.approx(
         [r["mean_logprob"] for r in results["lora"]], abs=1e-3)

@@ -18,3 +18,4 @@ def test_dockerfile_passes_hadolint_and_runs_the_cli():
     text = (ROOT / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["python", "-m", "soft_lightning"]' in text
     assert '".[gpu]"' in text and "USER 1000" in text
+    assert "-devel-" in text.split("FROM ", 1)[1].split()[0], "JIT paths (Triton, vLLM, FlashInfer) need nvcc"

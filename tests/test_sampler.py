@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import signal
 import time
+from dataclasses import replace
 from functools import partial
 
 import pytest
@@ -163,3 +164,49 @@ def test_sampler_settings_the_run_cannot_honour_are_refused():
         check_sampler_for_run(settings("hf", "inline"), 8, 2, True)
     check_sampler_for_run(settings("hf", "spawn"), 8, 2, True)
     check_sampler_for_run(settings("vllm", "inline", 2), 8, 4, False)
+
+
+def test_spawned_samplers_take_their_rank_s_gpu_from_the_parent_s_visible_list(tiny_model, monkeypatch):
+    """Under CUDA_VISIBLE_DEVICES=4,5 (a scheduler's share of a node), rank 1 trains on cuda:1,
+    which is physical GPU 5: its spawned sampler, vLLM or hf, must see GPU 5 alone and open it as
+    cuda:0 (bitsandbytes quantises on the current device, which is cuda:0 in a child that sees one).
+    Faked on CPU: the mapping, the child's arguments, and the variable a real child receives."""
+    from soft_lightning.sampler.process import rank_devices
+    from tests.helpers.sampling import DeviceProbe
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    assert [rank_devices("cuda:0"), rank_devices("cuda:1")] == ["4", "5"]
+    assert rank_devices("cuda:1", parent="") == "1", "no list: the index is the machine's"
+    with pytest.raises(SamplerProcessError, match="cuda:2 is not among the 2 devices of CUDA_VISIBLE_DEVICES=4,5"):
+        rank_devices("cuda:2")
+    policy = Policy(tiny_model, dtype="float32", device="cuda:1", lora_rank=8,
+                    load=partial(SoftModule.policy_for_sampling, {}, None))
+    for backend, sync in (("hf", "merged"), ("hf", "lora"), ("vllm", "merged")):
+        settings = SamplerSettings(backend=backend, process="spawn", adapter_sync=sync)
+        spawned = make_sampler(settings, policy, sampling=SAMPLING, ranks=(1, 1, 2))
+        assert spawned.visible_devices == "5", (backend, sync)
+        device = spawned.kwargs["copy"].device if "copy" in spawned.kwargs else spawned.kwargs.get("device", "cuda:0")
+        assert device == "cuda:0", (backend, sync)
+        inline = make_sampler(replace(settings, process="inline"), policy, sampling=SAMPLING, ranks=(1, 1, 2))
+        if backend == "vllm":
+            assert inline.local_rank == 1 and inline.seed == 1, "vLLM's own device (LOCAL_RANK) and the rank's seed"
+    assert make_sampler(SamplerSettings(backend="hf", process="spawn", adapter_sync="merged"),
+                        replace(policy, device="cpu"), sampling=SAMPLING, ranks=(1, 1, 2)).visible_devices is None
+    child = SamplerProcess(DeviceProbe, {"device": "cuda:0"}, visible_devices=rank_devices("cuda:1"))
+    try:
+        assert child.describe()["CUDA_VISIBLE_DEVICES"] == "5", "the child process sees the rank's GPU alone"
+    finally:
+        child.close()
+
+
+def test_sleep_mode_is_refused_when_the_node_cannot_park_every_rank_s_weights():
+    """Sleep mode parks each engine's weights in pinned host memory: at 7B in bf16 (13.5 GB) 8
+    ranks of a node need 108 GB of it. (The numbers a GPU node would give; sleep mode itself needs
+    CUDA, so only the check runs here.)"""
+    from soft_lightning.sampler.vllm import check_sleep_host_memory
+
+    seven_b = 13_500_000_000
+    check_sleep_host_memory(seven_b, 8, available=200 * 10**9)
+    check_sleep_host_memory(None, 8, available=0)  # a hub id: the size is not known before loading
+    with pytest.raises(ConfigError, match=r"8 rank\(s\) on this node x 13.5 GB = 108.0 GB, but 64.0 GB is available"):
+        check_sleep_host_memory(seven_b, 8, available=64 * 10**9)

@@ -19,7 +19,7 @@ import torch
 from peft import LoraConfig
 from peft.utils.other import get_pattern_key
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from soft_lightning.utils.errors import ConfigError
 
@@ -94,6 +94,26 @@ class AdapterMerger:
             if name in deltas:
                 weight = weight.float() + deltas[name]()
             yield name, weight.to(dtype or weight.dtype)
+
+
+def write_safetensors_shards(weights: Iterator[tuple[str, torch.Tensor]], folder: Path, shard_bytes: int) -> None:
+    """`weights` as safetensors files in `folder`, each up to `shard_bytes` (a larger tensor alone),
+    so only one shard is in memory at a time."""
+    shard: dict[str, torch.Tensor] = {}
+    size, count = 0, 0
+
+    def flush() -> None:
+        nonlocal shard, size, count
+        if shard:
+            save_file(shard, str(folder / f"model-{count:05d}.safetensors"))
+            shard, size, count = {}, 0, count + 1
+
+    for name, weight in weights:
+        if size and size + weight.nbytes > shard_bytes:
+            flush()
+        shard[name] = weight.contiguous()
+        size += weight.nbytes
+    flush()
 
 
 def _delta(lora_b: torch.Tensor, lora_a: torch.Tensor, scale: float) -> torch.Tensor:

@@ -5,6 +5,7 @@ use: vLLM's import is slow, and absent from some installs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from soft_lightning.models.formats import PromptFormat
 from soft_lightning.models.source import checkpoint_bytes, load_tokenizer
 from soft_lightning.sampler.base import Policy, Sampler
 from soft_lightning.sampler.settings import AdapterSync, SamplerSettings, SamplingSettings
-from soft_lightning.sampler.vllm import check_vllm_options, vllm_lora_rank
+from soft_lightning.sampler.vllm import check_sleep_host_memory, check_vllm_options, vllm_lora_rank
 from soft_lightning.utils.errors import ConfigError
 
 
@@ -117,13 +118,19 @@ def check_sampler_settings(settings: SamplerSettings) -> None:
         )
 
 
-def check_sampler_for_run(settings: SamplerSettings, lora_r: int, world: int, sharded: bool) -> None:
+def check_sampler_for_run(settings: SamplerSettings, lora_r: int, world: int, sharded: bool,
+                          engine_bytes: Callable[[], int | None] = lambda: None, ranks_here: int = 1) -> None:
     """What this run's ranks and strategy allow, refused before any model loads (also for a
-    spawned engine). `sharded`: the training weights are split over the ranks (FSDP)."""
+    spawned engine). `sharded`: the training weights are split over the ranks (FSDP);
+    `engine_bytes()`: the engine's weights in the run's dtype; `ranks_here`: ranks on this node."""
     backend = resolve_backend(settings.backend)
     if backend == "vllm":
         vllm_lora_rank(lora_r)
         check_vllm_options(settings.vllm, world, settings.process)
+        if settings.vllm.sleep_between_rounds:
+            import psutil
+
+            check_sleep_host_memory(engine_bytes(), ranks_here, psutil.virtual_memory().available)
     elif sharded and world > 1 and settings.process == "inline":
         raise ConfigError(
             "bootstrap.sampler.backend=hf with bootstrap.sampler.process=inline cannot generate from FSDP-sharded "

@@ -11,14 +11,16 @@ reset so no block computed with the previous round's weights is served).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from soft_lightning.models.merge import AdapterMerger
+from soft_lightning.models.merge import AdapterMerger, write_safetensors_shards
 from soft_lightning.sampler.base import SamplerBase, make_record
 from soft_lightning.sampler.settings import AdapterSync, SamplerProcessMode, SamplingSettings, VLLMOptions
 from soft_lightning.utils.errors import ConfigError
@@ -62,6 +64,20 @@ def check_vllm_options(options: VLLMOptions, world: int = 1, process: SamplerPro
                 f"bootstrap.sampler.vllm.sleep_between_rounds needs vLLM sleep mode, which the "
                 f"{current_platform.device_name} platform lacks; set it to false."
             )
+
+
+def check_sleep_host_memory(engine_bytes: int | None, ranks_here: int, available: int) -> None:
+    """Sleep mode (level 1) offloads each engine's weights to pinned host memory between rounds:
+    every rank of a node holds a copy there (13.5 GB at 7B in bf16: 108 GB for 8 GPUs), which
+    must fit beside everything else, or the first sleep fails after a whole round of work."""
+    if engine_bytes is None or engine_bytes * ranks_here <= available:
+        return
+    raise ConfigError(
+        f"bootstrap.sampler.vllm.sleep_between_rounds=true parks each engine's weights in host memory between "
+        f"rounds: {ranks_here} rank(s) on this node x {engine_bytes / 1e9:.1f} GB = "
+        f"{engine_bytes * ranks_here / 1e9:.1f} GB, but {available / 1e9:.1f} GB is available; set it to false, or "
+        "run fewer ranks per node."
+    )
 
 
 def empty_cuda_cache() -> None:
@@ -109,6 +125,11 @@ class VLLMSampler(SamplerBase):
         self._llm = self._merger = None
         self._lora: tuple[str | None, int] = (None, 0)  # (adapter, its LoRA id)
         self._asleep = False
+        # Tensor parallelism on one rank: the engine's workers are processes of their own, so merged
+        # weights reach them through a folder on disk (TMPDIR must hold the model in its dtype).
+        self.through_disk = world == 1 and options.tensor_parallel_size > 1
+        self.merged_shard_bytes = 2**30  # their shards on the way (host RAM holds one)
+        self._merged_dir: Path | None = None
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), **asdict(self.options), "max_lora_rank": self.max_lora_rank,
@@ -171,6 +192,11 @@ class VLLMSampler(SamplerBase):
                 options["kv_cache_memory_bytes"] = int(options["gpu_memory_utilization"]
                                                        * psutil.virtual_memory().available)
             check_vllm_options(self.options)
+            if not options["enforce_eager"]:
+                # vLLM 0.19 leaves CUDA graphs' memory outside gpu_memory_utilization unless asked
+                # (and LoRA serving about doubles the graphs): asked here, so the engine's share holds
+                # all it takes and training beside it keeps the rest.
+                os.environ.setdefault("VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS", "1")
             if self.world > 1:
                 # vLLM's torchrun mode: the engine runs in this rank's process, on its device, inside
                 # the run's process group; each tensor-parallel group of ranks is one engine, and
@@ -200,6 +226,7 @@ class VLLMSampler(SamplerBase):
         if self._llm is not None:
             self._llm.llm_engine.engine_core.shutdown()
             self._llm, self._asleep = None, False
+        self._drop_merged_dir()
 
     def _adapter_request(self, llm, adapter: Path | None):
         """Put the round's adapter in place: a LoRARequest (a new id per adapter, so vLLM loads
@@ -215,11 +242,26 @@ class VLLMSampler(SamplerBase):
         self._merger = self._merger or AdapterMerger(self.model_path)
         if adapter != self._merger.adapter:
             weights = self._merger.weights(adapter, llm.llm_engine.model_config.dtype)
-            if self.world == 1 and self.options.tensor_parallel_size > 1:  # workers in processes of their own
-                weights = list(weights)
-            llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+            if self.through_disk:
+                # Workers in processes of their own take pickled arguments, whole: the merged weights
+                # go through disk in shards instead (host RAM: one shard), and every worker reads its
+                # own slice back. The folder stays until the next one replaces it (the engine's
+                # model_config now names it).
+                folder = Path(tempfile.mkdtemp(prefix="soft-merged-"))
+                write_safetensors_shards(weights, folder, self.merged_shard_bytes)
+                llm.collective_rpc("reload_weights", kwargs={"weights_path": str(folder), "is_checkpoint_format": True})
+                self._drop_merged_dir()
+                self._merged_dir = folder
+            else:  # the worker is in this process: the weights stream, one tensor at a time
+                llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights,
+                                                             "is_checkpoint_format": True})
             llm.reset_prefix_cache()
         return None
+
+    def _drop_merged_dir(self) -> None:
+        if self._merged_dir is not None:
+            shutil.rmtree(self._merged_dir, ignore_errors=True)
+            self._merged_dir = None
 
     def generate(self, requests, *, round_index, sampling=None, progress=no_progress) -> list[dict]:
         from vllm import SamplingParams

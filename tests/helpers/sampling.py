@@ -16,3 +16,24 @@ def few_shot_requests(tokenizer, prompts: list[dict], round_index: int = 0, exam
     icl = IclSettings(examples=examples)
     return build_requests(prompts, round_index, icl, Principles.load(icl.principles).text, PromptFormat(tokenizer),
                           load_icl_pool(icl.pool), seed=0)
+
+
+class DeviceProbe:
+    """A `Sampler` factory for a spawned child that reports the devices the child sees: what a
+    real backend would open there. (Its own class, importable by the child.)"""
+
+    name = "probe"
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+    def start(self) -> float:
+        return 0.0
+
+    def describe(self) -> dict:
+        import os
+
+        return {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"), **self.kwargs}
+
+    def close(self) -> None:
+        pass
