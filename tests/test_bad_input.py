@@ -139,6 +139,12 @@ def test_out_dir_of_another_run_is_refused_unless_resumed(tmp_path, tiny_model, 
     other = fails(capsys, tiny_run_args(tiny_model, out, "hf", "--bootstrap.rounds", "1", "--bootstrap.seed", "7",
                                         "--ckpt_path", "last"))
     assert "holds a different run (bootstrap.seed changed since it started)" in other
+    # Each rank's share samples with a seed of its own: another number of ranks makes other data.
+    ranks = run_cli(*tiny_run_args(tiny_model, out, "hf", "--bootstrap.rounds", "1", "--ckpt_path", "last",
+                                   "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator",
+                                   "cpu"), timeout=300)
+    assert ranks.returncode == 2 and "holds a different run (trainer.world_size changed since it started)" in \
+        ranks.stderr, ranks.stderr[-2000:]
 
 
 PARSER_CASES = {  # refused by jsonargparse from the types of the constructor arguments

@@ -155,7 +155,6 @@ def test_vllm_engines_of_two_ranks_run_independently_stop_together_and_resume_to
     shards = [len(store.partial_records(store.shard_path(1, k, 2), repair=False)) for k in (0, 1)]
     assert shards == [2, 2], "rank 0 stops after its chunk in hand, not at the end of its share"
     after_signal = ended - store.stop_path.stat().st_mtime
-    print(f"MEASURED after_signal={after_signal:.1f} rank0={rank0} rank1={rank1}")
     assert "rank 1 received SIGTERM" in store.stop_path.read_text() and after_signal < 60, after_signal
     codes, _, logs = run(out, resume=True)
     assert codes == [0, 0], logs
