@@ -25,10 +25,9 @@ import os
 import shutil
 import socket
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
-
-from lightning.pytorch.utilities import rank_zero_warn
 
 from soft_lightning.rounds.plan import RunPlan, identity_changes
 from soft_lightning.utils.errors import ConfigError
@@ -135,9 +134,10 @@ class RoundStore:
                 "or choose another --bootstrap.out_dir."
             ) from None
         except OSError as err:  # a file system without locks (some NFS and Lustre mounts): ENOLCK, ENOTSUP
-            rank_zero_warn(f"bootstrap.out_dir: {self.root} is on a file system without file locks ({err.strerror}), "
-                           "so nothing stops a second run from writing there at the same time; start one run per "
-                           "out_dir, or use a local disk.")
+            # (only the run's first rank takes the lock: a plain warning, not Lightning's rank-zero one)
+            warnings.warn(f"bootstrap.out_dir: {self.root} is on a file system without file locks ({err.strerror}), "
+                          "so nothing stops a second run from writing there at the same time; start one run per "
+                          "out_dir, or use a local disk.", stacklevel=2)
         handle.seek(0)
         handle.truncate()
         handle.write(f"the run on host {socket.gethostname()}, pid {os.getpid()}\n")
