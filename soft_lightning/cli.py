@@ -10,6 +10,7 @@ draws and sampling.
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from soft_lightning.callbacks.bootstrap import BootstrapCallback
 from soft_lightning.models import precision
 from soft_lightning.models.source import config_model_type
 from soft_lightning.renamed import check_renamed
+from soft_lightning.rounds.preflight import check_out_dir
 from soft_lightning.sampler import vllm_lora_rank
 from soft_lightning.training.data import SoftDataModule
 from soft_lightning.training.module import SoftModule, check_optimizer
@@ -58,6 +60,7 @@ class SoftCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         # Checks that span sections; they fail before anything is built.
         config = self.config.get(self.subcommand, self.config)
+        check_out_dir(config.bootstrap.out_dir)
         # trainer.precision left unset follows model.compute_dtype (auto: picked for the device);
         # corrupting pairs are refused here, before anything loads.
         device = precision.device_of(config.trainer.accelerator)
@@ -99,6 +102,7 @@ class SoftCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
+    from_argv = args is None  # (LightningCLI warns when it is handed arguments and sys.argv has some too)
     args = sys.argv[1:] if args is None else args
     try:
         if any(a.split("=")[0] == "--trainer.default_root_dir" for a in args):
@@ -113,11 +117,22 @@ def main(args: list[str] | None = None) -> None:
             CLI(getattr(importlib.import_module(module), function), args=rest,
                 prog=f"python -m soft_lightning {args[0]}")
             return
-        SoftCLI(SoftModule, SoftDataModule, args=args, auto_configure_optimizers=False,
+        SoftCLI(SoftModule, SoftDataModule, args=None if from_argv else args, auto_configure_optimizers=False,
                 save_config_kwargs={"overwrite": True})
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Exception as err:  # a library's error escaped a phase of the run: one sentence, the traceback kept
+        context = getattr(err, "soft_context", None)
+        if context is None or os.environ.get("SOFT_LIGHTNING_TRACEBACK"):
+            raise
+        phase, keys, log = context
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        kept = f"the full traceback is in {log}" if log else "the traceback could not be written to the run's folder"
+        print(f"error: {phase} failed with {type(err).__name__}: {first} (the setting most likely behind it: {keys}); "
+              f"{kept} (SOFT_LIGHTNING_TRACEBACK=1 prints it here); what the run wrote is kept, and after the fix "
+              "--ckpt_path last resumes it.", file=sys.stderr)
+        raise SystemExit(1) from None
     except SIGTERMException:  # a preemption: what was written is kept, a checkpoint was saved
         print("[soft] stopped by SIGTERM; run the same command with --ckpt_path last to continue.", file=sys.stderr)
         raise SystemExit(128 + signal.SIGTERM) from None

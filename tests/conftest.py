@@ -1,8 +1,16 @@
-"""Fixtures: the demo model, the tiny model built from it, and finished runs shared by tests."""
+"""Fixtures: the demo model, the tiny model built from it, and finished runs shared by tests.
 
+Under pytest-xdist (`make test` runs 2 workers) each worker has its own session: the uninterrupted
+reference runs, the most expensive fixtures, are made once for all workers, in a folder they share
+and under a file lock; the rest are cheap enough to make per worker (the tiny model is seeded, so
+every worker's is the same model)."""
+
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from tests.helpers.cli import ORDERINGS, resume_args, run_ok, tiny_run_args
 from tests.helpers.tiny_model import build_tiny_llama
@@ -30,16 +38,24 @@ def trained_run(tiny_model, tmp_path_factory) -> Path:
     return out
 
 
+def made_once(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Path:
+    """`make(folder)` once for every xdist worker of this test session (the first to ask makes
+    it, the others wait for it), in the session's shared base folder."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+    done = folder.with_name(name + ".done")
+    with FileLock(str(folder.with_name(name + ".lock"))):
+        if not done.is_file():
+            make(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def reference(tiny_model, tmp_path_factory):
     """`reference(ordering)`: an uninterrupted single-process run with that ordering option
-    (run once per session)."""
-    runs = {}
-
+    (run once per test session, for all workers)."""
     def get(ordering: str = "none"):
-        if ordering not in runs:
-            out = tmp_path_factory.mktemp(f"uninterrupted-{ordering}")
-            run_ok(*resume_args(tiny_model, out, *ORDERINGS[ordering]))
-            runs[ordering] = out
-        return runs[ordering]
+        return made_once(tmp_path_factory, f"uninterrupted-{ordering}",
+                         lambda out: run_ok(*resume_args(tiny_model, out, *ORDERINGS[ordering])))
     return get

@@ -2,6 +2,7 @@
 and leaves no round directory behind."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,26 @@ CASES = {
     "a run started before the identity held every setting": (
         ["--ckpt_path", "last", "--config", "{tmp}/out-v1.yaml"],
         "was started by an earlier soft_lightning whose plan.json records fewer settings"),
+    # The pre-flight classes (soft_lightning/rounds/preflight.py; docs/how-it-works.md's table).
+    "few-shot prompt longer than the engine's context": (
+        ["--bootstrap.sampler.backend", "vllm", "--bootstrap.sampler.vllm.max_model_len", "128"],
+        "bootstrap.sampler.vllm.max_model_len=128 is too short for the longest few-shot prompt"),
+    "no room for one sequence's KV cache": (
+        ["--bootstrap.sampler.backend", "vllm", "--bootstrap.sampler.vllm.kv_cache_memory_bytes", "100"],
+        "bootstrap.sampler.vllm.kv_cache_memory_bytes=100 holds 0 tokens of this model's KV cache"),
+    "tensor parallelism beyond the machine": (
+        ["--bootstrap.sampler.backend", "vllm", "--bootstrap.sampler.vllm.tensor_parallel_size", "64"],
+        "bootstrap.sampler.vllm.tensor_parallel_size=64 needs 64 NUMA nodes"),
+    "out_dir that is a file": (["--bootstrap.out_dir", "{tmp}/bad.jsonl"], "bootstrap.out_dir: {tmp}/bad.jsonl is a file"),
+    "out_dir below a file": (["--bootstrap.out_dir", "{tmp}/bad.jsonl/run"],
+                             "bootstrap.out_dir: {tmp}/bad.jsonl/run cannot be created, since {tmp}/bad.jsonl is a file"),
+    "out_dir where nothing can be written": (["--bootstrap.out_dir", "/proc/soft-lightning-run"],
+                                             "bootstrap.out_dir: /proc/soft-lightning-run cannot be written"),
+    "corrupt Parquet file": (["--data.prompts", "{tmp}/corrupt.parquet"], "corrupt.parquet is not a readable Parquet file"),
+    "LoRA target the model lacks": (["--model.target_modules", "[q_proj, qkv_proj]"],
+                                    "model.target_modules names qkv_proj, which"),
+    "ICL pool smaller than the examples shown": (["--bootstrap.icl.pool", "{tmp}/icl-two.jsonl"],
+                                                 "icl-two.jsonl holds 2 examples but bootstrap.icl.examples=3"),
     "missing seed tasks": (["--bootstrap.prompt_synthesis.per_round", "2", "--bootstrap.prompt_synthesis.seed_tasks",
                             "{tmp}/no-seeds.jsonl"],
                            "bootstrap.prompt_synthesis.seed_tasks: file {tmp}/no-seeds.jsonl does not exist"),
@@ -102,6 +123,8 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(case, tmp_path, capsys,
     (tmp_path / "out-v1.yaml").write_text(f"bootstrap:\n  out_dir: {tmp_path / 'out-v1'}\n")
     (tmp_path / "fsdp.yaml").write_text("trainer:\n  devices: 2\n  strategy:\n    class_path: "
                                         "tests.helpers.cpu_fsdp.CPUFSDPStrategy\n")
+    (tmp_path / "corrupt.parquet").write_bytes(b"PAR1 this is not a parquet file at all")
+    write_jsonl(tmp_path / "icl-two.jsonl", [{"id": f"x{i}", "prompt": "q", "response": "a"} for i in range(2)])
     (tmp_path / "empty-model").mkdir()
     (tmp_path / "empty-model" / "config.json").write_text("{}")
     extra, expected = CASES[case]
@@ -111,6 +134,7 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(case, tmp_path, capsys,
     assert expected.format(tmp=tmp_path) in message
     # Lightning may have saved its config.yaml by then; no round data or checkpoint may exist.
     assert not list(out.rglob("round_*")) and not list(out.rglob("*.ckpt")), "a bad input left run files behind"
+    assert not list(tmp_path.glob(".soft-write-test-*")), "the out_dir check left its test folder behind"
 
 
 @pytest.mark.slow
@@ -134,11 +158,21 @@ def test_out_dir_of_another_run_is_refused_unless_resumed(tmp_path, tiny_model, 
     out = tmp_path / "out"
     first = run_cli(*tiny_run_args(tiny_model, out, "hf", "--bootstrap.rounds", "1"))
     assert first.returncode == 0, first.stderr[-2000:]
+    # A run reads clean: before its first own line only Lightning's device lines and the seed line.
+    before = first.stderr.split("[soft]", 1)[0].splitlines()
+    noise = [line for line in before if line.strip() and not re.match(r"(\[rank: \d+\] )?Seed set to \d+$|"
+                                                                      r"(GPU|TPU|HPU) available: ", line)]
+    assert not noise, noise
     message = fails(capsys, tiny_run_args(tiny_model, out, "hf", "--bootstrap.rounds", "1"))
     assert f"bootstrap.out_dir: {out} already holds a run; resume it with --ckpt_path last" in message
     other = fails(capsys, tiny_run_args(tiny_model, out, "hf", "--bootstrap.rounds", "1", "--bootstrap.seed", "7",
                                         "--ckpt_path", "last"))
     assert "holds a different run (bootstrap.seed changed since it started)" in other
+    # `make demo` again: the same settings with --ckpt_path last show the finished run and exit 0.
+    again = run_cli(*tiny_run_args(tiny_model, out, "hf", "--bootstrap.rounds", "1", "--ckpt_path", "last"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    shown = again.stdout + again.stderr
+    assert "per-round summary" in shown and f"report {out}` writes {out}/report.html" in shown
     # Each rank's share samples with a seed of its own: another number of ranks makes other data.
     ranks = run_cli(*tiny_run_args(tiny_model, out, "hf", "--bootstrap.rounds", "1", "--ckpt_path", "last",
                                    "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator",
@@ -167,3 +201,32 @@ def test_out_of_range_values_are_refused_by_the_parser(case, tmp_path, capsys, t
     err = capsys.readouterr().err
     assert key in err and detail in err, err[-2000:]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_round_that_keeps_nothing_names_the_drop_reasons_and_their_settings(tmp_path, capsys, tiny_model):
+    """Every answer of the tiny model is shorter than an absurd min_chars: the run stops at the
+    round's training with the reasons counted and the setting behind them, not a traceback."""
+    message = fails(capsys, tiny_run_args(tiny_model, tmp_path / "out", "hf", "--bootstrap.filters.min_chars", "100000"))
+    assert "round 0 kept no trainable example of its 6 answers: 6 too_short (bootstrap.filters.min_chars)" in message
+
+
+@pytest.mark.slow
+def test_a_library_error_mid_run_is_one_sentence_and_its_traceback_is_kept(tmp_path, capsys, tiny_model):
+    """A starting adapter whose weights file is not safetensors: peft's loader raises after the
+    run has started. One sentence names the phase, the error and the likely settings; the full
+    traceback is in out_dir/error.log; the exit code is 1."""
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}))
+    (adapter / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(tiny_run_args(tiny_model, out, "hf", "--model.adapter", str(adapter)))
+    assert exit_info.value.code == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and lines[0].startswith("error: starting up (loading the model, its adapter and the data) "
+                                                   "failed with "), lines
+    assert "model.adapter" in lines[0] and f"{out}/error.log" in lines[0]
+    assert "Traceback (most recent call last)" in (out / "error.log").read_text()

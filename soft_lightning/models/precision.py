@@ -96,10 +96,19 @@ def cpu_has_native_bf16(capability: str | None = None) -> bool:
     if machine in ("x86_64", "amd64"):
         if not capability.startswith("AVX512"):  # AVX2 kernels (hardware or ATEN_CPU_CAPABILITY) emulate bf16
             return False
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        return _cpu_flags() & {"avx512_bf16", "amx_bf16"} != set()
     if machine in ("aarch64", "arm64"):
         return _arm_has_bf16()
     return False
+
+
+def _cpu_flags() -> set[str]:
+    """The x86 CPU's feature flags as the kernel lists them (empty where /proc/cpuinfo is absent)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return set()
+    line = next((line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
 
 
 def _arm_has_bf16() -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,9 +30,10 @@ from soft_lightning.sampler import Sampler, SamplerSettings, SamplingSettings, m
 from soft_lightning.signals import zero_shot
 from soft_lightning.signals.zero_shot import ZeroShot
 from soft_lightning.utils import memory
-from soft_lightning.utils.distributed import gather_objects
+from soft_lightning.utils.distributed import Preemption, gather_objects
 from soft_lightning.utils.errors import ConfigError
 from soft_lightning.utils.faults import kill_point
+from soft_lightning.utils.files import write_bytes_atomic
 
 
 @dataclass
@@ -61,6 +63,9 @@ class SoftRun:
     sampler: Sampler | None = None
     plan: RunPlan | None = None
     train_started: float | None = field(default=None, repr=False)
+    preemption: Preemption = field(default_factory=Preemption, repr=False)
+    phase: tuple[str, str] = ("starting up (loading the model, its adapter and the data)",
+                              "model.model_name_or_path, model.adapter, model.quantization or model.compute_dtype")
 
     @classmethod
     def of(cls, trainer) -> SoftRun:
@@ -95,6 +100,7 @@ class SoftRun:
     def read_plan(self, trainer) -> None:
         """The plan on disk (a fresh run writes it, a resume with more rounds extends it). Every rank
         reads it before rank 0 may write, so all agree on the scoring's collectives; all read the result."""
+        self.enter("planning the run", "data.prompts or bootstrap.across_rounds")
         trainer.strategy.barrier()
         dm, cost = trainer.datamodule, {}
         order = curriculum.pool_order(self.across_rounds, seed=self.seed, cost=cost, **self.forward(trainer).args())
@@ -124,6 +130,8 @@ class SoftRun:
         round r into its own shard, merges the shards, filters, and takes part in scoring and
         diagnosing; rank 0 seals the round."""
         dm, module, strategy, world = trainer.datamodule, trainer.lightning_module, trainer.strategy, trainer.world_size
+        self.preemption.watch(trainer)  # (Lightning's handler is in place by now: ours replaces it)
+        self.enter(f"generating round {r}", "bootstrap.sampler (its backend and vllm settings) or bootstrap.sampling")
         self.finish_round(trainer, r - 1, if_skipped=True)
         memory.reset_peak()
         adapter = self.store.adapter_dir(r - 1) if r > 0 else self.start_adapter(trainer)
@@ -156,17 +164,35 @@ class SoftRun:
             seconds_per_rank=[took for *_, took in counts],
             numerics=module.numerics.record(module.model, sampler), adapter=str(adapter) if adapter else None,
             icl=self.icl.describe(len(pool)), synthesis=self.plan.synthesized(r))
+        self.enter(f"scoring round {r}", "bootstrap.score_batch_size or bootstrap.within_round")
         phases.score(records, facts, r=r, within=self.within_round, across=self.across_rounds,
                      checks=self.principles.checks, forward=self.forward(trainer))
         if trainer.is_global_zero:
             phases.seal(self.store, r, records, facts, dm.encoder)
         strategy.barrier()
 
+    def enter(self, phase: str, keys: str) -> None:
+        """What the run does now, and the settings most likely behind a failure there (the CLI's
+        one sentence when a library's error escapes; the traceback goes to error.log)."""
+        self.phase = (phase, keys)
+
+    def record_error(self, error: BaseException, rank: int) -> Path | None:
+        """Keep `error`'s traceback in <out_dir>/error.log (error.rank<k>.log on other ranks) and
+        tag the error with the phase, for the CLI's one sentence. Nothing else is touched: what the
+        store holds stays, and the run resumes after the fix where the plan allows."""
+        path = self.store.root / ("error.log" if rank == 0 else f"error.rank{rank}.log")
+        try:
+            write_bytes_atomic(path, "".join(traceback.format_exception(error)).encode("utf-8"))
+        except OSError:
+            path = None
+        error.soft_context = (*self.phase, path)
+        return path
+
     def stop_requested(self, trainer) -> bool:
         """Whether this rank, or any other, was told to stop (SIGTERM). A rank that sees the signal
         leaves the store's stop flag for the others, which read it between chunks: no rank waits
         for another's chunk, and none generates more than its chunk in hand after a stop."""
-        if trainer.received_sigterm:
+        if self.preemption.received(trainer):
             self.store.request_stop(f"rank {trainer.global_rank} received SIGTERM")
             return True
         return self.store.stop_requested()
@@ -199,6 +225,8 @@ class SoftRun:
         """Greedy zero-shot answers to the held-out prompts (split over the ranks), checked against
         the principles and scored by every quality signal (split over the ranks too); rank 0
         writes them to the store."""
+        self.enter(f"answering the held-out prompts ({'base model' if r == 'base' else f'round {r}'})",
+                   "bootstrap.zero_shot or bootstrap.sampler")
         def generate(requests, sampling):
             return phases.generate_everywhere(self.sampler, requests, r=0 if r == "base" else r,
                                               strategy=trainer.strategy, sampling=sampling,

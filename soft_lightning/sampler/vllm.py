@@ -211,7 +211,8 @@ class VLLMSampler(SamplerBase):
             lora = {"enable_lora": True, "max_lora_rank": self.max_lora_rank, "max_loras": 1}
             self._llm = LLM(model=self.model_path, seed=self.seed, logprobs_mode="processed_logprobs",
                             trust_remote_code=self.trust_remote_code, enable_sleep_mode=sleep,
-                            enable_prefix_caching=True, **(lora if self.adapter_sync == "lora" else {}), **options)
+                            enable_prefix_caching=True, use_tqdm_on_load=False,
+                            **(lora if self.adapter_sync == "lora" else {}), **options)
         return self._llm
 
     def pause(self) -> None:

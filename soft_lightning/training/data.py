@@ -44,6 +44,29 @@ class RoundData:
     heldout: list[TrainExample]
 
 
+# The setting behind each filter's drops (rounds/filters.py), for a round that keeps nothing.
+DROP_SETTINGS = {
+    "empty": "the model's answers were empty (its chat template or bootstrap.sampling)",
+    "truncated": "bootstrap.sampling.max_new_tokens cut them off (raise it, or set bootstrap.filters.truncated=keep)",
+    "too_short": "bootstrap.filters.min_chars",
+    "repetitive": "the model loops (bootstrap.sampling.temperature)",
+    "repeats_sentences": "bootstrap.filters.max_repeated_sentences",
+    "copies_example": "bootstrap.filters.max_example_overlap",
+    "echoes_prompt": "bootstrap.filters.max_prompt_overlap",
+}
+
+
+def nothing_to_train(r: int, manifest: dict, max_length: int) -> str:
+    """Why round r has no training example, from its manifest: each drop reason with its count
+    and the setting behind it, and the kept answers data.max_length left no response token of."""
+    dropped = manifest.get("dropped", {})
+    parts = [f"{n} {reason} ({DROP_SETTINGS.get(reason, 'bootstrap.filters')})" for reason, n in dropped.items()]
+    if kept := manifest.get("kept", 0):
+        parts.append(f"{kept} kept, but data.max_length={max_length} left no response token of them (raise it)")
+    return (f"round {r} kept no trainable example of its {manifest.get('prompts', 0)} answers: "
+            + "; ".join(parts or ["no answers"]) + ".")
+
+
 class SoftDataModule(L.LightningDataModule):
     """Round store -> training set; multiple-choice file -> validation set.
 
@@ -201,7 +224,7 @@ class SoftDataModule(L.LightningDataModule):
         continue from it on resume."""
         data = self.round_data(self.current_round())
         if not data.train:
-            raise RuntimeError(f"round {data.round} kept no trainable example; see its manifest.json.")
+            raise ConfigError(nothing_to_train(data.round, self.run.store.read_manifest(data.round), self.max_length))
         ranks = self.trainer.strategy.distributed_sampler_kwargs if self.trainer.world_size > 1 else None
         sampler = DistributedSampler(data.train, shuffle=False, **ranks) if ranks else None
         return StatefulDataLoader(data.train, batch_size=self.batch_size, shuffle=False, sampler=sampler,

@@ -161,11 +161,18 @@ class SoftModule(L.LightningModule):
         (into a cache folder that later calls and runs reuse)."""
         return resolve_model(self.hparams.model_name_or_path)
 
+    def attached_trainer(self):
+        """The trainer, or None outside one (Lightning's `trainer` property raises there)."""
+        try:
+            return self.trainer
+        except RuntimeError:
+            return None
+
     def resolve_numerics(self) -> Numerics:
         """`compute_dtype` (auto or set) against the trainer's precision and device (CPU, float32
         when no trainer is attached); printed once."""
         if self.numerics is None:
-            trainer = self._trainer
+            trainer = self.attached_trainer()
             device = trainer.strategy.root_device.type if trainer is not None else "cpu"
             self.numerics = resolve(self.hparams.compute_dtype, trainer.precision if trainer else None, device,
                                     quantized=self.hparams.quantization == "nf4")
@@ -357,7 +364,8 @@ class SoftModule(L.LightningModule):
     def gather_adapter(self) -> dict[str, torch.Tensor] | None:
         """Under FSDP, the full LoRA weights gathered from the shards (every rank must call this;
         rank 0 gets them, the others an empty dict). Elsewhere None: the local model has them."""
-        strategy = self._trainer.strategy if self._trainer is not None else None
+        trainer = self.attached_trainer()
+        strategy = trainer.strategy if trainer is not None else None
         if not isinstance(strategy, FSDPStrategy):
             return None
         from torch.distributed.fsdp import FullStateDictConfig, StateDictType

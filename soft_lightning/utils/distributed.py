@@ -8,6 +8,7 @@ weights need every rank in every forward, works at all. Rank 0 only writes files
 from __future__ import annotations
 
 import math
+import signal
 from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any
@@ -35,31 +36,40 @@ def gather_objects(strategy, obj: Any) -> list[Any]:
     return out
 
 
-def sigterm_without_collectives(trainer) -> None:
-    """Lightning 2.6's SIGTERM handler broadcasts from rank 0 inside the handler, on whichever rank
-    the signal reaches: on a rank signalled alone, or between two collectives (generation, scoring),
-    that broadcast pairs with another rank's all-gather and every rank hangs. Here the handler only
-    forwards the signal to the ranks the launcher started and sets the flag; the ranks agree on it
-    at points where all of them call a collective (`any_rank`)."""
-    connector = trainer._signal_connector  # registered after the setup hooks, so this one is used
+class Preemption:
+    """SIGTERM (a preemption, SLURM's time limit) as several ranks need it.
 
-    def notify(signum, _frame) -> None:
-        if not connector.received_sigterm and trainer.strategy.launcher is not None:
-            trainer.strategy.launcher.kill(signum)
-        connector.received_sigterm = True
+    Lightning 2.6's own handler broadcasts from rank 0 inside the handler, on whichever rank the
+    signal reaches: on a rank signalled alone, or between two collectives (generation, scoring),
+    that broadcast pairs with another rank's all-gather and every rank hangs. `watch` replaces it
+    (with `signal.signal`, once Lightning has installed its own) by one that only forwards the signal
+    to the ranks this process launched and notes it; the ranks agree on it where all of them call a
+    collective (`any_rank`), or read the round store's stop flag between generation chunks."""
 
-    connector._sigterm_notifier_fn = notify
+    def __init__(self):
+        self.seen = False
 
+    def watch(self, trainer) -> None:
+        """Handle SIGTERM from here on (idempotent; call it after Lightning's set-up, in the main thread)."""
+        def on_sigterm(signum, _frame) -> None:
+            if not self.seen and trainer.strategy.launcher is not None:
+                trainer.strategy.launcher.kill(signum)
+            self.seen = True
 
-def any_rank(trainer) -> bool:
-    """Whether any rank has seen a SIGTERM (a collective: every rank calls it at the same point);
-    if so every rank's flag is set, so Lightning's own checks stop them all."""
-    seen = trainer.received_sigterm
-    if trainer.world_size > 1:
-        seen = trainer.strategy.reduce_boolean_decision(seen, all=False)
-    if seen:
-        trainer._signal_connector.received_sigterm = True
-    return seen
+        if getattr(signal.getsignal(signal.SIGTERM), "__qualname__", "") != on_sigterm.__qualname__:
+            signal.signal(signal.SIGTERM, on_sigterm)
+
+    def received(self, trainer) -> bool:
+        """Whether this rank was signalled (by our handler, or Lightning's before ours took over)."""
+        return self.seen or trainer.received_sigterm
+
+    def any_rank(self, trainer) -> bool:
+        """Whether any rank was signalled (a collective: every rank calls it at the same point)."""
+        seen = self.received(trainer)
+        if trainer.world_size > 1:
+            seen = trainer.strategy.reduce_boolean_decision(seen, all=False)
+        self.seen = self.seen or seen
+        return seen
 
 
 @contextmanager

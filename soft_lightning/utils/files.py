@@ -76,7 +76,14 @@ def _iter_rows(file: Path, key: str):
             import pyarrow.parquet as pq
         except ImportError:
             raise ConfigError(f"{key}: reading {file} needs pyarrow; `pip install pyarrow`.") from None
-        for i, row in enumerate(pq.read_table(file).to_pylist(), 1):
+        import pyarrow as pa
+
+        try:
+            rows = pq.read_table(file).to_pylist()
+        except (pa.ArrowException, OSError) as err:
+            raise ConfigError(f"{key}: {file} is not a readable Parquet file ({str(err).splitlines()[0]}); "
+                              "rewrite it, or give the prompts as JSONL.") from None
+        for i, row in enumerate(rows, 1):
             yield {**row, "_line": i}
         return
     if file.suffix == ".json":

