@@ -170,6 +170,7 @@ def test_best_round_and_early_stopping_follow_aligned_when_the_format_rises(smol
                              results=results + results[1:])
     trainer = L.Trainer(accelerator="cpu", max_epochs=rounds, reload_dataloaders_every_n_epochs=1, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        default_root_dir=tmp_path,  # (its ModelCheckpoint writes there, not into the repository)
                         callbacks=[bootstrap, EarlyStopping("val/aligned", mode="max", patience=1),
                                    ModelCheckpoint(monitor="val/aligned", mode="max")])
     trainer.fit(module, datamodule=dm)
