@@ -15,6 +15,17 @@ from filelock import FileLock
 from tests.helpers.cli import ORDERINGS, resume_args, run_ok, tiny_run_args
 from tests.helpers.tiny_model import build_tiny_llama
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Workers share the cores: each worker, and every process it starts (inheriting the variables),
+    # computes on its share of them. OpenMP threads that outnumber the cores spin while they wait,
+    # and two workers with a multi-process test each otherwise ran the suite little faster than one.
+    import torch
+
+    threads = str(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, threads)
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> str:
