@@ -20,6 +20,7 @@ HARMLESS = [
     r".*`tensorboardX` has been removed as a dependency.*",  # Lightning falls back to its CSV logger
     # `make demo` passes --ckpt_path last so that a second run resumes or reports; the first has none
     r".*is set, but there is no last checkpoint available.*",
+    r"Checkpoint directory .* exists and is not empty.*",  # a resume writes into the run's own checkpoints/
 ]
 
 
