@@ -15,6 +15,7 @@ state that outlives a process:
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -43,6 +44,21 @@ from soft_lightning.signals import zero_shot
 from soft_lightning.signals.zero_shot import ZeroShot
 from soft_lightning.utils.errors import ConfigError
 from soft_lightning.utils.faults import kill_point
+
+CHECKPOINT_MARK = "soft_lightning"  # our key in every checkpoint (BootstrapCallback.on_save_checkpoint)
+
+
+def resumable_checkpoint(folders: list[Path]) -> Path | None:
+    """What `--ckpt_path last` resumes: the newest `last*.ckpt` in `folders` (Lightning's own rule)
+    that was not saved after an epoch's last batch (None: none, the run starts from its store)."""
+    import torch
+
+    found = sorted((path for folder in folders for path in folder.glob("last*.ckpt")), key=lambda p: -p.stat().st_mtime)
+    for path in found:
+        mark = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get(CHECKPOINT_MARK, {})
+        if not mark.get("after_last_batch"):
+            return path
+    return None
 
 
 class BootstrapCallback(L.Callback):
@@ -104,6 +120,7 @@ class BootstrapCallback(L.Callback):
             prompt_synthesis=prompt_synthesis,
             seed_tasks=synthesis.load_seed_tasks(prompt_synthesis.seed_tasks) if prompt_synthesis.per_round else [])
         self.resume_requested: bool | None = None  # the CLI sets it from --ckpt_path (None: not known)
+        self.after_last_batch = False  # between an epoch's last batch and its validation
 
     # ---- hooks ---------------------------------------------------------------------------------
 
@@ -149,18 +166,6 @@ class BootstrapCallback(L.Callback):
 
     def on_train_start(self, trainer, pl_module):
         self.run.preemption.watch(trainer)  # (a resume whose rounds are all on disk makes none)
-        loop = trainer.fit_loop.epoch_loop
-        if loop.restarted_on_train_batch_end and loop.batch_progress.is_last_batch:
-            # The checkpoint was taken after an epoch's last batch, before its end. Lightning goes
-            # on to the next epoch but counts that epoch's batches as done in it whenever the next
-            # epoch is longer (it assumes epochs of equal length; rounds are not): the next epoch
-            # starts afresh instead, with its start hooks.
-            loop.restarting = False
-            loop.reset_restart_stage()
-            loop._batches_that_stepped += 1  # (the step before the save, as Lightning's restart counts it)
-            trainer.fit_loop.reset_restart_stage()
-            if trainer.current_epoch % self.run.epochs_per_round == 0:
-                return  # (current_epoch is the next one) it starts a round: its start hook starts the schedule
         if trainer.ckpt_path is not None:  # a resumed round keeps the LR schedule position it had
             pl_module.start_round(self.run.round_steps(trainer), resumed=True)
 
@@ -173,9 +178,29 @@ class BootstrapCallback(L.Callback):
             pl_module.start_round(self.run.round_steps(trainer))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        # A checkpoint saved from here to the epoch's validation is marked (`on_save_checkpoint`).
+        self.after_last_batch = batch_idx + 1 >= trainer.num_training_batches
         kill_point(f"train_step:{trainer.global_step}")
         if self.run.preemption.any_rank(trainer):  # one rank's preemption stops them all, after the same step
             raise SIGTERMException()
+
+    def on_validation_start(self, trainer, pl_module):
+        self.after_last_batch = False
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        """Mark a checkpoint taken after an epoch's last batch, before its end: Lightning resumes one
+        into the next epoch counting the batches already done in it, right only when epochs have
+        equal length, which rounds do not. `--ckpt_path last` passes them over
+        (`resumable_checkpoint`); handed one directly, the run refuses it (`on_load_checkpoint`)."""
+        checkpoint[CHECKPOINT_MARK] = {"after_last_batch": self.after_last_batch}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        if checkpoint.get(CHECKPOINT_MARK, {}).get("after_last_batch"):
+            raise ConfigError(
+                f"--ckpt_path: {trainer.ckpt_path} was saved after an epoch's last batch, before the epoch ended, "
+                "which Lightning cannot resume into a round of another length; pass --ckpt_path last (it picks the "
+                f"newest checkpoint that resumes cleanly) or {self.run.store.round_end_checkpoint}."
+            )
 
     def on_validation_epoch_end(self, trainer, pl_module):
         """A round's last validation: its zero-shot answers' signals, logged for the collapse guard."""
@@ -197,6 +222,7 @@ class BootstrapCallback(L.Callback):
             self.run.record_error(exception, trainer.global_rank)
 
     def on_train_epoch_end(self, trainer, pl_module):
+        self.after_last_batch = False  # (an epoch without validation ends here: its checkpoints resume cleanly)
         if (trainer.current_epoch + 1) % self.run.epochs_per_round == 0:
             r = trainer.current_epoch // self.run.epochs_per_round
             self.run.finish_round(trainer, r)
@@ -204,7 +230,7 @@ class BootstrapCallback(L.Callback):
             trainer.save_checkpoint(self.run.store.round_end_checkpoint, weights_only=False)
             kill_point(f"round_end_saved:{r}")
 
-    def on_train_end(self, trainer, pl_module):  # the last round, when a resume began after its last batch
+    def on_train_end(self, trainer, pl_module):  # the last round, when a resume began after its validation
         self.run.finish_round(trainer, trainer.current_epoch // self.run.epochs_per_round - 1, if_skipped=True)
 
     def on_fit_end(self, trainer, pl_module):

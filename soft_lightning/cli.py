@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from soft_lightning.callbacks.bootstrap import BootstrapCallback
+from soft_lightning.callbacks.bootstrap import BootstrapCallback, resumable_checkpoint
 from soft_lightning.models import precision
 from soft_lightning.models.source import config_model_type
 from soft_lightning.renamed import check_renamed
@@ -93,11 +93,14 @@ class SoftCLI(LightningCLI):
         for cb in trainer.checkpoint_callbacks:
             if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
                 cb.dirpath = str(folder)
-        if ckpt_path == "last" and not any(isinstance(cb, ModelCheckpoint) and Path(cb.dirpath).resolve() == folder
-                                           for cb in trainer.checkpoint_callbacks):
+        folders = [Path(cb.dirpath).resolve() for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+        if ckpt_path == "last" and folder not in folders:
             raise ConfigError(f"--ckpt_path last looks for the run's checkpoints in ModelCheckpoint's folders, but "
                               f"none writes to {folder} (a ModelCheckpoint dirpath elsewhere, or "
                               "trainer.enable_checkpointing false); leave one's dirpath unset or pass a .ckpt path.")
+        if ckpt_path == "last":  # Lightning's rule, less the checkpoints it cannot resume into rounds
+            chosen = resumable_checkpoint(folders)
+            self.config_init[self.subcommand]["ckpt_path"] = str(chosen) if chosen else None
         return trainer
 
 

@@ -6,17 +6,11 @@ and with a check below that fails when the library changes it."""
 
 import ast
 
-import lightning as L
-
 from tests.helpers.cli import ROOT
 
 SOURCES = [*sorted((ROOT / "soft_lightning").rglob("*.py")), *sorted((ROOT / "callbacks").rglob("*.py"))]
 # attribute -> why we read it (each checked against the installed library below)
-ALLOWED = {
-    "_batches_that_stepped": "callbacks/bootstrap.py: a resume from a checkpoint taken after an epoch's last batch "
-                             "restarts the next epoch afresh; Lightning counts that step there, and so must we "
-                             "(tests/test_resume.py's kill points give bit-exact adapters only then)",
-}
+ALLOWED: dict[str, str] = {}
 
 
 def our_names(trees) -> set[str]:
@@ -54,15 +48,7 @@ def test_no_private_library_attribute_outside_the_allow_list():
     found = private_reads()
     assert set(found) <= set(ALLOWED), {k: v for k, v in found.items() if k not in ALLOWED}
     assert set(ALLOWED) <= set(found), "an allow-list entry no longer used: remove it"
-
-
-def test_the_allowed_lightning_loop_state_still_exists():
-    """What callbacks/bootstrap.py's resume after an epoch's last batch reads of Lightning's loops."""
-    loop = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False).fit_loop.epoch_loop
-    assert isinstance(loop._batches_that_stepped, int)
-    for name in ("restarted_on_train_batch_end", "restarting", "reset_restart_stage"):
-        assert hasattr(loop, name), name
-    assert hasattr(loop.batch_progress, "is_last_batch")
+    # (Each entry, if one is ever needed, gets a test that fails when the library renames it.)
 
 
 def test_the_check_finds_a_private_read(tmp_path):

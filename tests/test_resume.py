@@ -48,7 +48,7 @@ def uninterrupted(reference):
 KILLS = {
     "during round-0 generation": ("generated:0:1", 0, 6),   # 2 chunks of 3 written before the kill
     "mid-epoch training": ("train_step:3", None, None),
-    "after the last batch of round 0 (resumed, its epoch end is skipped)": ("round_end:0", None, None),
+    "after the last batch of round 0 (its checkpoint passed over: round 0 retrained)": ("round_end:0", None, None),
     "after the last batch of the last round": ("round_end:1", None, None),
     "right after an adapter save": ("adapter_saved:0", None, None),
     "right after the round-end checkpoint": ("round_end_saved:0", None, None),
@@ -158,7 +158,7 @@ def test_resumed_weights_and_optimizer_equal_the_checkpoint(tiny_model, tmp_path
 
     out = tmp_path / "copy"
     shutil.copytree(uninterrupted, out)
-    ckpt_path = out / "checkpoints" / "last.ckpt"
+    ckpt_path = out / "checkpoints" / "last-round-end.ckpt"  # (last.ckpt, after the last batch, is refused)
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     module = SoftModule(tiny_model, lora_r=8, learning_rate=3e-3, warmup_steps=1)
     dm = SoftDataModule(prompts="rules", prompts_per_round=10, rounds=2, epochs_per_round=2, val_path=None,
@@ -225,3 +225,29 @@ def test_a_checkpoint_of_another_adapter_is_refused_by_name_and_shape(tiny_model
     with pytest.raises(ConfigError, match=r"other shapes \['model\.base_model.* \(4, 128\) vs \(8, 128\)'\]\): "
                                           r"was it saved with other model\.lora_r"):
         module.on_load_checkpoint({"state_dict": lora(lora_r=4)[1]})
+
+
+def test_ckpt_path_last_passes_over_checkpoints_taken_after_an_epoch_s_last_batch(tmp_path):
+    """Lightning resumes a checkpoint taken after an epoch's last batch (before the epoch ended)
+    into the next epoch, counting the batches already done in it: wrong when the next round is
+    longer. Those are marked, `--ckpt_path last` takes the newest unmarked one, and one handed
+    directly is refused in a sentence."""
+    import os
+    from types import SimpleNamespace
+
+    from soft_lightning.callbacks.bootstrap import CHECKPOINT_MARK, BootstrapCallback, resumable_checkpoint
+    from soft_lightning.utils.errors import ConfigError
+
+    for age, (name, after_last_batch) in enumerate([("last.ckpt", True), ("last-preempted.ckpt", True),
+                                                    ("last-round-end.ckpt", False), ("last-v1.ckpt", False)]):
+        torch.save({CHECKPOINT_MARK: {"after_last_batch": after_last_batch}}, tmp_path / name)
+        os.utime(tmp_path / name, (1e9 - age, 1e9 - age))  # last.ckpt the newest
+    assert resumable_checkpoint([tmp_path]) == tmp_path / "last-round-end.ckpt"
+    (tmp_path / "last-round-end.ckpt").unlink()
+    (tmp_path / "last-v1.ckpt").unlink()
+    assert resumable_checkpoint([tmp_path]) is None, "only marked ones: the run resumes from its store"
+    callback = BootstrapCallback(out_dir=str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match="was saved after an epoch's last batch, before the epoch ended"):
+        callback.on_load_checkpoint(SimpleNamespace(ckpt_path=str(tmp_path / "last.ckpt")), None,
+                                    {CHECKPOINT_MARK: {"after_last_batch": True}})
+    callback.on_load_checkpoint(SimpleNamespace(ckpt_path="x"), None, {CHECKPOINT_MARK: {"after_last_batch": False}})

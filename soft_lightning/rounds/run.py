@@ -254,7 +254,8 @@ class SoftRun:
 
     def finish_round(self, trainer, r: int, if_skipped: bool = False) -> None:
         """Save round r's adapter, then mark the round trained with its metrics, and report.
-        `if_skipped`: only if a resume after the round's last batch skipped its end (Lightning does)."""
+        `if_skipped`: only if a resume skipped its end (from a checkpoint taken at the round's last
+        validation, before the epoch's end)."""
         if if_skipped and (r < 0 or trainer.strategy.broadcast(self.store.is_trained(r))):
             return
         kill_point(f"round_end:{r}")
