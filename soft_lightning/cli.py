@@ -81,8 +81,8 @@ class SoftCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         """Keep checkpoints in <bootstrap.out_dir>/checkpoints (unless a dirpath is given), where
         the BootstrapCallback writes its round-end and preemption checkpoints (`last-*.ckpt`), so
-        Lightning's own `--ckpt_path last` (the newest `last*.ckpt` in ModelCheckpoint's folders)
-        finds them."""
+        `--ckpt_path last` finds them: Lightning's rule (the newest `last*.ckpt` in ModelCheckpoint's
+        folders), less the checkpoints taken after an epoch's last batch (`resumable_checkpoint`)."""
         trainer = super().instantiate_trainer(**kwargs)
         config = self.config.get(self.subcommand, self.config)
         check_optimizer(config.model.optimizer, trainer.strategy)  # before any rank is launched
