@@ -24,7 +24,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from soft_lightning.models.source import checkpoint_bytes
+from soft_lightning.models.source import checkpoint_bytes, local_config
 from soft_lightning.rounds import preflight, synthesis, table
 from soft_lightning.rounds.curriculum import Ordering, check_ordering
 from soft_lightning.rounds.filters import FilterSettings
@@ -144,7 +144,7 @@ class BootstrapCallback(L.Callback):
         """What the model, the engine and the data would otherwise refuse after loading (preflight.py)."""
         run, hp = self.run, pl_module.hparams
         source, dtype = pl_module.source(), pl_module.resolve_numerics().dtype
-        config, backend, options = preflight.model_config(source), resolve_backend(run.sampler_settings.backend), \
+        config, backend, options = local_config(source), resolve_backend(run.sampler_settings.backend), \
             run.sampler_settings.vllm
         if backend == "vllm":
             preflight.check_kv_cache(options, config, dtype if options.dtype == "auto" else options.dtype)

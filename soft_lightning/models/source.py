@@ -85,15 +85,21 @@ def check_model_source(name_or_path: str) -> None:
     )
 
 
-def config_model_type(name_or_path: str) -> str | None:
-    """The `model_type` in a local folder's config.json (None for other sources: not worth a download)."""
+def local_config(name_or_path: str) -> dict:
+    """A local folder's config.json ({} for other sources, not worth a download, or one unreadable)."""
     config = Path(name_or_path).expanduser() / "config.json"
     if config.is_file():
         try:
-            return json.loads(config.read_text()).get("model_type")
-        except (json.JSONDecodeError, AttributeError):
-            return None
-    return None
+            loaded = json.loads(config.read_text())
+        except json.JSONDecodeError:
+            return {}
+        return loaded if isinstance(loaded, dict) else {}
+    return {}
+
+
+def config_model_type(name_or_path: str) -> str | None:
+    """The `model_type` in a local folder's config.json (None for other sources)."""
+    return local_config(name_or_path).get("model_type")
 
 
 def resolve_model(name_or_path: str) -> str:

@@ -8,7 +8,6 @@ config.json, a meta-device model with no weights).
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -36,12 +35,6 @@ def check_out_dir(path: str | Path) -> None:
     except OSError as err:
         raise ConfigError(f"bootstrap.out_dir: {path} cannot be written ({err.strerror} in {existing}); choose a "
                           "folder you can write to.") from None
-
-
-def model_config(source: str) -> dict:
-    """The model folder's config.json (empty for a hub id, whose config is not on disk yet)."""
-    file = Path(source) / "config.json"
-    return json.loads(file.read_text()) if file.is_file() else {}
 
 
 def check_icl_pool(pool: list[Example], examples: int, path: str) -> None:
