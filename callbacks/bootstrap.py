@@ -68,6 +68,9 @@ class BootstrapCallback(L.Callback):
         rounds: bootstrapping rounds (each generates fresh data and trains on it); raise it when
             resuming a finished run to continue it with fresh prompts.
         epochs_per_round: training epochs on each round's data.
+        regenerate: false: rounds after round 0 train on round 0's data again instead of generating
+            fresh data (the control that tells bootstrapping from more optimizer steps; the plan
+            and the store say so: every round's slice is round 0's, its manifest `reused_from: 0`).
         out_dir: the round store (`plan.json`, `round_<r>/`, `best/`, `checkpoints/`, logs).
         seed: drives the pool order, ICL draws, orders and sampling (same seed, same data).
         sampler: what generates the answers (see sampler.SamplerSettings).
@@ -91,6 +94,7 @@ class BootstrapCallback(L.Callback):
         self,
         rounds: PositiveInt = 3,
         epochs_per_round: PositiveInt = 1,
+        regenerate: bool = True,
         out_dir: str = "runs/soft",
         seed: NonNegativeInt = 0,
         sampler: SamplerSettings = SamplerSettings(),
@@ -111,8 +115,13 @@ class BootstrapCallback(L.Callback):
         # Small files, read now so a missing or malformed one fails before any model loads.
         principles, examples = Principles.load(icl.principles), load_icl_pool(icl.pool)
         preflight.check_icl_pool(examples, icl.examples, icl.pool)
+        if not regenerate and prompt_synthesis.per_round:
+            raise ConfigError("bootstrap.regenerate=false reuses round 0's data, so there is nothing for "
+                              f"bootstrap.prompt_synthesis.per_round={prompt_synthesis.per_round} to add prompts to; "
+                              "set it to 0 or regenerate to true.")
         self.run = SoftRun(
-            settings=settings, store=RoundStore(out_dir), rounds=rounds, epochs_per_round=epochs_per_round, seed=seed,
+            settings=settings, store=RoundStore(out_dir), rounds=rounds, epochs_per_round=epochs_per_round, regenerate=regenerate,
+            seed=seed,
             sampler_settings=sampler, sampling=sampling, icl=icl, principles=principles, examples=examples,
             within_round=within_round, across_rounds=across_rounds, score_batch_size=score_batch_size,
             filters=filters, generation_chunk=generation_chunk, zero_shot=zero_shot,

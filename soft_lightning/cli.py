@@ -48,7 +48,7 @@ class SoftCLI(LightningCLI):
                               compute_fn=lambda rounds, epochs: int(rounds * epochs))
         # Validate once per round, so EarlyStopping's patience counts rounds.
         parser.link_arguments("bootstrap.epochs_per_round", "trainer.check_val_every_n_epoch", compute_fn=int)
-        for key in ("rounds", "epochs_per_round", "seed"):
+        for key in ("rounds", "epochs_per_round", "seed", "regenerate"):
             parser.link_arguments(f"bootstrap.{key}", f"data.{key}")
         parser.link_arguments("bootstrap.out_dir", "trainer.default_root_dir")
         # Synthesized prompts take the place of file prompts in each round.

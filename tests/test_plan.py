@@ -54,7 +54,7 @@ DELIBERATELY_LEFT_OUT = {
     "model.gradient_checkpointing", "model.trust_remote_code",
     "data.num_workers", "data.val_path", "data.val_limit", "data.val_format", "data.val_protocol",
     "data.val_batch_items", "data.tokenizer", "data.rounds", "data.epochs_per_round", "data.seed",
-    "data.synthesized_per_round",
+    "data.synthesized_per_round", "data.regenerate",
 }
 
 
@@ -77,7 +77,7 @@ def test_the_identity_holds_every_setting_but_those_left_out_on_purpose():
     for key in every:
         left_out = any(key == left or key.startswith(left + ".") for left in LEFT_OUT)
         switched_off = key.startswith(("bootstrap.prompt_synthesis.", "bootstrap.icl.self_examples.")) and not \
-            key.endswith("prompt_synthesis.per_round")
+            key.endswith("prompt_synthesis.per_round") or key == "bootstrap.regenerate"  # (its default: absent)
         assert (key in kept) == (not left_out and not switched_off), key
     assert {"bootstrap.icl.examples", "bootstrap.icl.strategy", "bootstrap.sampling.temperature",
             "bootstrap.sampler.backend", "bootstrap.filters.max_prompt_overlap", "model.learning_rate",
@@ -87,6 +87,8 @@ def test_the_identity_holds_every_setting_but_those_left_out_on_purpose():
     synthesis = run_identity({**sections, "bootstrap": {**sections["bootstrap"],
                                                          "prompt_synthesis": {"per_round": 2, "topics": 3}}})
     assert synthesis["settings"]["bootstrap.prompt_synthesis.topics"] == 3, "an active feature's settings count"
+    reused = run_identity({**sections, "bootstrap": {**sections["bootstrap"], "regenerate": False}})
+    assert reused["settings"]["bootstrap.regenerate"] is False, "a control run is not its regenerating twin"
 
 
 def test_slices_wrap_only_past_the_end():

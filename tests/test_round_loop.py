@@ -92,3 +92,33 @@ def test_checkpoints_hold_the_adapter_and_the_loop_position_only(finished_run):
                                                               for r in (0, 1)]
     settings = plan["identity"]["settings"]
     assert settings["data.prompts_per_round"] == 6 and len(settings["data.prompts"]) == 64
+
+
+def test_without_regeneration_every_round_trains_on_round_0s_data(tiny_model, tmp_path):
+    """The same-steps control (`bootstrap.regenerate: false`): one round's prompts suffice, rounds
+    after round 0 hold round 0's records byte for byte and say so, and training goes on over them
+    (2 rounds: the demo config's early stopping may end a tiny run after its second)."""
+    from tests.helpers.cli import run_here
+    from tests.helpers.files import pool_file
+
+    pool = pool_file(tmp_path, [{"id": f"p{i}", "prompt": f"Name a fruit that starts with the letter {c}."}
+                                for i, c in enumerate("ABCDEF")])
+    args = [*tiny_run_args(tiny_model, tmp_path / "run", "hf", "--data.prompts", pool)]  # 2 rounds
+    refused = run_here(*args)
+    assert refused.returncode != 0 and "has 6 usable rows but bootstrap.rounds=2 x data.prompts_per_round=6 needs 12" \
+        in refused.stderr, refused.stderr[-2000:]
+    result = run_cli(*args, "--bootstrap.regenerate", "false")
+    assert result.returncode == 0, result.stderr[-4000:]
+    store = RoundStore(tmp_path / "run")
+    assert store.finished_rounds() == [0, 1]
+    plan = store.read_plan()
+    assert plan.rounds[1] == plan.rounds[0] and len(plan.rounds[0]) == 6
+    assert plan.identity["settings"]["bootstrap.regenerate"] is False
+    first = store.read_manifest(0)
+    assert sha256_file(store.data_path(1)) == first["data_sha256"]
+    manifest = store.read_manifest(1)
+    assert manifest["reused_from"] == 0 and manifest["generated_now"] == 0 and manifest["kept"] == first["kept"]
+    assert "training" in manifest
+    weights = [load_file(store.adapter_dir(r) / "adapter_model.safetensors") for r in range(2)]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), "round 1 trained on"
+    assert "round 1: trains on round 0's data again" in result.stderr + result.stdout

@@ -54,6 +54,7 @@ LEFT_OUT = {
     "data.val_batch_items": "validation",
     "data.tokenizer": "linked from model.model_name_or_path", "data.rounds": "linked from bootstrap.rounds",
     "data.epochs_per_round": "linked from bootstrap.epochs_per_round", "data.seed": "linked from bootstrap.seed",
+    "data.regenerate": "linked from bootstrap.regenerate",
     "data.synthesized_per_round": "linked from bootstrap.prompt_synthesis.per_round",
 }
 # Settings that name a file: the identity holds the file's sha256, and its path only as information.
@@ -130,6 +131,8 @@ def run_identity(sections: dict[str, dict]) -> dict:
     if not flat.get("bootstrap.prompt_synthesis.per_round"):
         flat = {k: v for k, v in flat.items() if not k.startswith("bootstrap.prompt_synthesis.") or k.endswith(
             ".per_round")}
+    if flat.get("bootstrap.regenerate", True):  # the default: absent, as in identities from before it existed
+        flat.pop("bootstrap.regenerate", None)
     if flat.get("bootstrap.icl.strategy") != "random+self":
         flat = {k: v for k, v in flat.items() if not k.startswith("bootstrap.icl.self_examples.")}
     paths = {key: bundled(key, flat[key]) if key in BUNDLED else flat[key] for key in FILES if key in flat}
@@ -218,9 +221,17 @@ def extend_plan(plan: RunPlan, *, draw: DrawFn, rounds: int, per_round: int,
 
 
 def plan_to_write(plan: RunPlan | None, *, identity: Callable[[], dict], rounds: int, per_round: int, draw: DrawFn,
-                  pool_stats: Callable[[], dict], order: OrderFn | None, cost: dict) -> RunPlan | None:
+                  pool_stats: Callable[[], dict], order: OrderFn | None, cost: dict,
+                  regenerate: bool = True) -> RunPlan | None:
     """The plan a start must write: a fresh run's (`order` fills `cost` when it scores the
-    pool), or `plan` extended to `rounds`; None when the plan on disk stands as it is."""
+    pool), or `plan` extended to `rounds`; None when the plan on disk stands as it is. Without
+    `regenerate`, every round's slice is round 0's (it trains on round 0's data again)."""
+    if not regenerate:
+        first = plan or plan_to_write(None, identity=identity, rounds=1, per_round=per_round, draw=draw,
+                                      pool_stats=pool_stats, order=order, cost=cost)
+        if plan is not None and len(plan.rounds) >= rounds:
+            return None
+        return RunPlan(first.identity, [first.rounds[0]] * rounds, first.pool, first.order, first.synthesis)
     common = {"draw": draw, "rounds": rounds, "per_round": per_round, "pool_stats": pool_stats}
     if plan is None:
         fresh = build_plan(identity(), order=order, **common)

@@ -45,6 +45,7 @@ class SoftRun:
     store: RoundStore
     rounds: int
     epochs_per_round: int
+    regenerate: bool
     seed: int
     sampler_settings: SamplerSettings
     sampling: SamplingSettings
@@ -105,7 +106,7 @@ class SoftRun:
         dm, cost = trainer.datamodule, {}
         order = curriculum.pool_order(self.across_rounds, seed=self.seed, cost=cost, **self.forward(trainer).args())
         plan = self.store.read_plan()
-        new = plan_to_write(plan, identity=lambda: self.identity(trainer), rounds=self.rounds,
+        new = plan_to_write(plan, identity=lambda: self.identity(trainer), rounds=self.rounds, regenerate=self.regenerate,
                             per_round=dm.file_per_round, draw=dm.draw_prompts, pool_stats=dm.pool_stats,
                             order=order if self.across_rounds.scorer else None, cost=cost)
         if new is not None:
@@ -133,6 +134,8 @@ class SoftRun:
         self.preemption.watch(trainer)  # (Lightning's handler is in place by now: ours replaces it)
         self.enter(f"generating round {r}", "bootstrap.sampler (its backend and vllm settings) or bootstrap.sampling")
         self.finish_round(trainer, r - 1, if_skipped=True)
+        if r > 0 and not self.regenerate:
+            return self.reuse_round(trainer, r)
         memory.reset_peak()
         adapter = self.store.adapter_dir(r - 1) if r > 0 else self.start_adapter(trainer)
         engine_start = self.sampler.start()  # once inline (0 s after); a spawned sampler after each pause()
@@ -170,6 +173,16 @@ class SoftRun:
         if trainer.is_global_zero:
             phases.seal(self.store, r, records, facts, dm.encoder)
         strategy.barrier()
+
+    def reuse_round(self, trainer, r: int) -> None:
+        """Round r as round 0's records again (`regenerate: false`): the same examples in the same
+        order, and round 0's manifest less its training and timings, marked `reused_from: 0`."""
+        if trainer.is_global_zero:
+            first = self.store.read_manifest(0)
+            manifest = {k: v for k, v in first.items() if k not in ("round", "data_sha256", "training", "timings")}
+            self.store.write_round(r, self.store.read_records(0), {**manifest, "generated_now": 0, "reused_from": 0})
+        rank_zero_info(f"[soft] round {r}: trains on round 0's data again (bootstrap.regenerate=false)")
+        trainer.strategy.barrier()
 
     def enter(self, phase: str, keys: str) -> None:
         """What the run does now, and the settings most likely behind a failure there (the CLI's

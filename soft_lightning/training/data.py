@@ -94,7 +94,8 @@ class SoftDataModule(L.LightningDataModule):
         val_batch_items: validation items per batch (all choices of an item stay together).
         val_holdout: share of each round's kept pairs held out of training for `val/loss`.
         num_workers: dataloader worker processes.
-        rounds, epochs_per_round, seed: linked from `bootstrap.*`.
+        rounds, epochs_per_round, seed, regenerate: linked from `bootstrap.*` (without
+            `regenerate` every round trains on round 0's prompts: the pool needs one round's).
         tokenizer: model source whose tokenizer is used (linked from `model.model_name_or_path`).
     """
 
@@ -118,6 +119,7 @@ class SoftDataModule(L.LightningDataModule):
         epochs_per_round: PositiveInt = 1,
         tokenizer: str = "smollm2-135m-instruct",
         seed: NonNegativeInt = 0,
+        regenerate: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters()  # the run identity reads them (rounds/plan.py)
@@ -132,13 +134,14 @@ class SoftDataModule(L.LightningDataModule):
         self.val_protocol = val_protocol
         self.num_workers, self.rounds, self.epochs_per_round = num_workers, rounds, epochs_per_round
         self.tokenizer_source, self.seed = tokenizer, seed
+        self.fresh_rounds = rounds if regenerate else 1  # rounds that draw prompts of their own
         self.encoder: Encoder | None = None  # built in setup(): loading a tokenizer is not a check
         self.val_items: list[dict] = []
         self._round: RoundData | None = None
         # Check the files now, before the Trainer exists or anything is written.
         self.pool = PromptPool(self.prompts_path, seed) if prompts is not None else None
         if self.pool is not None:
-            if len(self.pool) < rounds * self.file_per_round:
+            if len(self.pool) < self.fresh_rounds * self.file_per_round:
                 self.pool.check_rows()  # a malformed row is the more useful error to report first
             self._check_pool_size(len(self.pool), "rows")
         self._val_rows = read_mc(self.val_path, val_limit) if self.val_path else []
@@ -161,7 +164,7 @@ class SoftDataModule(L.LightningDataModule):
             self.val_items = tokenize_mc(self._val_rows, self.encoder, self.val_format, self.val_protocol)
 
     def _check_pool_size(self, size: int, what: str) -> None:
-        check_pool_size(size, what, path=self.prompts_path, rounds=self.rounds, per_round=self.file_per_round,
+        check_pool_size(size, what, path=self.prompts_path, rounds=self.fresh_rounds, per_round=self.file_per_round,
                         reuse=self.allow_prompt_reuse, synthesized=self.prompts_per_round - self.file_per_round)
 
     # ---- prompts for the run plan -------------------------------------------------------------
