@@ -118,7 +118,8 @@ def test_without_regeneration_every_round_trains_on_round_0s_data(tiny_model, tm
     assert sha256_file(store.data_path(1)) == first["data_sha256"]
     manifest = store.read_manifest(1)
     assert manifest["reused_from"] == 0 and manifest["generated_now"] == 0 and manifest["kept"] == first["kept"]
-    assert "training" in manifest
+    steps = first["training"]["optimizer_steps"]
+    assert steps > 0 and manifest["training"]["optimizer_steps"] == 2 * steps, "the same steps again"
     weights = [load_file(store.adapter_dir(r) / "adapter_model.safetensors") for r in range(2)]
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), "round 1 trained on"
     assert "round 1: trains on round 0's data again" in result.stderr + result.stdout

@@ -278,7 +278,8 @@ class SoftRun:
             kill_point(f"adapter_saved:{r}")
             seconds = time.perf_counter() - self.train_started if self.train_started else None
             diagnostics = table.mark_trained(self.store, r, metrics, seconds, table.monitor(trainer),
-                                             trainer.lightning_module.mc_results, memory=memory.peak())
+                                             trainer.lightning_module.mc_results, memory=memory.peak(),
+                                             steps=trainer.global_step)
             for logger in trainer.loggers:
                 logger.log_metrics(diagnostics, step=trainer.global_step)
         self.train_started = None

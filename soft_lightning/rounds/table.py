@@ -41,9 +41,10 @@ def monitor(trainer) -> tuple[str | None, str]:
     return None, "max"
 
 
-def training_fields(metrics: dict[str, float], seconds: float | None) -> dict:
-    """What a round's manifest records once it is trained (`training`)."""
-    return {"train_s": round(seconds, 2) if seconds is not None else None,
+def training_fields(metrics: dict[str, float], seconds: float | None, steps: int | None = None) -> dict:
+    """What a round's manifest records once it is trained (`training`); `steps`: the run's optimizer
+    steps so far (they follow the answers the filters keep, so comparisons state them as realised)."""
+    return {"train_s": round(seconds, 2) if seconds is not None else None, "optimizer_steps": steps,
             "train/loss": metrics.get("train/loss_epoch"),
             **{k: v for k, v in metrics.items() if k.startswith("val/")}}
 
@@ -59,12 +60,12 @@ def validation_fields(results: list[tuple[int, bool, float]]) -> dict | None:
 
 def mark_trained(store: RoundStore, r: int, metrics: dict, seconds: float | None,
                  monitor: tuple[str | None, str], mc_results: list[tuple[int, bool, float]] = (),
-                 memory: dict | None = None) -> dict[str, float]:
+                 memory: dict | None = None, steps: int | None = None) -> dict[str, float]:
     """Record round r's training (and its per-item validation results, and rank 0's peak memory
     over the round) in its manifest (the round counts as trained from here on) and rebuild the
     report; returns the round's generation diagnostics, for the loggers."""
     metrics = {k: float(v) for k, v in metrics.items() if v.numel() == 1}
-    store.update_manifest(r, training=training_fields(metrics, seconds), validation=validation_fields(mc_results),
+    store.update_manifest(r, training=training_fields(metrics, seconds, steps), validation=validation_fields(mc_results),
                           **({"memory": memory} if memory else {}))
     update(store, *monitor)
     return store.read_manifest(r).get("diagnostics", {})

@@ -1,0 +1,76 @@
+"""What the grid keeps in git: per run, every answer with every signal, and the run's facts.
+
+A run's round store (experiments/runs/<arm>-seed<k>/, adapters included) stays on the machine that
+made it; `export_run` writes what the write-up needs into experiments/results/<arm>-seed<k>/:
+
+- `answers.jsonl.gz`: one row per answer, `{split, round, ...record}`: `train` (each round's
+  self-generated training answers, kept or not), `val` (the zero-shot validation answers that pick
+  the round; round `base` = the base model), `test` (every round's zero-shot test answers, the
+  base model's in the runs that scored it, and the `template` control's);
+- `run.json`: arm, seed, the commit and CPU it ran on, wall seconds, the run's settings (its plan's
+  identity), each round's manifest, and TruthfulQA MC1 per item (ids and scores, not the items).
+
+Gzip with a fixed timestamp: the same answers give the same bytes, so a re-export changes nothing
+in git. `load_run` reads one back; the write-up reads nothing else.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from pathlib import Path
+
+from soft_lightning.rounds.store import RoundStore
+from soft_lightning.utils.files import write_bytes_atomic, write_json_atomic
+
+
+def _rows(split: str, round_: int | str, records: list[dict]) -> list[dict]:
+    return [{"split": split, "round": round_, **rec} for rec in records]
+
+
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def export_run(out: Path, target: Path, *, arm: str, seed: int, commit: str, cpu: str, seconds: dict) -> dict:
+    """Write `target`/answers.jsonl.gz and run.json from the finished run in `out`; returns run.json."""
+    store = RoundStore(out)
+    rounds = store.finished_rounds()
+    rows: list[dict] = []
+    for name in ["base", *rounds]:
+        if (val := store.read_zero_shot(name)) is not None:
+            rows += _rows("val", name, val["records"])
+        if (test := _json(store.principles_eval_path(name))) is not None:
+            rows += _rows("test", name, test["records"])
+        if name != "base":
+            rows += _rows("train", name, store.read_records(name))
+    if (template := _json(out / "template_principles_eval.json")) is not None:
+        rows += _rows("test", "template", template["records"])
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as fh:
+        fh.write("".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows).encode())
+    target.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(target / "answers.jsonl.gz", buffer.getvalue())
+    truthfulqa = {}
+    for name in ["base", *rounds]:
+        if (lm := _json(store.lm_eval_path(name))) is not None and "mc1" in lm["tasks"]:
+            truthfulqa[str(name)] = {"data_sha256": lm["data_sha256"], "acc": lm["tasks"]["mc1"]["per_item"]["acc"]}
+    facts = {"arm": arm, "seed": seed, "commit": commit, "cpu": cpu, "seconds": seconds,
+             "settings": store.read_plan().identity["settings"],
+             "manifests": {str(r): store.read_manifest(r) for r in rounds}, "truthfulqa_mc1": truthfulqa}
+    write_json_atomic(target / "run.json", facts)
+    return facts
+
+
+def load_run(folder: Path) -> tuple[dict, list[dict]]:
+    """(run.json, the answer rows) of one exported run."""
+    with gzip.open(folder / "answers.jsonl.gz", "rt", encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh]
+    return json.loads((folder / "run.json").read_text(encoding="utf-8")), rows
+
+
+def pick(rates: dict) -> int:
+    """The round validation picks (PREREGISTRATION.md): the highest aligned share, ties going to
+    the later round."""
+    return max(rates, key=lambda r: (rates[r], int(r)))
