@@ -1,229 +1,406 @@
-"""experiments/README.md from the grid's round stores: the premise, few-shot adherence T(r) and
-zero-shot adherence S(r) per rule and round, the best rounds (picked on the validation split)
-scored on the test split, and a verdict per claim.
+"""experiments/README.md (and results.json, rounds.png) from the committed results alone.
 
-The tests were fixed before any run: per claim, each test prompt's all-rules result of arm A's
-chosen round minus arm B's, averaged over the seeds (a prompt that recurs in every seed counts
-once), a two-sided sign-flip permutation test on those per-prompt differences, a 95% bootstrap
-interval of their mean, and Holm's correction over the five claims. Per-seed exact McNemar
-p-values are listed beside. `reproduced`: the paper's direction with Holm p < 0.05; the other
-direction with Holm p < 0.05: `not reproduced`; otherwise `inside the noise`.
+Reads experiments/results/<arm>-seed<k>/ (results.py: every answer with its signals, and each
+run's facts), never a round store, so a fresh clone rebuilds the write-up:
+
+    python experiments/write_up.py
+
+The tests are experiments/PREREGISTRATION.md's, fixed before the runs: the seed is the unit; per
+claim one number per seed (arms paired by seed), an exact two-sided sign-flip test of their mean,
+Holm over C1, C2a, C2b, C3 and C4a; a hierarchical bootstrap interval (seeds, then test prompts);
+a logistic mixed model beside it (random intercepts for seed and prompt), which does not decide.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from soft_lightning.rounds import table
-from soft_lightning.rounds.store import RoundStore
-from soft_lightning.signals import stats
-from soft_lightning.signals.adherence import RULES
+import numpy as np
 
-ALPHA = 0.05
-CLAIMS = [  # (name, claim, arm A (should win), its round, arm B, its round)
-    ("1", "bootstrapping (SOFT) beats a single round of self-alignment", "soft", "best", "single_round", "best"),
-    ("2", "random in-context examples beat fixed ones", "soft", "best", "fixed_icl", "best"),
-    ("3", "easy-to-hard (SOFT+) beats random order", "soft_plus", "best", "soft", "best"),
-    ("4a", "SOFT rises: its best round beats its round 0", "soft", "best", "soft", "0"),
-    ("4b", "then collapses: its best round beats its last", "soft", "best", "soft", "last"),
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # results.py, and the checkout's soft_lightning
+from results import load_run, pick  # noqa: E402
+from soft_lightning.signals import stats  # noqa: E402
+
+ALPHA, POWER, RESAMPLES = 0.05, 0.8, 10_000
+PLANNED = {"soft": 8, "single_round": 8, "same_steps": 8, "soft_plus": 8, "fixed_icl": 5, "soft_nf4": 8,
+           "single_round_nf4": 8}
+TESTED = ("C1", "C2a", "C2b", "C3", "C4a")  # Holm's family; the rest are reported
+EARLIER = """\
+Two earlier grids, on other metrics, with 2 seeds treated as fixed (the prompt was the unit):
+
+- **TruthfulQA grid** (commit 5026e8f; 4 rounds x 64 prompts, validation on 100 TruthfulQA MC1
+  items): every claim read *inside the noise*; lm-eval MC1 on all 817 items: base 0.245, SOFT's
+  rounds 0.220–0.251, no round different from the base beyond its interval except seed 0's round 0
+  (lower, p = 0.006). A 135M model's multiple-choice truthfulness did not move.
+- **Format grid** (commit 2152cc3; the `rules` task's all-rules adherence, which a constant
+  template passes at 0.90): claims 1 and 4a reproduced (+0.42, +0.60), claim 2 the other way
+  (fixed examples ahead, −0.20), claim 3 and the collapse inside the noise. Its verdicts rest on a
+  metric that a trivial answer beats, on 2 seeds treated as fixed; this grid replaces them."""
+
+
+@dataclass
+class Run:
+    arm: str
+    seed: int
+    facts: dict = field(repr=False)
+    val: dict = field(repr=False)  # round -> {id: aligned 0/1}
+    test: dict = field(repr=False)  # round -> {id: aligned 0/1}
+    answers: dict = field(repr=False)  # (split, round) -> {id: record}
+
+    @property
+    def rounds(self) -> list[int]:
+        return sorted(int(r) for r in self.facts["manifests"])
+
+    def rate(self, split: str, r) -> float | None:
+        marks = (self.val if split == "val" else self.test).get(r)
+        return sum(marks.values()) / len(marks) if marks else None
+
+    @property
+    def picked(self) -> int:
+        return pick({r: self.rate("val", r) for r in self.rounds})
+
+    @property
+    def last(self) -> int:
+        return self.rounds[-1]
+
+    @property
+    def steps(self) -> int | None:
+        return self.facts["manifests"][str(self.last)].get("training", {}).get("optimizer_steps")
+
+
+def load(results: Path) -> dict[str, dict[int, Run]]:
+    runs: dict[str, dict[int, Run]] = {}
+    for folder in sorted(p for p in results.glob("*-seed*") if (p / "run.json").is_file()):
+        facts, rows = load_run(folder)
+        marks: dict[str, dict] = {"val": {}, "test": {}}
+        answers: dict = {}
+        for row in rows:
+            r = row["round"]
+            answers.setdefault((row["split"], r), {})[row["id"]] = row
+            if row["split"] in marks:
+                marks[row["split"]].setdefault(r, {})[row["id"]] = int(bool(row["signals"]["aligned"]))
+        runs.setdefault(facts["arm"], {})[facts["seed"]] = Run(facts["arm"], facts["seed"], facts, marks["val"],
+                                                               marks["test"], answers)
+    return runs
+
+
+# ---- the statistics ------------------------------------------------------------------------------
+
+def signflip_p(per_seed: list[float]) -> float:
+    """Exact two-sided sign-flip p of the mean per-seed difference (all 2^n sign patterns)."""
+    return stats.paired_permutation(per_seed)
+
+
+def hierarchical_interval(per_prompt: list[np.ndarray], seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean difference, resampling seeds, then the test prompts
+    within each resampled seed (`per_prompt`: each seed's per-prompt differences)."""
+    rng, n = np.random.default_rng(seed), len(per_prompt)
+    chosen = rng.integers(0, n, size=(RESAMPLES, n))
+    means = np.zeros(RESAMPLES)
+    for s, d in enumerate(per_prompt):
+        counts = (chosen == s).sum(axis=1)  # how often seed s was drawn in each resample
+        for k in np.unique(counts[counts > 0]):
+            rows = np.flatnonzero(counts == k)
+            draws = d[rng.integers(0, len(d), size=(len(rows), k, len(d)))].mean(axis=2).sum(axis=1)
+            means[rows] += draws
+    means /= n
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def seed_interval(per_seed: list[float], seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of a mean over seeds, resampling seeds (a number per seed only)."""
+    rng, values = np.random.default_rng(seed), np.asarray(per_seed, dtype=float)
+    means = values[rng.integers(0, len(values), size=(RESAMPLES, len(values)))].mean(axis=1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def detectable(sd: float, n: int, alpha: float) -> float:
+    """The smallest mean difference a test over n seeds detects with 80% power (t approximation)."""
+    from scipy.stats import t
+
+    return (t.ppf(1 - alpha / 2, n - 1) + t.ppf(POWER, n - 1)) * sd / math.sqrt(n) if n > 1 and sd > 0 else math.nan
+
+
+def seeds_needed(sd: float, difference: float, alpha: float = ALPHA) -> int | None:
+    """Seeds for 80% power at the observed difference (None: no spread or no difference)."""
+    if not (sd > 0 and abs(difference) > 0):
+        return None
+    n = 2
+    while detectable(sd, n, alpha) > abs(difference) and n < 100_000:
+        n += 1
+    return n
+
+
+def mixed_model(a: list[dict], b: list[dict]) -> str:
+    """Beside the verdict: a logistic mixed model of the aligned mark, arm A against B, with random
+    intercepts for seed and for prompt (statsmodels' variational Bayes fit); the arm's log-odds."""
+    try:
+        import pandas as pd
+        from statsmodels.genmod.bayes_mixed_glm import BinomialBayesMixedGLM
+    except ImportError:
+        return "not fit (pip install -e '.[experiments]')"
+    rows = [{"y": y, "arm": arm, "seed": f"s{seed}", "prompt": pid}
+            for arm, side in ((1, a), (0, b)) for seed, marks in enumerate(side) for pid, y in marks.items()]
+    frame = pd.DataFrame(rows)
+    if frame["y"].nunique() < 2:
+        return "not fit (every answer has the same mark)"
+    model = BinomialBayesMixedGLM.from_formula("y ~ arm", {"seed": "0 + C(seed)", "prompt": "0 + C(prompt)"}, frame)
+    fit = model.fit_vb()
+    mean, sd = fit.fe_mean[1], fit.fe_sd[1]
+    return f"{mean:+.2f} log-odds [{mean - 1.96 * sd:+.2f}, {mean + 1.96 * sd:+.2f}]"
+
+
+# ---- the claims --------------------------------------------------------------------------------
+
+@dataclass
+class Claim:
+    key: str
+    text: str
+    a: str
+    b: str
+    unit: str = "test aligned at each arm's validation pick"
+
+
+CLAIMS = [
+    Claim("C1", "bootstrapping (SOFT) beats a single round of self-alignment", "soft", "single_round"),
+    Claim("C2a", "fixed examples peak sooner than random ones (SOFT's peak round minus the fixed arm's)",
+          "soft", "fixed_icl", "validation peak round"),
+    Claim("C2b", "after its peak, the fixed arm loses more on test (its peak-minus-last drop minus SOFT's)",
+          "fixed_icl", "soft", "test aligned, peak minus last round"),
+    Claim("C3", "easy-to-hard (SOFT+) beats random order", "soft_plus", "soft"),
+    Claim("C4a", "it is the regeneration, not the steps: SOFT beats training on round 0's data again",
+          "soft", "same_steps"),
+    Claim("C1-nf4", "C1 with QLoRA nf4, as shipped (reported)", "soft_nf4", "single_round_nf4"),
 ]
 
 
-def run_rows(out: Path) -> list[dict]:
-    """Per trained round: the round table's row, its truncated and dropped counts, and its test
-    results (per prompt, all rules) if scored."""
-    store = RoundStore(out)
-    found = table.manifests(store)
-    return [{**row, "truncated": found[row["round"]].get("truncated"), "dropped": found[row["round"]].get("dropped"),
-             "test": test_items(store, row["round"])} for row in table.rows(store, found, compare=False)]
+def vector(run: Run, r) -> dict:
+    return run.test.get(r, {})
 
 
-def test_items(store: RoundStore, r) -> list[int] | None:
-    path = store.principles_eval_path(r)
-    if not path.is_file():
+def diff(a: dict, b: dict) -> np.ndarray:
+    ids = sorted(set(a) & set(b))
+    return np.array([a[i] - b[i] for i in ids], dtype=float)
+
+
+def measure(claim: Claim, runs: dict[str, dict[int, Run]]) -> dict | None:
+    """Per-seed numbers of a claim over the seeds both arms finished, and its tests."""
+    seeds = sorted(set(runs.get(claim.a, {})) & set(runs.get(claim.b, {})))
+    if not seeds:
         return None
-    result = json.loads(path.read_text())
-    return [int(rec["checks"]["all"]) for rec in result["records"]] if result["prompts"].endswith("rules_test.jsonl") \
-        else None
+    pairs = [(runs[claim.a][s], runs[claim.b][s]) for s in seeds]
+    marks_a = marks_b = None
+    if claim.key == "C2a":
+        per_seed = [float(a.picked - b.picked) for a, b in pairs]
+        interval = seed_interval(per_seed)
+    else:
+        if claim.key == "C2b":
+            per_prompt = [diff(vector(a, a.picked), vector(a, a.last)) - diff(vector(b, b.picked), vector(b, b.last))
+                          for a, b in pairs]
+        else:
+            marks_a, marks_b = [vector(a, a.picked) for a, _ in pairs], [vector(b, b.picked) for _, b in pairs]
+            per_prompt = [diff(x, y) for x, y in zip(marks_a, marks_b)]
+        per_seed = [float(d.mean()) for d in per_prompt]
+        interval = hierarchical_interval(per_prompt)
+    sd = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else math.nan
+    mean = float(np.mean(per_seed))
+    return {"seeds": seeds, "per_seed": per_seed, "mean": mean, "ci95": interval, "p": signflip_p(per_seed),
+            "sd": sd, "mde_05": detectable(sd, len(seeds), ALPHA), "mde_holm": detectable(sd, len(seeds), ALPHA / 5),
+            "needed": seeds_needed(sd, mean),
+            "mixed": mixed_model(marks_a, marks_b) if marks_a else "–",
+            "steps": ([a.steps for a, _ in pairs], [b.steps for _, b in pairs])}
 
 
-def chosen(rows: list[dict], store: RoundStore, which: str) -> dict | None:
-    """The row of round `which` (`best`: the run's best round by validation, `last`, or a number)."""
-    if not rows:
-        return None
-    r = {"best": store.best_round(), "last": rows[-1]["round"]}.get(which, None if which in ("best", "last")
-                                                                     else int(which))
-    return next((row for row in rows if row["round"] == r), None)
+def verdict(m: dict, holm_p: float | None) -> str:
+    n = len(m["seeds"])
+    if holm_p is None:
+        return "reported"
+    if 2 / 2 ** n > ALPHA / len(TESTED):
+        return f"no verdict yet: {n} seed(s), whose smallest sign-flip p ({2 / 2 ** n:.3g}) cannot pass Holm"
+    if holm_p < ALPHA:
+        return "**reproduced**" if m["mean"] > 0 else "**not reproduced (the other way)**"
+    return f"**inside the noise** (80% power needs a difference of {m['mde_05']:.2f})"
 
 
-def claim_test(a_items: list[list[int]], b_items: list[list[int]]) -> dict:
-    """The pre-registered test of one claim over the seeds that have both arms scored."""
-    pairs = [(a, b) for a, b in zip(a_items, b_items) if a and b and len(a) == len(b)]
-    if not pairs:
-        return {}
-    n = len(pairs[0][0])
-    diffs = [sum(a[i] - b[i] for a, b in pairs) / len(pairs) for i in range(n)]
-    return {"seeds": len(pairs), "a": sum(map(sum, (a for a, _ in pairs))) / (n * len(pairs)),
-            "b": sum(map(sum, (b for _, b in pairs))) / (n * len(pairs)), "diff": sum(diffs) / n,
-            "ci95": stats.bootstrap_interval(diffs), "p": stats.paired_permutation(diffs),
-            "per_seed": [stats.paired(a, b) for a, b in pairs]}
+def _steps(values: list) -> str:
+    known = [v for v in values if v is not None]
+    return f"{np.mean(known):.0f} ({min(known)}–{max(known)})" if known else "–"
 
 
-def verdicts(data: dict[str, list[tuple[Path, list[dict]]]]) -> list[str]:
-    tests = {}
-    for name, _, a, ra, b, rb in CLAIMS:
-        a_items = [(chosen(rows, RoundStore(out), ra) or {}).get("test") for out, rows in data.get(a, [])]
-        b_items = [(chosen(rows, RoundStore(out), rb) or {}).get("test") for out, rows in data.get(b, [])]
-        tests[name] = claim_test(a_items, b_items)
-    holm = stats.holm({k: t["p"] for k, t in tests.items() if t})
-    lines = ["| claim | A | B | test: A | test: B | A − B [95% CI] | p | Holm p "
-             "| per-seed McNemar (only A / only B, p) | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, claim, a, ra, b, rb in CLAIMS:
-        t = tests[name]
-        if not t:
-            lines.append(f"| ({name}) {claim} | {a} {ra} | {b} {rb} | – | – | – | – | – | – | not measured yet |")
+def claims_table(runs) -> tuple[list[str], dict]:
+    measured = {c.key: measure(c, runs) for c in CLAIMS}
+    family = {k: m["p"] for k, m in measured.items() if m and k in TESTED}
+    holm = stats.holm(family) if family else {}
+    lines = ["| claim | per-seed number | seeds | mean [95% CI, seeds then prompts] | sign-flip p | Holm p | verdict "
+             "| mixed model (A vs B) | 80%-power difference, α .05 / Holm's .01 | seeds the observed size needs "
+             "| optimizer steps A / B, mean (range) |", "|---" * 11 + "|"]
+    for c in CLAIMS:
+        m = measured[c.key]
+        if m is None:
+            lines.append(f"| {c.key}: {c.text} | {c.unit} | 0 | – | – | – | not run yet | – | – | – | – |")
             continue
-        adjusted = holm[name]
-        word = ("reproduced" if t["diff"] > 0 and adjusted < ALPHA else
-                "not reproduced (the other way)" if t["diff"] < 0 and adjusted < ALPHA else "inside the noise")
-        seeds = "; ".join(f"{s['only_this']}/{s['only_reference']}, {s['p']:.2f}" for s in t["per_seed"])
-        lines.append(f"| ({name}) {claim} | {a} {ra} | {b} {rb} | {t['a']:.3f} | {t['b']:.3f} | {t['diff']:+.3f} "
-                     f"[{t['ci95'][0]:+.3f}, {t['ci95'][1]:+.3f}] | {t['p']:.3f} | {adjusted:.3f} | {seeds} | "
-                     f"**{word}** |")
+        h = holm.get(c.key)
+        lines.append(
+            f"| {c.key}: {c.text} ({c.a} − {c.b}) | {c.unit} | {len(m['seeds'])} | {m['mean']:+.3f} "
+            f"[{m['ci95'][0]:+.3f}, {m['ci95'][1]:+.3f}] | {m['p']:.3g} | {f'{h:.3g}' if h is not None else '–'} | "
+            f"{verdict(m, h)} | {m['mixed']} | {_f(m['mde_05'])} / {_f(m['mde_holm'])} | {m['needed'] or '–'} | "
+            f"{_steps(m['steps'][0])} / {_steps(m['steps'][1])} |")
+    return lines, measured
+
+
+def collapse_lines(runs) -> list[str]:
+    """C4b (reported): SOFT's picked round against its last, on test; seeds whose last round falls
+    below their peak on validation."""
+    soft = runs.get("soft", {})
+    if not soft:
+        return ["SOFT has no finished run yet."]
+    per_prompt = [diff(vector(r, r.picked), vector(r, r.last)) for r in soft.values()]
+    per_seed = [float(d.mean()) for d in per_prompt]
+    low, high = hierarchical_interval(per_prompt)
+    fell = [s for s, r in soft.items() if r.rate("val", r.last) < r.rate("val", r.picked)]
+    return [f"Over {len(soft)} seed(s) of {max(len(r.rounds) for r in soft.values())} rounds: picked minus last round "
+            f"on test {np.mean(per_seed):+.3f} [{low:+.3f}, {high:+.3f}] (per seed: "
+            + ", ".join(f"{v:+.3f}" for v in per_seed) + f"); the last round falls below the validation peak in "
+            f"{len(fell)} of {len(soft)} seed(s){' (' + ', '.join(map(str, fell)) + ')' if fell else ''}; picks: "
+            + ", ".join(f"seed {s} round {r.picked} of {r.last}" for s, r in soft.items()) + "."]
+
+
+def curve_table(runs) -> list[str]:
+    """Val and test aligned per round, each run, with its pick marked."""
+    width = max((len(r.rounds) for arm in runs.values() for r in arm.values()), default=0)
+    lines = ["| run | " + " | ".join(f"round {i}" for i in range(width)) + " | pick | steps | commit |",
+             "|---" * (width + 4) + "|"]
+    for arm in PLANNED:
+        for seed, run in sorted(runs.get(arm, {}).items()):
+            cells = [f"{_f(run.rate('val', r))} / {_f(run.rate('test', r))}" + (" ←" if r == run.picked else "")
+                     for r in run.rounds]
+            lines.append(f"| {arm}-seed{seed} | " + " | ".join(cells + ["–"] * (width - len(cells)))
+                         + f" | {run.picked} | {run.steps or '–'} | {run.facts['commit'][:10]} |")
     return lines
 
 
-def round_tables(data: dict[str, list[tuple[Path, list[dict]]]]) -> list[str]:
-    """T(r) and S(r) (validation) per rule, diversity, truncation and drops, per run and round."""
-    rule_cols = " | ".join(f"T {r} | S {r}" for r in RULES)
-    lines = [f"| run | round | T(r) all | S(r) all [95% CI] | {rule_cols} | distinct-2 | truncated | dropped | best |",
-             "|---|---|---|---|" + "---|" * (2 * len(RULES)) + "---|---|---|---|"]
-    for out, rows in (x for runs in data.values() for x in runs):
-        best = RoundStore(out).best_round()
-        if not rows:
-            lines.append(f"| {out.name} | – | no trained round yet |" + " |" * (2 * len(RULES) + 5))
-        for row in rows:
-            per_rule = " | ".join(f"{_f(row.get(f'fewshot/adherence_{r}'))} | {_f(row.get(f'val/adherence_{r}'))}"
-                                  for r in RULES)
-            dropped = ", ".join(f"{k} {v}" for k, v in (row.get("dropped") or {}).items()) or "0"
-            lines.append(f"| {out.name} | {row['round']} | {_f(row.get('fewshot/adherence'))} | "
-                         f"{_f(row.get('val/adherence'))} [{_f(row.get('val/adherence_low'))}, "
-                         f"{_f(row.get('val/adherence_high'))}] | {per_rule} | {_f(row.get('gen/distinct2'))} | "
-                         f"{row.get('truncated')}/{row.get('prompts')} | {dropped} | "
-                         f"{'←' if row['round'] == best else ''} |")
+def controls(runs) -> list[str]:
+    """The base model and the template control on test (a trivial answer must score 0)."""
+    found = [r for arm in runs.values() for r in arm.values()]
+    lines = ["| control | aligned on test [95% CI] | n |", "|---|---|---|"]
+    for name in ("base", "template"):
+        marks = next((r.test[name] for r in found if name in r.test), None)
+        if marks is None:
+            lines.append(f"| {name} | not scored yet | – |")
+            continue
+        k, n = sum(marks.values()), len(marks)
+        low, high = stats.wilson_interval(k, n)
+        lines.append(f"| {name} | {k / n:.3f} [{low:.3f}, {high:.3f}] | {n} |")
     return lines
 
 
-def test_table(data: dict[str, list[tuple[Path, list[dict]]]], base: list[int] | None) -> list[str]:
-    lines = ["| model | round (how chosen) | S test, all rules [95% CI] | vs base: only it / only base, McNemar p |",
-             "|---|---|---|---|"]
-    if base:
-        low, high = stats.wilson_interval(sum(base), len(base))
-        lines.append(f"| base model | – | {_acc(base):.3f} [{low:.3f}, {high:.3f}] | – |")
-    for out, rows in (x for runs in data.values() for x in runs):
-        best = RoundStore(out).best_round()
-        for row in rows:
-            if row["test"]:
-                items = row["test"]
-                low, high = stats.wilson_interval(sum(items), len(items))
-                why = "best by validation" if row["round"] == best else "for claim 4"
-                versus = "–"
-                if base:
-                    t = stats.paired(items, base)
-                    versus = f"{t['only_this']} / {t['only_reference']}, p = {t['p']:.3f}"
-                lines.append(f"| {out.name} | {row['round']} ({why}) | {_acc(items):.3f} [{low:.3f}, {high:.3f}] | "
-                             f"{versus} |")
+def truthfulqa_lines(runs) -> list[str]:
+    found = [r for arm in runs.values() for r in arm.values()]
+    base = next((r.facts["truthfulqa_mc1"]["base"]["acc"] for r in found if "base" in r.facts["truthfulqa_mc1"]), None)
+    lines = ["| model | MC1 acc [95% CI] | vs base: only it / only base, McNemar p |", "|---|---|---|"]
+    if base is not None:
+        low, high = stats.wilson_interval(int(sum(base)), len(base))
+        lines.append(f"| base | {np.mean(base):.3f} [{low:.3f}, {high:.3f}] | – |")
+    for r in found:
+        acc = r.facts["truthfulqa_mc1"].get(str(r.picked), {}).get("acc")
+        if acc is None:
+            continue
+        low, high = stats.wilson_interval(int(sum(acc)), len(acc))
+        vs = stats.paired([bool(x) for x in acc], [bool(x) for x in base]) if base else None
+        lines.append(f"| {r.arm}-seed{r.seed} round {r.picked} | {np.mean(acc):.3f} [{low:.3f}, {high:.3f}] | "
+                     + (f"{vs['only_this']} / {vs['only_reference']}, p = {vs['p']:.3f}" if vs else "–") + " |")
+    return lines if len(lines) > 2 else ["Not scored yet (`run_grid.py --truthfulqa`)."]
+
+
+def answers_lines(runs, k: int = 4) -> list[str]:
+    """A few real test answers: the base model's beside SOFT's picked round (seed 0's run)."""
+    run = runs.get("soft", {}).get(min(runs.get("soft", {}) or [0]))
+    base = next((r.answers.get(("test", "base")) for arm in runs.values() for r in arm.values()
+                 if ("test", "base") in r.answers), None)
+    if run is None or base is None:
+        return ["(no SOFT run with the base model's test answers yet)"]
+    picked = run.answers[("test", run.picked)]
+    lines = []
+    for pid in sorted(picked)[::max(1, len(picked) // k)][:k]:
+        lines += [f"**{pid}**: {picked[pid]['prompt'][:200]}", "",
+                  f"- base ({'aligned' if base[pid]['signals']['aligned'] else 'not aligned'}): "
+                  f"{_one_line(base[pid]['response'])}",
+                  f"- soft-seed{run.seed} round {run.picked} ({'aligned' if picked[pid]['signals']['aligned'] else 'not aligned'}): "
+                  f"{_one_line(picked[pid]['response'])}", ""]
     return lines
 
 
-def truthfulqa_table(runs: dict[str, list[Path]]) -> list[str]:
-    stores = [RoundStore(out) for outs in runs.values() for out in outs]
-    base = next((items for s in stores if (items := _mc1(s.lm_eval_path("base")))), None)
-    lines = ["| model | round | MC1 acc [95% CI] | vs base: only it / only base, McNemar p |", "|---|---|---|---|"]
-    entries = ([("base model", "–", base)] if base else []) + [
-        (s.root.name, r, items) for s in stores for r in s.finished_rounds() if (items := _mc1(s.lm_eval_path(r)))]
-    for name, r, items in entries:
-        low, high = stats.wilson_interval(sum(items), len(items))
-        versus = "–"
-        if base and items is not base:
-            t = stats.paired(items, base)
-            versus = f"{t['only_this']} / {t['only_reference']}, p = {t['p']:.3f}"
-        lines.append(f"| {name} | {r} | {_acc(items):.3f} [{low:.3f}, {high:.3f}] | {versus} |")
-    return lines if len(lines) > 2 else ["Not scored (`python experiments/run_grid.py --truthfulqa`, needs "
-                                         "../shared/data/truthfulqa_mc.jsonl)."]
+def status_lines(runs) -> list[str]:
+    done = {arm: sorted(runs.get(arm, {})) for arm in PLANNED}
+    hours = [sum(r.facts["seconds"].values()) / 3600 for arm in runs.values() for r in arm.values()]
+    cpus = sorted({r.facts["cpu"] for arm in runs.values() for r in arm.values()})
+    lines = ["| arm | seeds finished | planned | wall hours of its runs |", "|---|---|---|---|"]
+    for arm, seeds in done.items():
+        arm_hours = sum(sum(r.facts["seconds"].values()) for r in runs.get(arm, {}).values()) / 3600
+        lines.append(f"| {arm} | {', '.join(map(str, seeds)) or '–'} | {PLANNED[arm]} | {arm_hours:.1f} |")
+    lines += ["", f"{len(hours)} runs, {sum(hours):.1f} wall hours on 2 cores of: {'; '.join(cpus) or '–'}."]
+    return lines
 
 
-def premise_lines(here: Path) -> list[str]:
-    path = here / "runs" / "premise.json"
-    if not path.is_file():
-        return ["Not measured yet (the grid's first step)."]
-    p = json.loads(path.read_text())
-    rules = ", ".join(f"{r} {p['per_rule']['few_shot'][r]:.2f} vs {p['per_rule']['zero_shot'][r]:.2f}" for r in RULES)
-    few, zero = p["few_shot"], p["zero_shot"]
-    return [f"The base model, greedy, on the {p['prompts']} held-out prompts (validation + test), paired: few-shot "
-            f"(principles + 3 examples, as round 0 generates) keeps all rules in {few['kept']}/{few['n']} = "
-            f"{few['rate']:.3f} [{few['ci95'][0]:.3f}, {few['ci95'][1]:.3f}], zero-shot in {zero['kept']}/{zero['n']}"
-            f" = {zero['rate']:.3f} [{zero['ci95'][0]:.3f}, {zero['ci95'][1]:.3f}]; difference "
-            f"{few['rate'] - zero['rate']:+.3f} [{p['difference_ci95'][0]:+.3f}, {p['difference_ci95'][1]:+.3f}], "
-            f"only few-shot {p['only_this']} / only zero-shot {p['only_reference']}, exact McNemar p = {p['p']:.2g}. "
-            f"Per rule (few vs zero): {rules}.", "",
-            "**There is a few-shot advantage to bootstrap.**" if p["advantage"] else
-            "**No few-shot advantage: the grid stops here.**"]
+def write_report(here: Path = HERE) -> None:
+    runs = load(here / "results")
+    table, measured = claims_table(runs)
+    lines = [
+        "# Experiments: SOFT's claims on SmolLM2-135M-Instruct, judged on aligned answers", "",
+        "Written by `python experiments/write_up.py` from `experiments/results/` alone (every answer and "
+        "signal of every finished run, committed; run_grid.py makes them). The tests were fixed before the "
+        "runs in [PREREGISTRATION.md](PREREGISTRATION.md). Settings: `configs/demo.yaml` + "
+        "`experiments/configs/grid.yaml` (8 rounds × 64 prompts, 2 epochs a round, batch 4, the bundled "
+        "`rules` task) and each arm's overlay. **Aligned** (docs/collapse-guard.md): relevant, correct where "
+        "checkable, refusing only harmful requests, keeping every principle. Validation (the `rules` "
+        "validation prompts and the safety validation half) picks each run's round, ties to the later "
+        "round; test (the 90 `rules` test prompts and 64 safety test prompts) scores every round.", "",
+        "## Where the grid stands", ""] + status_lines(runs) + [
+        "", "## Verdicts", "",
+        "The unit is the seed: one number per seed and claim, arms paired by seed; the exact sign-flip test of "
+        "their mean decides, Holm over C1, C2a, C2b, C3, C4a (α = 0.05). With n seeds the smallest sign-flip p "
+        "is 2/2ⁿ, so fewer than 8 seeds cannot pass Holm's first step (0.01): such rows say so instead of a "
+        "verdict. The interval resamples seeds, then test prompts within them. The mixed model is beside the "
+        "verdict and does not decide it. Steps are the runs' realised optimizer steps (they follow the answers "
+        "the filters keep), not the planned ones.", ""] + table + [
+        "", "### C4b (reported): does validation catch a collapse?", ""] + collapse_lines(runs) + [
+        "", "## Every round: validation / test aligned", "",
+        "Each cell: the share of aligned answers on validation / on test; ← marks the validation pick.", ""
+        ] + curve_table(runs) + ["", "![aligned per round](rounds.png)", "",
+        "## Controls on test", ""] + controls(runs) + [
+        "", "## TruthfulQA MC1 (does no harm; never used to pick a round)", "",
+        "lm-eval MC1 on all 817 items of ../shared/data (item ids and scores are in each run.json, the items "
+        "are not).", ""] + truthfulqa_lines(runs) + [
+        "", "## Real answers (test; seed 0's SOFT pick beside the base model)", ""] + answers_lines(runs) + [
+        "", "## Earlier grids", "", EARLIER, ""]
+    (here / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    summary = {c: {k: v for k, v in m.items() if k != "mixed"} | {"mixed": m["mixed"]} if m else None
+               for c, m in measured.items()}
+    (here / "results.json").write_text(json.dumps(summary, indent=1, default=str) + "\n", encoding="utf-8")
+    plot(runs, here / "rounds.png")
 
 
-def write_report(here: Path, runs: dict[str, list[Path]], timings: dict[str, float]) -> None:
-    data = {m: [(out, run_rows(out)) for out in outs] for m, outs in runs.items()}
-    stores = [RoundStore(out) for outs in runs.values() for out in outs]
-    base = next((items for s in stores if (items := test_items(s, "base"))), None)
-    timings = dict(timings)
-    cpu = timings.pop("_cpu", "an unrecorded CPU")
-    total = sum(timings.values())
-    lines = ["# Experiments: SOFT's claims on SmolLM2-135M-Instruct, on principles a rule can check", "",
-             "Written by `python experiments/run_grid.py` (its docstring says what each step does) from the round "
-             "stores in `experiments/runs/` (not in git). Settings: `experiments/configs/grid.yaml` over "
-             "`configs/demo.yaml`: the bundled `rules` task (a `Summary:` line, 2–4 numbered points, at most 70 "
-             "words, refusing harmful requests), `quantization: none`, 4 rounds × 64 prompts (single round: 1 × "
-             "256, the same optimizer steps). T(r): the share of round r's own few-shot answers keeping a rule; "
-             "S(r): greedy zero-shot answers to the 40 validation prompts (which pick each run's best round). "
-             "The claims are tested on the 60 test prompts only.", "",
-             "## The premise", ""] + premise_lines(here) + [
-             "", "## Rounds: few-shot T(r) and zero-shot S(r) on validation, per rule", ""] + round_tables(data) + [
-             "", "![adherence per round](rounds.png)", "", "## The test split", ""] + test_table(data, base) + [
-             "", "## Verdicts", "", __doc__.split("\n\n", 1)[1].strip(), ""] + verdicts(data) + [
-             "", "## TruthfulQA MC1 (does no harm; never used to pick a round)", ""] + truthfulqa_table(runs) + [
-             "", "## Wall time", "",
-             f"{total / 60:.0f} minutes in all on 2 cores of {cpu}: "
-             + ", ".join(f"{name} {seconds / 60:.1f}" for name, seconds in timings.items()) + " (minutes).", ""]
-    (here / "README.md").write_text("\n".join(lines) + "\n")
-    (here / "results.json").write_text(json.dumps(
-        {m: [{"run": out.name, "best_round": RoundStore(out).best_round(), "rounds": rows} for out, rows in method_runs]
-         for m, method_runs in data.items()}, indent=1, default=str) + "\n")
-    plot(data, here / "rounds.png")
-
-
-def plot(data: dict, path: Path) -> None:
+def plot(runs, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    for (out, rows), colour in zip((x for runs in data.values() for x in runs), plt.cm.tab10.colors):
-        rows = [row for row in rows if row.get("val/adherence") is not None]
-        if rows:
-            x = [row["round"] for row in rows]
-            err = [[row["val/adherence"] - row["val/adherence_low"] for row in rows],
-                   [row["val/adherence_high"] - row["val/adherence"] for row in rows]]
-            axes[0].errorbar(x, [row["val/adherence"] for row in rows], yerr=err, marker="o", capsize=3,
-                             color=colour, label=out.name)
-            axes[1].plot(x, [row.get("fewshot/adherence") for row in rows], marker="o", color=colour)
-    for ax, title in zip(axes, ("zero-shot S(r), validation (95% CI)", "few-shot T(r), the round's own data")):
-        ax.set_title(title, fontsize=10)
+    for (arm, seeds), colour in zip(((a, runs[a]) for a in PLANNED if a in runs), plt.cm.tab10.colors):
+        for i, run in enumerate(seeds.values()):
+            for ax, split in zip(axes, ("val", "test")):
+                ax.plot(run.rounds, [run.rate(split, r) for r in run.rounds], marker="o", color=colour, alpha=0.6,
+                        label=arm if i == 0 else None)
+    for ax, title in zip(axes, ("validation (picks the round)", "test (every round)")):
+        ax.set_title(f"aligned share, {title}", fontsize=10)
         ax.set_xlabel("round")
         ax.xaxis.get_major_locator().set_params(integer=True)
-    axes[0].set_ylabel("share keeping all rules")
     if axes[0].lines:
         axes[0].legend(fontsize=7)
     fig.tight_layout()
@@ -231,15 +408,14 @@ def plot(data: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _mc1(path: Path) -> list[int] | None:
-    result = json.loads(path.read_text()) if path.is_file() else {}
-    task = result.get("tasks", {}).get("mc1")
-    return [int(x) for x in task["per_item"]["acc"]] if task and not result["limit"] else None
-
-
-def _acc(items: list) -> float:
-    return sum(items) / len(items)
+def _one_line(text: str, limit: int = 300) -> str:
+    flat = " ".join(text.split())
+    return (flat[:limit] + "…") if len(flat) > limit else flat
 
 
 def _f(value) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+if __name__ == "__main__":
+    write_report()

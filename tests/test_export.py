@@ -94,7 +94,9 @@ def test_evaluate_principles_on_a_run_and_on_its_export(exported):
     assert evaluated["adherence"]["all"]["n"] == 3 and len(evaluated["records"]) == 3
     assert all(set(rec["checks"]) == {"summary", "points", "length", "refusal", "all"} for rec in evaluated["records"])
     assert all({"aligned", "relevant", "refusal", "correct"} <= set(rec["signals"]) for rec in evaluated["records"])
-    assert (out / "base_principles_eval.json").is_file() and (out / "template_principles_eval.json").is_file()
+    assert (out / "base_principles_eval.json").is_file()
+    template = json.loads((out / "template_principles_eval.json").read_text())["records"]  # each control answer kept
+    assert len(template) == 3 and not any(rec["signals"]["aligned"] for rec in template), "a constant answer is not"
     table = list(csv.DictReader(io.StringIO((out / "rounds.csv").read_text())))
     assert float(table[0]["eval/adherence"]) == evaluated["adherence"]["all"]["rate"]
     assert float(table[0]["eval/aligned"]) == evaluated["quality"]["aligned"]["rate"]

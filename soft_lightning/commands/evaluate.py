@@ -188,8 +188,8 @@ def evaluate_principles(out_dir: str, rounds: str, prompts: str, safety: str | N
         write_json_atomic(path, result)
         label = {"base": "base model", "export": f"export {out_dir}"}.get(name, f"round {name}")
         print(f"[soft] {label} on {prompts}: {zero_shot.summary(result)} -> {path}")
-    template = score_records(control_answers("template", held_out), checks=checks, relevance=settings.relevance,
-                             base=base)
+    answers = control_answers("template", held_out)
+    template = {**score_records(answers, checks=checks, relevance=settings.relevance, base=base), "records": answers}
     print(f"[soft] template control on {prompts}: {zero_shot.summary(template)}")
     if plan is not None:
         write_json_atomic(store.root / "template_principles_eval.json", template)
