@@ -1,0 +1,43 @@
+"""The experiment write-up: its statistics, and experiments/README.md rebuilt from the committed
+results alone (what a fresh clone can check)."""
+
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from tests.helpers.cli import ROOT
+
+sys.path[:0] = [str(ROOT / "experiments")]
+import write_up  # noqa: E402
+from results import pick  # noqa: E402
+
+
+def test_validation_picks_the_highest_round_and_ties_go_to_the_later():
+    assert pick({0: 0.1, 1: 0.5, 2: 0.5, 3: 0.4}) == 2
+    assert pick({0: 0.3}) == 0
+
+
+def test_the_sign_flip_test_is_exact_over_seeds():
+    assert write_up.signflip_p([0.1] * 8) == pytest.approx(2 / 256), "all 8 seeds one way: the smallest p"
+    assert write_up.signflip_p([0.1] * 5) == pytest.approx(2 / 32)
+    assert write_up.signflip_p([0.2, -0.2, 0.2, -0.2]) == 1.0
+
+
+def test_the_hierarchical_interval_widens_with_the_seeds_spread():
+    alike = [np.full(150, 0.3) for _ in range(8)]
+    low, high = write_up.hierarchical_interval(alike)
+    assert low == pytest.approx(0.3) and high == pytest.approx(0.3), "no spread anywhere: no width"
+    spread = [np.full(150, v) for v in (-0.2, 0.0, 0.1, 0.3, 0.5, 0.6, -0.1, 0.4)]
+    low, high = write_up.hierarchical_interval(spread)
+    assert low < np.mean([d[0] for d in spread]) < high and high - low > 0.2, "the seeds' spread counts"
+    assert write_up.detectable(0.269, 8, 0.05) == pytest.approx(0.31, abs=0.01), "PREREGISTRATION.md's power table"
+
+
+@pytest.mark.skipif(not any((ROOT / "experiments" / "results").glob("*/run.json")), reason="no committed results")
+def test_the_write_up_is_rebuilt_from_the_committed_results_alone(tmp_path):
+    shutil.copytree(ROOT / "experiments" / "results", tmp_path / "results")
+    write_up.write_report(tmp_path)
+    assert (tmp_path / "README.md").read_text() == (ROOT / "experiments" / "README.md").read_text(), \
+        "experiments/README.md is stale: run python experiments/write_up.py"
