@@ -15,7 +15,8 @@ run). Per run (arm x seed), each step resumable, so the grid spans sessions and 
 Runs go seed by seed through the arms in ARMS's order, claims 1 and 4 first.
 
     python experiments/run_grid.py [--arms soft ...] [--seeds 0 1 ...] [--truthfulqa] [--dry]
-    python experiments/write_up.py     (experiments/README.md from experiments/results/ alone)
+    python experiments/run_grid.py --report-only   (experiments/README.md from experiments/results/ alone;
+                                                    the same as python experiments/write_up.py)
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ RUNS, RESULTS = HERE / "runs", HERE / "results"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 from results import export_run, pick  # noqa: E402
+from write_up import write_report  # noqa: E402
 from soft_lightning.rounds.store import RoundStore  # noqa: E402  (the checkout, not an installed copy)
 
 
@@ -129,7 +131,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
     ap.add_argument("--truthfulqa", action="store_true", help="TruthfulQA MC1 of the picked round and the base")
     ap.add_argument("--dry", action="store_true", help="list the runs left, in order, and stop")
+    ap.add_argument("--report-only", action="store_true", help="only rebuild experiments/README.md from results/")
     args = ap.parse_args()
+    if args.report_only:
+        return write_report()
     todo = [(arm, seed) for seed in args.seeds for arm in args.arms if seed in ARMS[arm][1]
             and not (RESULTS / name(arm, seed) / "run.json").is_file()]
     print(f"[grid] {len(todo)} runs left: {', '.join(name(*t) for t in todo)}", flush=True)

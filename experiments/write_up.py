@@ -270,6 +270,16 @@ def collapse_lines(runs) -> list[str]:
             + ", ".join(f"seed {s} round {r.picked} of {r.last}" for s, r in soft.items()) + "."]
 
 
+def fixed_draws(runs) -> list[str]:
+    """C2's fixed arm: the examples each seed drew (PREREGISTRATION.md asks for ≥ 3 distinct draws)."""
+    draws = {seed: tuple(sorted(next(iter(run.answers[("train", 0)].values()))["icl_ids"]))
+             for seed, run in sorted(runs.get("fixed_icl", {}).items())}
+    if not draws:
+        return ["The fixed-example arm has no finished run yet."]
+    return ["Fixed examples per seed: " + "; ".join(f"seed {s}: {', '.join(d)}" for s, d in draws.items())
+            + f" ({len(set(draws.values()))} distinct draws)."]
+
+
 def curve_table(runs) -> list[str]:
     """Val and test aligned per round, each run, with its pick marked."""
     width = max((len(r.rounds) for arm in runs.values() for r in arm.values()), default=0)
@@ -336,14 +346,27 @@ def answers_lines(runs, k: int = 4) -> list[str]:
 
 
 def status_lines(runs) -> list[str]:
-    done = {arm: sorted(runs.get(arm, {})) for arm in PLANNED}
-    hours = [sum(r.facts["seconds"].values()) / 3600 for arm in runs.values() for r in arm.values()]
+    """Seeds finished per arm, their wall hours, and the hours the rest would take at the measured
+    pace (an arm not run yet: at SOFT's, marked ≈)."""
+    def hours(run: Run) -> float:
+        return sum(run.facts["seconds"].values()) / 3600
+
+    soft = [hours(r) for r in runs.get("soft", {}).values()]
     cpus = sorted({r.facts["cpu"] for arm in runs.values() for r in arm.values()})
-    lines = ["| arm | seeds finished | planned | wall hours of its runs |", "|---|---|---|---|"]
-    for arm, seeds in done.items():
-        arm_hours = sum(sum(r.facts["seconds"].values()) for r in runs.get(arm, {}).values()) / 3600
-        lines.append(f"| {arm} | {', '.join(map(str, seeds)) or '–'} | {PLANNED[arm]} | {arm_hours:.1f} |")
-    lines += ["", f"{len(hours)} runs, {sum(hours):.1f} wall hours on 2 cores of: {'; '.join(cpus) or '–'}."]
+    lines = ["| arm | seeds finished | planned | wall hours of its runs | hours left at that pace |",
+             "|---|---|---|---|---|"]
+    total_left = 0.0
+    for arm, planned in PLANNED.items():
+        done = [hours(r) for r in runs.get(arm, {}).values()]
+        pace = np.mean(done) if done else (np.mean(soft) if soft else math.nan)
+        left = (planned - len(done)) * pace
+        total_left += left
+        lines.append(f"| {arm} | {', '.join(map(str, sorted(runs.get(arm, {})))) or '–'} | {planned} | "
+                     f"{sum(done):.1f} | {'' if done else '≈'}{left:.1f} |")
+    finished = sum(len(arm) for arm in runs.values())
+    lines += ["", f"{finished} runs finished, {sum(hours(r) for a in runs.values() for r in a.values()):.1f} wall hours "
+              f"(fit, every round on test, TruthfulQA, on 2 cores of {'; '.join(cpus) or '–'}); about "
+              f"{total_left:.0f} wall hours left on such a machine."]
     return lines
 
 
@@ -369,6 +392,7 @@ def write_report(here: Path = HERE) -> None:
         "verdict and does not decide it. Steps are the runs' realised optimizer steps (they follow the answers "
         "the filters keep), not the planned ones.", ""] + table + [
         "", "### C4b (reported): does validation catch a collapse?", ""] + collapse_lines(runs) + [
+        "", "### C2's fixed draws", ""] + fixed_draws(runs) + [
         "", "## Every round: validation / test aligned", "",
         "Each cell: the share of aligned answers on validation / on test; ← marks the validation pick.", ""
         ] + curve_table(runs) + ["", "![aligned per round](rounds.png)", "",
