@@ -120,8 +120,8 @@ class BootstrapCallback(L.Callback):
                               f"bootstrap.prompt_synthesis.per_round={prompt_synthesis.per_round} to add prompts to; "
                               "set it to 0 or regenerate to true.")
         self.run = SoftRun(
-            settings=settings, store=RoundStore(out_dir), rounds=rounds, epochs_per_round=epochs_per_round, regenerate=regenerate,
-            seed=seed,
+            settings=settings, store=RoundStore(out_dir), rounds=rounds, epochs_per_round=epochs_per_round,
+            regenerate=regenerate, seed=seed,
             sampler_settings=sampler, sampling=sampling, icl=icl, principles=principles, examples=examples,
             within_round=within_round, across_rounds=across_rounds, score_batch_size=score_batch_size,
             filters=filters, generation_chunk=generation_chunk, zero_shot=zero_shot,

@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 from results import export_run, pick  # noqa: E402
 from write_up import write_report  # noqa: E402
+
 from soft_lightning.rounds.store import RoundStore  # noqa: E402  (the checkout, not an installed copy)
 
 

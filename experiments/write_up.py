@@ -24,6 +24,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # results.py, and the checkout's soft_lightning
 from results import load_run, pick  # noqa: E402
+
 from soft_lightning.signals import stats  # noqa: E402
 
 ALPHA, POWER, RESAMPLES = 0.05, 0.8, 10_000
@@ -336,11 +337,13 @@ def answers_lines(runs, k: int = 4) -> list[str]:
         return ["(no SOFT run with the base model's test answers yet)"]
     picked = run.answers[("test", run.picked)]
     lines = []
+    def mark(record: dict) -> str:
+        return "aligned" if record["signals"]["aligned"] else "not aligned"
+
     for pid in sorted(picked)[::max(1, len(picked) // k)][:k]:
         lines += [f"**{pid}**: {picked[pid]['prompt'][:200]}", "",
-                  f"- base ({'aligned' if base[pid]['signals']['aligned'] else 'not aligned'}): "
-                  f"{_one_line(base[pid]['response'])}",
-                  f"- soft-seed{run.seed} round {run.picked} ({'aligned' if picked[pid]['signals']['aligned'] else 'not aligned'}): "
+                  f"- base ({mark(base[pid])}): {_one_line(base[pid]['response'])}",
+                  f"- soft-seed{run.seed} round {run.picked} ({mark(picked[pid])}): "
                   f"{_one_line(picked[pid]['response'])}", ""]
     return lines
 
@@ -363,8 +366,8 @@ def status_lines(runs) -> list[str]:
         total_left += left
         lines.append(f"| {arm} | {', '.join(map(str, sorted(runs.get(arm, {})))) or '–'} | {planned} | "
                      f"{sum(done):.1f} | {'' if done else '≈'}{left:.1f} |")
-    finished = sum(len(arm) for arm in runs.values())
-    lines += ["", f"{finished} runs finished, {sum(hours(r) for a in runs.values() for r in a.values()):.1f} wall hours "
+    finished = [r for arm in runs.values() for r in arm.values()]
+    lines += ["", f"{len(finished)} runs finished, {sum(map(hours, finished)):.1f} wall hours "
               f"(fit, every round on test, TruthfulQA, on 2 cores of {'; '.join(cpus) or '–'}); about "
               f"{total_left:.0f} wall hours left on such a machine."]
     return lines

@@ -106,7 +106,8 @@ class SoftRun:
         dm, cost = trainer.datamodule, {}
         order = curriculum.pool_order(self.across_rounds, seed=self.seed, cost=cost, **self.forward(trainer).args())
         plan = self.store.read_plan()
-        new = plan_to_write(plan, identity=lambda: self.identity(trainer), rounds=self.rounds, regenerate=self.regenerate,
+        new = plan_to_write(plan, identity=lambda: self.identity(trainer), rounds=self.rounds,
+                            regenerate=self.regenerate,
                             per_round=dm.file_per_round, draw=dm.draw_prompts, pool_stats=dm.pool_stats,
                             order=order if self.across_rounds.scorer else None, cost=cost)
         if new is not None:

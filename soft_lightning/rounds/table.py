@@ -65,8 +65,8 @@ def mark_trained(store: RoundStore, r: int, metrics: dict, seconds: float | None
     over the round) in its manifest (the round counts as trained from here on) and rebuild the
     report; returns the round's generation diagnostics, for the loggers."""
     metrics = {k: float(v) for k, v in metrics.items() if v.numel() == 1}
-    store.update_manifest(r, training=training_fields(metrics, seconds, steps), validation=validation_fields(mc_results),
-                          **({"memory": memory} if memory else {}))
+    store.update_manifest(r, training=training_fields(metrics, seconds, steps),
+                          validation=validation_fields(mc_results), **({"memory": memory} if memory else {}))
     update(store, *monitor)
     return store.read_manifest(r).get("diagnostics", {})
 
