@@ -268,7 +268,7 @@ def collapse_lines(runs) -> list[str]:
             f"on test {np.mean(per_seed):+.3f} [{low:+.3f}, {high:+.3f}] (per seed: "
             + ", ".join(f"{v:+.3f}" for v in per_seed) + f"); the last round falls below the validation peak in "
             f"{len(fell)} of {len(soft)} seed(s){' (' + ', '.join(map(str, fell)) + ')' if fell else ''}; picks: "
-            + ", ".join(f"seed {s} round {r.picked} of {r.last}" for s, r in soft.items()) + "."]
+            + ", ".join(f"seed {s} round {r.picked} (last: {r.last})" for s, r in soft.items()) + "."]
 
 
 def fixed_draws(runs) -> list[str]:
