@@ -44,6 +44,16 @@ Two earlier grids, on other metrics, with 2 seeds treated as fixed (the prompt w
   metric that a trivial answer beats, on 2 seeds treated as fixed; this grid replaces them."""
 
 
+READING = """\
+Read on 2026-12-04, 10 test prompts (every 15th id) of soft-seed0, base vs round 1 (the pick) vs
+round 7: the aligned mark catches format failures, wrong numbers and missing refusals, but it
+still credits (a) points that repeat one sentence ("They're both in a lift, and they're both in a
+desperate situation." twice), (b) on-topic but unhelpful or false advice ("You can't terminate a
+contract with your internet provider."), and (c) a lucky reference hit (to "Saturday + 7 days":
+"It's Saturday, so it's a day of the week"). Read every rate here as an upper bound on helpful
+answers. Changing the mark mid-grid would break the preregistration; it is a follow-up."""
+
+
 @dataclass
 class Run:
     arm: str
@@ -404,6 +414,7 @@ def write_report(here: Path = HERE) -> None:
         "lm-eval MC1 on all 817 items of ../shared/data (item ids and scores are in each run.json, the items "
         "are not).", ""] + truthfulqa_lines(runs) + [
         "", "## Real answers (test; seed 0's SOFT pick beside the base model)", ""] + answers_lines(runs) + [
+        READING, "",
         "", "## Earlier grids", "", EARLIER, ""]
     (here / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     summary = {c: {k: v for k, v in m.items() if k != "mixed"} | {"mixed": m["mixed"]} if m else None
