@@ -41,3 +41,31 @@ def test_the_write_up_is_rebuilt_from_the_committed_results_alone(tmp_path):
     write_up.write_report(tmp_path)
     assert (tmp_path / "README.md").read_text() == (ROOT / "experiments" / "README.md").read_text(), \
         "experiments/README.md is stale: run python experiments/write_up.py"
+
+
+@pytest.mark.slow
+def test_a_finished_run_exports_and_the_write_up_reads_it_back(tiny_model, tmp_path):
+    """A real tiny run, its rounds scored on test, exported: the answers come back with their
+    marks, and the write-up's rates are the evaluate command's."""
+    import json
+
+    from results import export_run, load_run
+    from tests.helpers.cli import ok_here, run_cli, tiny_run_args
+
+    out = tmp_path / "run"
+    result = run_cli(*tiny_run_args(tiny_model, out, "hf"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    ok_here("evaluate", str(out), "--tasks", "principles", "--rounds", "base,0,1", "--limit", "3", "--safety", "null",
+            "--dtype", "float32")
+    facts = export_run(out, tmp_path / "results" / "soft-seed0", arm="soft", seed=0, commit="c0ffee", cpu="this CPU",
+                       seconds={"fit": 1.0})
+    again, rows = load_run(tmp_path / "results" / "soft-seed0")
+    assert again == json.loads(json.dumps(facts)) and again["manifests"]["1"]["training"]["optimizer_steps"] > 0
+    splits = {(row["split"], row["round"]) for row in rows}
+    assert {("train", 0), ("train", 1), ("val", "base"), ("val", 0), ("val", 1), ("test", "base"), ("test", 1),
+            ("test", "template")} <= splits
+    write_up.write_report(tmp_path)
+    run = write_up.load(tmp_path / "results")["soft"][0]
+    tested = json.loads((out / "round_1" / "principles_eval.json").read_text())
+    assert run.rate("test", 1) == pytest.approx(tested["quality"]["aligned"]["rate"])
+    assert "| soft-seed0 |" in (tmp_path / "README.md").read_text()
