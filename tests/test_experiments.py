@@ -50,6 +50,7 @@ def test_a_finished_run_exports_and_the_write_up_reads_it_back(tiny_model, tmp_p
     import json
 
     from results import export_run, load_run
+
     from tests.helpers.cli import ok_here, run_cli, tiny_run_args
 
     out = tmp_path / "run"
