@@ -3,6 +3,7 @@ process's; 2 "nodes" launched by torchrun plan and generate the rounds a single 
 ranks with independent vLLM engines neither wait for each other nor outlive a one-rank SIGTERM."""
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -75,6 +76,29 @@ def test_scoring_and_diagnostics_split_over_two_ranks_equal_one_process(tiny_mod
     assert two[0]["diagnostics"] == pytest.approx(one["diagnostics"], rel=1e-5)
     counts = [sum(1 for rank, _ in two[0]["scored_by"] if rank == k) for k in (0, 1)]
     assert counts == [5, 4], "the 9 kept items are split over the ranks, not scored by rank 0 alone"
+
+
+def test_an_example_with_nothing_to_score_still_takes_its_place_in_a_forward_pass(tiny_model):
+    """FSDP needs every rank in every forward pass: given as many examples, ranks must run as many
+    batches even where an answer has no token to score (an empty, cut-off answer encodes to None;
+    skipping it left one rank out of a collective: gloo's "35072 vs 4" in a resumed FSDP run)."""
+    from transformers import AutoModelForCausalLM
+
+    from soft_lightning.models.likelihood import labelled_logprobs, per_example_means
+
+    encoder = Encoder.load(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    passes = []
+    model.get_decoder().register_forward_pre_hook(lambda *_: passes.append(1))
+    empty = encoder.encode_pair("", "Name a colour.", "", finished=False)
+    assert empty is None
+    live = [encoder.encode_pair("", "What is 2 plus 2?", "It is 4."), encoder.encode_pair("", "Hi", "Hello there.")]
+    means = per_example_means(labelled_logprobs, [live[0], empty, empty, live[1]], encoder.collate, model, 2)
+    assert len(passes) == 2 and math.isnan(means[1]) and math.isnan(means[2])
+    assert [means[0], means[3]] == pytest.approx(per_example_means(labelled_logprobs, live, encoder.collate, model, 2))
+    passes.clear()
+    assert all(math.isnan(m) for m in per_example_means(labelled_logprobs, [empty] * 3, encoder.collate, model, 2))
+    assert len(passes) == 2
 
 
 def torchrun_nodes(cli_args: list[str], logs_at, env_extra: dict | None = None, pin: bool = False,

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from soft_lightning.models.encoding import Encoder
+from soft_lightning.models.encoding import Encoder, TrainExample
 from soft_lightning.utils.progress import Progress, no_progress
 
 
@@ -125,18 +125,26 @@ def eval_mode(model):
         model.train(was_training)
 
 
+# What a forward pass runs in place of an example with nothing to score (its result is dropped).
+_PLACEHOLDER = TrainExample("", [0, 0], [-100, 0])
+
+
 def per_example_means(stat, examples, collate, model, batch_size: int, progress: Progress = no_progress) -> list[float]:
     """`stat`'s per-token mean for each example (NaN for None), in length-sorted batches so
-    padding stays small."""
+    padding stays small. A None example still takes its place in a batch (as a two-token
+    placeholder): the number of forward passes depends only on `len(examples)`, so ranks given
+    equally many examples run equally many, as FSDP's sharded weights need (distributed.shard_map)."""
     means = [math.nan] * len(examples)
-    live = sorted((i for i, ex in enumerate(examples) if ex is not None), key=lambda i: len(examples[i].input_ids))
+    rows = [ex if ex is not None else _PLACEHOLDER for ex in examples]
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids))
     device = next(model.parameters()).device
     with eval_mode(model), torch.no_grad():
-        for start in range(0, len(live), batch_size):
-            idx = live[start : start + batch_size]
-            batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx]).items()}
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx]).items()}
             sums, counts = stat(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
             for i, total, count in zip(idx, sums.tolist(), counts.tolist()):
-                means[i] = total / count if count else math.nan
+                if examples[i] is not None:
+                    means[i] = total / count if count else math.nan
             progress(len(idx), int(batch["attention_mask"].sum()))
     return means
