@@ -2,6 +2,7 @@
 across-round curriculum without changing which prompts are answered; the run identity."""
 
 from soft_lightning.rounds.plan import (
+    ADDED_LATER,
     LEFT_OUT,
     RunPlan,
     build_plan,
@@ -77,7 +78,7 @@ def test_the_identity_holds_every_setting_but_those_left_out_on_purpose():
     for key in every:
         left_out = any(key == left or key.startswith(left + ".") for left in LEFT_OUT)
         switched_off = key.startswith(("bootstrap.prompt_synthesis.", "bootstrap.icl.self_examples.")) and not \
-            key.endswith("prompt_synthesis.per_round") or key == "bootstrap.regenerate"  # (its default: absent)
+            key.endswith("prompt_synthesis.per_round") or key in ADDED_LATER  # (at their default: absent)
         assert (key in kept) == (not left_out and not switched_off), key
     assert {"bootstrap.icl.examples", "bootstrap.icl.strategy", "bootstrap.sampling.temperature",
             "bootstrap.sampler.backend", "bootstrap.filters.max_prompt_overlap", "model.learning_rate",
@@ -89,6 +90,8 @@ def test_the_identity_holds_every_setting_but_those_left_out_on_purpose():
     assert synthesis["settings"]["bootstrap.prompt_synthesis.topics"] == 3, "an active feature's settings count"
     reused = run_identity({**sections, "bootstrap": {**sections["bootstrap"], "regenerate": False}})
     assert reused["settings"]["bootstrap.regenerate"] is False, "a control run is not its regenerating twin"
+    planned = run_identity({**sections, "data": {**sections["data"], "train_batches": "planned"}})
+    assert planned["settings"]["data.train_batches"] == "planned", "a steps-matched run is not its twin"
 
 
 def test_slices_wrap_only_past_the_end():

@@ -123,3 +123,21 @@ def test_without_regeneration_every_round_trains_on_round_0s_data(tiny_model, tm
     weights = [load_file(store.adapter_dir(r) / "adapter_model.safetensors") for r in range(2)]
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), "round 1 trained on"
     assert "round 1: trains on round 0's data again" in result.stderr + result.stdout
+
+
+def test_planned_train_batches_train_a_full_round_s_steps_whatever_is_held_out_or_dropped(tiny_model, tmp_path):
+    """`data.train_batches: planned` (steps matched in fact): a round whose training pairs are
+    fewer than its prompts (here: 40% held out for val/loss) still trains the optimizer steps of
+    a fully kept round, its pairs repeated in order; the manifest records them."""
+    from soft_lightning.training.data import SoftDataModule
+
+    result = run_cli(*tiny_run_args(tiny_model, tmp_path / "run", "hf", "--bootstrap.rounds", "1",
+                                    "--data.batch_size", "1", "--data.val_holdout", "0.4",
+                                    "--data.train_batches", "planned"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    store = RoundStore(tmp_path / "run")
+    held = SoftDataModule(val_holdout=0.4, seed=0).is_heldout
+    trainable = [rec for rec in store.read_records(0) if rec["kept"] and not held(rec["id"])]
+    assert 0 < len(trainable) < 6, "the check needs a round with fewer training pairs than prompts"
+    assert store.read_manifest(0)["training"]["optimizer_steps"] == 2 * 6, "2 epochs x 6 planned batches"
+    assert store.read_plan().identity["settings"]["data.train_batches"] == "planned"

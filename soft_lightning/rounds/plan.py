@@ -57,6 +57,9 @@ LEFT_OUT = {
     "data.regenerate": "linked from bootstrap.regenerate",
     "data.synthesized_per_round": "linked from bootstrap.prompt_synthesis.per_round",
 }
+# Settings added after runs were made: at their default they stay out of the identity, as in the
+# identities of those runs, which therefore still resume.
+ADDED_LATER = {"bootstrap.regenerate": True, "data.train_batches": "kept"}
 # Settings that name a file: the identity holds the file's sha256, and its path only as information.
 FILES = ("data.prompts", "bootstrap.icl.principles", "bootstrap.icl.pool", "bootstrap.prompt_synthesis.seed_tasks")
 # Where version 1 identities held the settings commands read from a plan.
@@ -131,8 +134,9 @@ def run_identity(sections: dict[str, dict]) -> dict:
     if not flat.get("bootstrap.prompt_synthesis.per_round"):
         flat = {k: v for k, v in flat.items() if not k.startswith("bootstrap.prompt_synthesis.") or k.endswith(
             ".per_round")}
-    if flat.get("bootstrap.regenerate", True):  # the default: absent, as in identities from before it existed
-        flat.pop("bootstrap.regenerate", None)
+    for key, default in ADDED_LATER.items():
+        if flat.get(key, default) == default:
+            flat.pop(key, None)
     if flat.get("bootstrap.icl.strategy") != "random+self":
         flat = {k: v for k, v in flat.items() if not k.startswith("bootstrap.icl.self_examples.")}
     paths = {key: bundled(key, flat[key]) if key in BUNDLED else flat[key] for key in FILES if key in flat}

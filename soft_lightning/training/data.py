@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import lightning as L
 import torch
@@ -83,6 +84,11 @@ class SoftDataModule(L.LightningDataModule):
         max_prompt_tokens: prompts longer than this (in tokens) are dropped and counted.
         max_length: training sequences are cut to this many tokens (response end first).
         batch_size: training batch size (sequences per device).
+        train_batches: `kept`: each epoch is one pass over the round's kept training pairs, so a
+            round whose answers the filters drop trains fewer optimizer steps. `planned`: each
+            epoch trains the batches a round with every prompt kept would (the LR schedule's
+            length), cycling the kept pairs in their order: rounds and arms then train the same
+            optimizer steps whatever the filters drop (a comparison's steps matched in fact).
         val_path: multiple-choice JSONL {question, choices, label}; `demo` is the bundled set,
             null disables it.
         val_limit: score only the first N validation items (quick runs).
@@ -108,6 +114,7 @@ class SoftDataModule(L.LightningDataModule):
         max_prompt_tokens: PositiveInt = 512,
         max_length: PositiveInt = 1024,
         batch_size: PositiveInt = 4,
+        train_batches: Literal["kept", "planned"] = "kept",
         val_path: str | None = "demo",
         val_limit: PositiveInt | None = None,
         val_format: McFormat = "chat",
@@ -130,6 +137,7 @@ class SoftDataModule(L.LightningDataModule):
                               f"data.prompts_per_round={prompts_per_round}, the prompts a round answers; lower it.")
         self.file_per_round = prompts_per_round - synthesized_per_round  # prompts a round draws from the file
         self.max_prompt_tokens, self.max_length, self.batch_size = max_prompt_tokens, max_length, batch_size
+        self.train_batches = train_batches
         self.val_format, self.val_batch_items, self.val_holdout = val_format, val_batch_items, val_holdout
         self.val_protocol = val_protocol
         self.num_workers, self.rounds, self.epochs_per_round = num_workers, rounds, epochs_per_round
@@ -224,13 +232,18 @@ class SoftDataModule(L.LightningDataModule):
         train the next world x batch_size examples of the order. (Passed in: the one Lightning
         adds to a training loader shuffles, whatever the loader says, which would undo the
         curriculum.) A StatefulDataLoader lets Lightning save the position within the epoch and
-        continue from it on resume."""
+        continue from it on resume. With `train_batches: planned` the kept pairs repeat, in order,
+        up to the batches of a fully kept round."""
         data = self.round_data(self.current_round())
         if not data.train:
             raise ConfigError(nothing_to_train(data.round, self.run.store.read_manifest(data.round), self.max_length))
+        train = data.train
+        if self.train_batches == "planned":
+            planned = self.full_round_batches() * self.batch_size * self.trainer.world_size
+            train = [train[i % len(train)] for i in range(planned)]
         ranks = self.trainer.strategy.distributed_sampler_kwargs if self.trainer.world_size > 1 else None
-        sampler = DistributedSampler(data.train, shuffle=False, **ranks) if ranks else None
-        return StatefulDataLoader(data.train, batch_size=self.batch_size, shuffle=False, sampler=sampler,
+        sampler = DistributedSampler(train, shuffle=False, **ranks) if ranks else None
+        return StatefulDataLoader(train, batch_size=self.batch_size, shuffle=False, sampler=sampler,
                                   collate_fn=self.encoder.collate, num_workers=self.num_workers)
 
     # ---- validation ---------------------------------------------------------------------------
