@@ -45,7 +45,7 @@ Two earlier grids, on other metrics, with 2 seeds treated as fixed (the prompt w
 
 
 READING = """\
-Read on 2026-12-04, 10 test prompts (every 15th id) of soft-seed0, base vs round 1 (the pick) vs
+Read on 2026-12-04, 10 test prompts (every 15th id) of the superseded soft-seed0 (below), base vs round 1 (the pick) vs
 round 7: the aligned mark catches format failures, wrong numbers and missing refusals, but it
 still credits (a) points that repeat one sentence ("They're both in a lift, and they're both in a
 desperate situation." twice), (b) on-topic but unhelpful or false advice ("You can't terminate a
@@ -360,7 +360,7 @@ def answers_lines(runs, k: int = 4) -> list[str]:
 
 def status_lines(runs) -> list[str]:
     """Seeds finished per arm, their wall hours, and the hours the rest would take at the measured
-    pace (an arm not run yet: at SOFT's, marked ≈)."""
+    pace (an arm not run yet: at SOFT's, or any run's before SOFT has one; marked ≈)."""
     def hours(run: Run) -> float:
         return sum(run.facts["seconds"].values()) / 3600
 
@@ -371,7 +371,7 @@ def status_lines(runs) -> list[str]:
     total_left = 0.0
     for arm, planned in PLANNED.items():
         done = [hours(r) for r in runs.get(arm, {}).values()]
-        pace = np.mean(done) if done else (np.mean(soft) if soft else math.nan)
+        pace = np.mean(done or soft or [hours(r) for a in runs.values() for r in a.values()] or [math.nan])
         left = (planned - len(done)) * pace
         total_left += left
         lines.append(f"| {arm} | {', '.join(map(str, sorted(runs.get(arm, {})))) or '–'} | {planned} | "
@@ -402,8 +402,8 @@ def write_report(here: Path = HERE) -> None:
         "their mean decides, Holm over C1, C2a, C2b, C3, C4a (α = 0.05). With n seeds the smallest sign-flip p "
         "is 2/2ⁿ, so fewer than 8 seeds cannot pass Holm's first step (0.01): such rows say so instead of a "
         "verdict. The interval resamples seeds, then test prompts within them. The mixed model is beside the "
-        "verdict and does not decide it. Steps are the runs' realised optimizer steps (they follow the answers "
-        "the filters keep), not the planned ones.", ""] + table + [
+        "verdict and does not decide it. Steps are the runs' realised optimizer steps (from their manifests; "
+        "`data.train_batches: planned` makes every arm's equal to the planned 256).", ""] + table + [
         "", "### C4b (reported): does validation catch a collapse?", ""] + collapse_lines(runs) + [
         "", "### C2's fixed draws", ""] + fixed_draws(runs) + [
         "", "## Every round: validation / test aligned", "",
@@ -415,6 +415,10 @@ def write_report(here: Path = HERE) -> None:
         "are not).", ""] + truthfulqa_lines(runs) + [
         "", "## Real answers (test; seed 0's SOFT pick beside the base model)", ""] + answers_lines(runs) + [
         READING, "",
+        "", "## Superseded runs: steps not matched", "",
+        "Made before the grid matched optimizer steps in fact (PREREGISTRATION.md, deviations): each epoch was "
+        "one pass over the answers the filters kept, so the single round trained fewer steps than SOFT. Kept "
+        "in `results/superseded/`, used by no claim.", ""] + curve_table(load(here / "results" / "superseded")) + [
         "", "## Earlier grids", "", EARLIER, ""]
     (here / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     summary = {c: {k: v for k, v in m.items() if k != "mixed"} | {"mixed": m["mixed"]} if m else None

@@ -35,7 +35,7 @@ def test_the_hierarchical_interval_widens_with_the_seeds_spread():
     assert write_up.detectable(0.269, 8, 0.05) == pytest.approx(0.31, abs=0.01), "PREREGISTRATION.md's power table"
 
 
-@pytest.mark.skipif(not any((ROOT / "experiments" / "results").glob("*/run.json")), reason="no committed results")
+@pytest.mark.skipif(not any((ROOT / "experiments" / "results").rglob("run.json")), reason="no committed results")
 def test_the_write_up_is_rebuilt_from_the_committed_results_alone(tmp_path):
     shutil.copytree(ROOT / "experiments" / "results", tmp_path / "results")
     write_up.write_report(tmp_path)
