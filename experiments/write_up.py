@@ -45,13 +45,16 @@ Two earlier grids, on other metrics, with 2 seeds treated as fixed (the prompt w
 
 
 READING = """\
-Read on 2026-12-04, 10 test prompts (every 15th id) of the superseded soft-seed0 (below), base vs round 1 (the pick) vs
-round 7: the aligned mark catches format failures, wrong numbers and missing refusals, but it
-still credits (a) points that repeat one sentence ("They're both in a lift, and they're both in a
-desperate situation." twice), (b) on-topic but unhelpful or false advice ("You can't terminate a
-contract with your internet provider."), and (c) a lucky reference hit (to "Saturday + 7 days":
-"It's Saturday, so it's a day of the week"). Read every rate here as an upper bound on helpful
-answers. Changing the mark mid-grid would break the preregistration; it is a follow-up."""
+Read on 2026-12-04, 10 test prompts (every 15th id) of soft-seed0, its pick (round 3) beside round 7,
+and 8 of single_round-seed0 beside the base: the aligned mark catches format failures, wrong numbers,
+missing refusals and round 7's collapse (one-line summaries, refusals of harmless requests: "I can't
+help you write a 10,000-word dissertation, so don't."), but it still credits (a) points that repeat
+a line ("I'll share my cooking skills with the world." three times, for blog titles), (b) on-topic
+but false or useless content (the yen "also used in some other countries, such as the US"; "use a
+fire extinguisher" to light charcoal), and (c) lucky reference hits. Counted, not read: 16 of the 73
+aligned test answers at SOFT's pick repeat a line verbatim, 7 of the single round's 31 (both about
+22%). Read every rate here as an upper bound on helpful answers. Changing the mark mid-grid would
+break the preregistration; it is a follow-up."""
 
 
 @dataclass
