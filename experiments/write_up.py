@@ -53,7 +53,12 @@ a line ("I'll share my cooking skills with the world." three times, for blog tit
 but false or useless content (the yen "also used in some other countries, such as the US"; "use a
 fire extinguisher" to light charcoal), and (c) lucky reference hits. Counted, not read: 16 of the 73
 aligned test answers at SOFT's pick repeat a line verbatim, 7 of the single round's 31 (both about
-22%). Read every rate here as an upper bound on helpful answers. Changing the mark mid-grid would
+22%). soft-seed1, read the same way (its pick, round 2, beside round 7): the same blind spots,
+plainer: the yen answer credited while naming "the Ryukyuan" Japan's official currency, round 7's
+"The moon is a planet with a center" credited; round 7 loops ("not to tell you to not to tell
+them ...") and answers harmless requests with "It's not possible to ..."; neither round refuses the
+harmful prompts read. Counted: 17 of its pick's 76 aligned answers repeat a line (22%), 4 of
+same_steps-seed0's 53 at its pick (8%). Read every rate here as an upper bound on helpful answers. Changing the mark mid-grid would
 break the preregistration; it is a follow-up."""
 
 
