@@ -58,8 +58,8 @@ plainer: the yen answer credited while naming "the Ryukyuan" Japan's official cu
 "The moon is a planet with a center" credited; round 7 loops ("not to tell you to not to tell
 them ...") and answers harmless requests with "It's not possible to ..."; neither round refuses the
 harmful prompts read. Counted: 17 of its pick's 76 aligned answers repeat a line (22%), 4 of
-same_steps-seed0's 53 at its pick (8%). Read every rate here as an upper bound on helpful answers. Changing the mark mid-grid would
-break the preregistration; it is a follow-up."""
+same_steps-seed0's 53 at its pick (8%). Read every rate here as an upper bound on helpful answers.
+Changing the mark mid-grid would break the preregistration; it is a follow-up."""
 
 
 @dataclass
@@ -139,9 +139,12 @@ def seed_interval(per_seed: list[float], seed: int = 0) -> tuple[float, float]:
 
 
 def detectable(sd: float, n: int, alpha: float) -> float:
-    """The smallest mean difference a test over n seeds detects with 80% power (t approximation)."""
+    """The smallest mean difference a test over n seeds detects with 80% power (t approximation);
+    infinite where the sign-flip test's smallest p over n seeds, 2/2ⁿ, cannot reach alpha at all."""
     from scipy.stats import t
 
+    if 2 / 2**n > alpha:
+        return math.inf
     return (t.ppf(1 - alpha / 2, n - 1) + t.ppf(POWER, n - 1)) * sd / math.sqrt(n) if n > 1 and sd > 0 else math.nan
 
 
@@ -230,7 +233,7 @@ def measure(claim: Claim, runs: dict[str, dict[int, Run]]) -> dict | None:
     mean = float(np.mean(per_seed))
     return {"seeds": seeds, "per_seed": per_seed, "mean": mean, "ci95": interval, "p": signflip_p(per_seed),
             "sd": sd, "mde_05": detectable(sd, len(seeds), ALPHA), "mde_holm": detectable(sd, len(seeds), ALPHA / 5),
-            "needed": seeds_needed(sd, mean),
+            "needed": seeds_needed(sd, mean) if len(seeds) >= 4 else None,  # PREREGISTRATION.md: from 4 seeds
             "mixed": mixed_model(marks_a, marks_b) if marks_a else "–",
             "steps": ([a.steps for a, _ in pairs], [b.steps for _, b in pairs])}
 
@@ -256,7 +259,7 @@ def claims_table(runs) -> tuple[list[str], dict]:
     family = {k: m["p"] for k, m in measured.items() if m and k in TESTED}
     holm = stats.holm(family) if family else {}
     lines = ["| claim | per-seed number | seeds | mean [95% CI, seeds then prompts] | sign-flip p | Holm p | verdict "
-             "| mixed model (A vs B) | 80%-power difference, α .05 / Holm's .01 | seeds the observed size needs "
+             "| mixed model (A vs B) | 80%-power difference, α .05 / Holm's .01 | seeds the observed size needs, α .05 "
              "| optimizer steps A / B, mean (range) |", "|---" * 11 + "|"]
     for c in CLAIMS:
         m = measured[c.key]
@@ -410,7 +413,9 @@ def write_report(here: Path = HERE) -> None:
         "their mean decides, Holm over C1, C2a, C2b, C3, C4a (α = 0.05). With n seeds the smallest sign-flip p "
         "is 2/2ⁿ, so fewer than 8 seeds cannot pass Holm's first step (0.01): such rows say so instead of a "
         "verdict. The interval resamples seeds, then test prompts within them. The mixed model is beside the "
-        "verdict and does not decide it. Steps are the runs' realised optimizer steps (from their manifests; "
+        "verdict and does not decide it. The power columns use the seeds' own spread (t approximation; \"none\": "
+        "n seeds cannot reach that α with the sign-flip test at all); the seeds the observed size needs appear "
+        "from 4 seeds of a pair, as preregistered. Steps are the runs' realised optimizer steps (from their manifests; "
         "`data.train_batches: planned` makes every arm's equal to the planned 256).", ""] + table + [
         "", "### C4b (reported): does validation catch a collapse?", ""] + collapse_lines(runs) + [
         "", "### C2's fixed draws", ""] + fixed_draws(runs) + [
@@ -464,6 +469,8 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 
 def _f(value) -> str:
+    if value == math.inf:
+        return "none"
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 

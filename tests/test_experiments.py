@@ -1,6 +1,7 @@
 """The experiment write-up: its statistics, and experiments/README.md rebuilt from the committed
 results alone (what a fresh clone can check)."""
 
+import math
 import shutil
 import sys
 
@@ -33,6 +34,8 @@ def test_the_hierarchical_interval_widens_with_the_seeds_spread():
     low, high = write_up.hierarchical_interval(spread)
     assert low < np.mean([d[0] for d in spread]) < high and high - low > 0.2, "the seeds' spread counts"
     assert write_up.detectable(0.269, 8, 0.05) == pytest.approx(0.31, abs=0.01), "PREREGISTRATION.md's power table"
+    assert write_up.detectable(0.269, 5, 0.01) == math.inf, "5 seeds' smallest sign-flip p (1/16) misses 0.01"
+    assert write_up.seeds_needed(0.01, 0.5, 0.01) == 8, "a huge effect still needs the seeds the sign-flip test needs"
 
 
 @pytest.mark.skipif(not any((ROOT / "experiments" / "results").rglob("run.json")), reason="no committed results")
