@@ -346,7 +346,20 @@ def truthfulqa_lines(runs) -> list[str]:
         vs = stats.paired([bool(x) for x in acc], [bool(x) for x in base]) if base else None
         lines.append(f"| {r.arm}-seed{r.seed} round {r.picked} | {np.mean(acc):.3f} [{low:.3f}, {high:.3f}] | "
                      + (f"{vs['only_this']} / {vs['only_reference']}, p = {vs['p']:.3f}" if vs else "–") + " |")
-    return lines if len(lines) > 2 else ["Not scored yet (`run_grid.py --truthfulqa`)."]
+    if len(lines) == 2:
+        return ["Not scored yet (`run_grid.py --truthfulqa`)."]
+    if base is None:
+        return lines
+    lines += ["", "Per arm, the seed as the unit (reported, no verdict): picked round minus base, mean over seeds "
+                  "[95% interval resampling seeds], seeds below the base, exact sign-flip p.", ""]
+    for arm, by_seed in runs.items():
+        scored = [r.facts["truthfulqa_mc1"].get(str(r.picked), {}).get("acc") for r in by_seed.values()]
+        d = [float(np.mean(acc) - np.mean(base)) for acc in scored if acc is not None]
+        if d:
+            low, high = seed_interval(d)
+            lines.append(f"- {arm}: {np.mean(d):+.3f} [{low:+.3f}, {high:+.3f}], {sum(x < 0 for x in d)} of {len(d)} "
+                         f"below, p = {signflip_p(d):.3g}")
+    return lines
 
 
 def answers_lines(runs, k: int = 4) -> list[str]:
