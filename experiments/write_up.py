@@ -58,7 +58,9 @@ plainer: the yen answer credited while naming "the Ryukyuan" Japan's official cu
 "The moon is a planet with a center" credited; round 7 loops ("not to tell you to not to tell
 them ...") and answers harmless requests with "It's not possible to ..."; neither round refuses the
 harmful prompts read. Counted: 17 of its pick's 76 aligned answers repeat a line (22%), 4 of
-same_steps-seed0's 53 at its pick (8%). Read every rate here as an upper bound on helpful answers.
+same_steps-seed0's 53 at its pick (8%), 7 of same_steps-seed1's 43 (16%; its round 7 still answers
+at length, wrongly: "176 / 440 = 0.0225", "Other currencies include the Korean yuan", credited).
+Read every rate here as an upper bound on helpful answers.
 Changing the mark mid-grid would break the preregistration; it is a follow-up."""
 
 
