@@ -92,6 +92,11 @@ class Run:
         return pick({r: self.rate("val", r) for r in self.rounds})
 
     @property
+    def truthfulqa(self) -> list | None:
+        """TruthfulQA MC1 per item of the picked round (None: not scored)."""
+        return self.facts["truthfulqa_mc1"].get(str(self.picked), {}).get("acc")
+
+    @property
     def last(self) -> int:
         return self.rounds[-1]
 
@@ -123,6 +128,11 @@ def signflip_p(per_seed: list[float]) -> float:
     return stats.paired_permutation(per_seed)
 
 
+def smallest_p(n: int) -> float:
+    """The smallest p the sign-flip test can give over n seeds: both all-same-sign patterns, 2/2ⁿ."""
+    return 2 / 2**n
+
+
 def hierarchical_interval(per_prompt: list[np.ndarray], seed: int = 0) -> tuple[float, float]:
     """95% percentile interval of the mean difference, resampling seeds, then the test prompts
     within each resampled seed (`per_prompt`: each seed's per-prompt differences)."""
@@ -151,7 +161,7 @@ def detectable(sd: float, n: int, alpha: float) -> float:
     infinite where the sign-flip test's smallest p over n seeds, 2/2ⁿ, cannot reach alpha at all."""
     from scipy.stats import t
 
-    if 2 / 2**n > alpha:
+    if smallest_p(n) > alpha:
         return math.inf
     return (t.ppf(1 - alpha / 2, n - 1) + t.ppf(POWER, n - 1)) * sd / math.sqrt(n) if n > 1 and sd > 0 else math.nan
 
@@ -250,8 +260,8 @@ def verdict(m: dict, holm_p: float | None) -> str:
     n = len(m["seeds"])
     if holm_p is None:
         return "reported"
-    if 2 / 2 ** n > ALPHA / len(TESTED):
-        return f"no verdict yet: {n} seed(s), whose smallest sign-flip p ({2 / 2 ** n:.3g}) cannot pass Holm"
+    if smallest_p(n) > ALPHA / len(TESTED):
+        return f"no verdict yet: {n} seed(s), whose smallest sign-flip p ({smallest_p(n):.3g}) cannot pass Holm"
     if holm_p < ALPHA:
         return "**reproduced**" if m["mean"] > 0 else "**not reproduced (the other way)**"
     return f"**inside the noise** (80% power needs a difference of {m['mde_05']:.2f})"
@@ -347,7 +357,7 @@ def truthfulqa_lines(runs) -> list[str]:
         low, high = stats.wilson_interval(int(sum(base)), len(base))
         lines.append(f"| base | {np.mean(base):.3f} [{low:.3f}, {high:.3f}] | – |")
     for r in found:
-        acc = r.facts["truthfulqa_mc1"].get(str(r.picked), {}).get("acc")
+        acc = r.truthfulqa
         if acc is None:
             continue
         low, high = stats.wilson_interval(int(sum(acc)), len(acc))
@@ -361,8 +371,7 @@ def truthfulqa_lines(runs) -> list[str]:
     lines += ["", "Per arm, the seed as the unit (reported, no verdict): picked round minus base, mean over seeds "
                   "[95% interval resampling seeds], seeds below the base, exact sign-flip p.", ""]
     for arm, by_seed in runs.items():
-        scored = [r.facts["truthfulqa_mc1"].get(str(r.picked), {}).get("acc") for r in by_seed.values()]
-        d = [float(np.mean(acc) - np.mean(base)) for acc in scored if acc is not None]
+        d = [float(np.mean(r.truthfulqa) - np.mean(base)) for r in by_seed.values() if r.truthfulqa is not None]
         if d:
             low, high = seed_interval(d)
             lines.append(f"- {arm}: {np.mean(d):+.3f} [{low:+.3f}, {high:+.3f}], {sum(x < 0 for x in d)} of {len(d)} "
