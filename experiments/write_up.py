@@ -25,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # results.py, and the checkout's soft_lightning
 from results import load_run, pick  # noqa: E402
 
+from soft_lightning.rounds.filters import repeated_sentence_share  # noqa: E402
 from soft_lightning.signals import stats  # noqa: E402
 
 ALPHA, POWER, RESAMPLES = 0.05, 0.8, 10_000
@@ -359,15 +360,23 @@ def fixed_draws(runs) -> list[str]:
 def curve_table(runs) -> list[str]:
     """Val and test aligned per round, each run, with its pick marked."""
     width = max((len(r.rounds) for arm in runs.values() for r in arm.values()), default=0)
-    lines = ["| run | " + " | ".join(f"round {i}" for i in range(width)) + " | pick | steps | commit |",
-             "|---" * (width + 4) + "|"]
+    lines = ["| run | " + " | ".join(f"round {i}" for i in range(width))
+             + " | pick | pick's aligned test answers repeating a sentence | steps | commit |",
+             "|---" * (width + 5) + "|"]
     for arm in PLANNED:
         for seed, run in sorted(runs.get(arm, {}).items()):
             cells = [f"{_f(run.rate('val', r))} / {_f(run.rate('test', r))}" + (" ←" if r == run.picked else "")
                      for r in run.rounds]
             lines.append(f"| {arm}-seed{seed} | " + " | ".join(cells + ["–"] * (width - len(cells)))
-                         + f" | {run.picked} | {run.steps or '–'} | {run.facts['commit'][:10]} |")
+                         + f" | {run.picked} | {_repeating(run)} | {run.steps or '–'} | {run.facts['commit'][:10]} |")
     return lines
+
+
+def _repeating(run: Run) -> str:
+    """How many of the pick's aligned test answers repeat a sentence (the training filter's measure):
+    the mark credits them, so a rate alone overstates helpful answers."""
+    aligned = [run.answers[("test", run.picked)][i]["response"] for i, ok in run.test[run.picked].items() if ok]
+    return f"{sum(repeated_sentence_share(a) > 0 for a in aligned)} / {len(aligned)}"
 
 
 def controls(runs) -> list[str]:
