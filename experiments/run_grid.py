@@ -45,7 +45,7 @@ RUNS, RESULTS = HERE / "runs", HERE / "results"
 
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
-from results import export_run, pick  # noqa: E402
+from results import export_run, load_run, pick  # noqa: E402
 from write_up import write_report  # noqa: E402
 
 from soft_lightning.rounds.store import RoundStore  # noqa: E402  (the checkout, not an installed copy)
@@ -87,8 +87,16 @@ def timed(seconds: dict, step: str, cmd: list[str]) -> None:
 
 
 def base_tested() -> bool:
-    """Whether some run already holds the base model's test answers (greedy: one is enough)."""
-    return any((out / "base_principles_eval.json").is_file() for out in RUNS.glob("*-seed*"))
+    """Whether some run, here or committed, holds the base model's test answers (greedy: one is
+    enough, and the first scored is the control row: PREREGISTRATION.md, deviation of 2026-12-05)."""
+    return any((out / "base_principles_eval.json").is_file() for out in RUNS.glob("*-seed*")) or any(
+        row["split"] == "test" and row["round"] == "base" for run in RESULTS.glob("*-seed*") for row in load_run(run)[1])
+
+
+def base_truthfulqa_scored() -> bool:
+    """Whether some run, here or committed, holds the base model's TruthfulQA MC1 scores."""
+    return any(RUNS.glob("*/base_lm_eval.json")) or any(
+        "base" in load_run(run)[0]["truthfulqa_mc1"] for run in RESULTS.glob("*-seed*"))
 
 
 def run_one(arm: str, seed: int, truthfulqa: bool) -> None:
@@ -116,7 +124,7 @@ def run_one(arm: str, seed: int, truthfulqa: bool) -> None:
         state.write_text(json.dumps(seconds))
     if truthfulqa and TRUTHFULQA.is_file():
         picked = pick({r: store.read_zero_shot(r)["quality"]["aligned"]["rate"] for r in store.finished_rounds()})
-        wanted = [r for r in (["base"] if not any(RUNS.glob("*/base_lm_eval.json")) else []) + [str(picked)]
+        wanted = [r for r in ([] if base_truthfulqa_scored() else ["base"]) + [str(picked)]
                   if not store.lm_eval_path(r).is_file()]
         if wanted:
             timed(seconds, "truthfulqa", [sys.executable, "-m", "soft_lightning", "evaluate", out, "--tasks", "mc1",
