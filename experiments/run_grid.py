@@ -90,7 +90,8 @@ def base_tested() -> bool:
     """Whether some run, here or committed, holds the base model's test answers (greedy: one is
     enough, and the first scored is the control row: PREREGISTRATION.md, deviation of 2026-12-05)."""
     return any((out / "base_principles_eval.json").is_file() for out in RUNS.glob("*-seed*")) or any(
-        row["split"] == "test" and row["round"] == "base" for run in RESULTS.glob("*-seed*") for row in load_run(run)[1])
+        row["split"] == "test" and row["round"] == "base"
+        for run in RESULTS.glob("*-seed*") for row in load_run(run)[1])
 
 
 def base_truthfulqa_scored() -> bool:

@@ -45,6 +45,16 @@ Two earlier grids, on other metrics, with 2 seeds treated as fixed (the prompt w
   metric that a trivial answer beats, on 2 seeds treated as fixed; this grid replaces them."""
 
 
+SLOWER_CPU = """\
+Measured, not kept: on 2 cores of an AVX2-only AMD EPYC (family 23, Zen 1; float32, as `auto` picks
+there) soft_nf4-seed0's first two rounds took 1080 s and 980 s of fit (vLLM generation 26 and 23
+tok/s), against 186 s a round for `soft` on the AVX-512 EPYC (bf16, no quantization; nf4 there is
+not measured yet). At that pace an 8-round run needs an estimated 2.2 h to fit and about as long
+to test, more than a 3-hour session, whose round stores do not outlive it. It was stopped after
+round 1 and is used by no claim; the grid goes on where the AVX-512 EPYC is lent
+(bench/results/precision_avx2.json: that CPU's own figures)."""
+
+
 READING = """\
 Read on 2026-12-04, 10 test prompts (every 15th id) of soft-seed0, its pick (round 3) beside round 7,
 and 8 of single_round-seed0 beside the base: the aligned mark catches format failures, wrong numbers,
@@ -149,6 +159,11 @@ class Run:
     def truthfulqa(self) -> list | None:
         """TruthfulQA MC1 per item of the picked round (None: not scored)."""
         return self.facts["truthfulqa_mc1"].get(str(self.picked), {}).get("acc")
+
+    @property
+    def cpu_kind(self) -> str:
+        """torch's CPU kernels the run had (AVX512: bf16 compute, AVX2: float32), from run.json's `cpu`."""
+        return self.facts["cpu"].rpartition("torch's ")[2].split(" ")[0]
 
     @property
     def last(self) -> int:
@@ -284,7 +299,9 @@ def diff(a: dict, b: dict) -> np.ndarray:
 
 def measure(claim: Claim, runs: dict[str, dict[int, Run]]) -> dict | None:
     """Per-seed numbers of a claim over the seeds both arms finished, and its tests."""
-    seeds = sorted(set(runs.get(claim.a, {})) & set(runs.get(claim.b, {})))
+    both = sorted(set(runs.get(claim.a, {})) & set(runs.get(claim.b, {})))
+    # A seed's pair comes from one kind of CPU (PREREGISTRATION.md, deviation of 2026-12-05).
+    seeds = [s for s in both if runs[claim.a][s].cpu_kind == runs[claim.b][s].cpu_kind]
     if not seeds:
         return None
     pairs = [(runs[claim.a][s], runs[claim.b][s]) for s in seeds]
@@ -307,7 +324,8 @@ def measure(claim: Claim, runs: dict[str, dict[int, Run]]) -> dict | None:
             "sd": sd, "mde_05": detectable(sd, len(seeds), ALPHA), "mde_holm": detectable(sd, len(seeds), ALPHA / 5),
             "needed": seeds_needed(sd, mean) if len(seeds) >= 4 else None,  # PREREGISTRATION.md: from 4 seeds
             "mixed": mixed_model(marks_a, marks_b) if marks_a else "–",
-            "steps": ([a.steps for a, _ in pairs], [b.steps for _, b in pairs])}
+            "steps": ([a.steps for a, _ in pairs], [b.steps for _, b in pairs]),
+            "other_cpu": [s for s in both if s not in seeds]}
 
 
 def verdict(m: dict, holm_p: float | None) -> str:
@@ -326,6 +344,11 @@ def _steps(values: list) -> str:
     return f"{np.mean(known):.0f} ({min(known)}–{max(known)})" if known else "–"
 
 
+def _other_cpu(m: dict) -> str:
+    left = m["other_cpu"]
+    return f" (seed {', '.join(map(str, left))} left out: its arms ran on different CPUs)" if left else ""
+
+
 def claims_table(runs) -> tuple[list[str], dict]:
     measured = {c.key: measure(c, runs) for c in CLAIMS}
     family = {k: m["p"] for k, m in measured.items() if m and k in TESTED}
@@ -340,7 +363,7 @@ def claims_table(runs) -> tuple[list[str], dict]:
             continue
         h = holm.get(c.key)
         lines.append(
-            f"| {c.key}: {c.text} ({c.a} − {c.b}) | {c.unit} | {len(m['seeds'])} | {m['mean']:+.3f} "
+            f"| {c.key}: {c.text} ({c.a} − {c.b}) | {c.unit} | {len(m['seeds'])}{_other_cpu(m)} | {m['mean']:+.3f} "
             f"[{m['ci95'][0]:+.3f}, {m['ci95'][1]:+.3f}] | {m['p']:.3g} | {f'{h:.3g}' if h is not None else '–'} | "
             f"{verdict(m, h)} | {m['mixed']} | {_f(m['mde_05'])} / {_f(m['mde_holm'])} | {m['needed'] or '–'} | "
             f"{_steps(m['steps'][0])} / {_steps(m['steps'][1])} |")
@@ -461,6 +484,12 @@ def answers_lines(runs, k: int = 4) -> list[str]:
     return lines
 
 
+def _seeds_by_cpu(arm: dict[int, Run]) -> str:
+    """"0, 1, 2 (AVX512); 5 (AVX2)": an arm's finished seeds by the CPU kernels they ran with."""
+    kinds = sorted({r.cpu_kind for r in arm.values()})
+    return "; ".join(f"{', '.join(str(s) for s in sorted(arm) if arm[s].cpu_kind == k)} ({k})" for k in kinds)
+
+
 def status_lines(runs) -> list[str]:
     """Seeds finished per arm, their wall hours, and the hours the rest would take at the measured
     pace (an arm not run yet: at SOFT's, or any run's before SOFT has one; marked ≈)."""
@@ -477,12 +506,12 @@ def status_lines(runs) -> list[str]:
         pace = np.mean(done or soft or [hours(r) for a in runs.values() for r in a.values()] or [math.nan])
         left = (planned - len(done)) * pace
         total_left += left
-        lines.append(f"| {arm} | {', '.join(map(str, sorted(runs.get(arm, {})))) or '–'} | {planned} | "
+        lines.append(f"| {arm} | {_seeds_by_cpu(runs.get(arm, {})) or '–'} | {planned} | "
                      f"{sum(done):.1f} | {'' if done else '≈'}{left:.1f} |")
     finished = [r for arm in runs.values() for r in arm.values()]
     lines += ["", f"{len(finished)} runs finished, {sum(map(hours, finished)):.1f} wall hours "
               f"(fit, every round on test, TruthfulQA, on 2 cores of {'; '.join(cpus) or '–'}); about "
-              f"{total_left:.0f} wall hours left on such a machine."]
+              f"{total_left:.0f} wall hours left on such a machine.", "", SLOWER_CPU]
     return lines
 
 
