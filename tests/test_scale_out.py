@@ -187,8 +187,12 @@ def test_vllm_engines_of_two_ranks_run_independently_stop_together_and_resume_to
     assert store.read_manifest(1)["adapter"] == str(store.adapter_dir(0))
     for r in (0, 1):
         got, want = (RoundStore(o).read_records(r) for o in (out, uninterrupted))
-        assert [{k: rec[k] for k in SAMPLER_FIELDS} for rec in got] == \
-            [{k: rec[k] for k in SAMPLER_FIELDS} for rec in want], f"round {r} differs from the uninterrupted run"
+        # Same texts and tokens; vLLM-CPU's float32 log-probs may move in the 8th digit between engines
+        # (seen on an AVX2 Zen 1 EPYC), so those compare to a tolerance.
+        exact = [k for k in SAMPLER_FIELDS if k != "mean_logprob"]
+        assert [{k: rec[k] for k in exact} for rec in got] == \
+            [{k: rec[k] for k in exact} for rec in want], f"round {r} differs from the uninterrupted run"
+        assert [rec["mean_logprob"] for rec in got] == pytest.approx([rec["mean_logprob"] for rec in want], rel=1e-6)
         assert all(rec["n_tokens"] > 0 for rec in got)
 
 
