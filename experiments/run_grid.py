@@ -97,7 +97,7 @@ def base_tested() -> bool:
 def base_truthfulqa_scored() -> bool:
     """Whether some run, here or committed, holds the base model's TruthfulQA MC1 scores."""
     return any(RUNS.glob("*/base_lm_eval.json")) or any(
-        "base" in load_run(run)[0]["truthfulqa_mc1"] for run in RESULTS.glob("*-seed*"))
+        "base" in json.loads((run / "run.json").read_text())["truthfulqa_mc1"] for run in RESULTS.glob("*-seed*"))
 
 
 def run_one(arm: str, seed: int, truthfulqa: bool) -> None:
