@@ -48,9 +48,13 @@ def random_adapter(source: str, target: Path, dtype: str = "float32", scale: flo
     return module
 
 
-def demo_requests(tokenizer, n: int = 4) -> list[GenerationRequest]:
+def demo_requests(tokenizer, n: int = 3) -> list[GenerationRequest]:
+    """Round 1's requests for the first demo prompts: the principles (480 tokens, shared) and one
+    example each, ~650 tokens. (Three examples made ~1000 and the prefill the larger part of
+    these tests' time: 40 s a call on an AVX2 Zen 1 EPYC.)"""
     rows = read_records(asset_path("demo_prompts.jsonl"), key="test", required={"prompt": str})[:n]
-    return few_shot_requests(tokenizer, [{"id": row["id"], "prompt": row["prompt"]} for row in rows], round_index=1)
+    return few_shot_requests(tokenizer, [{"id": row["id"], "prompt": row["prompt"]} for row in rows], round_index=1,
+                             examples=1)
 
 
 def test_merge_is_exact_and_undone_exactly(tiny_model, tmp_path):

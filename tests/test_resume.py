@@ -188,7 +188,11 @@ DDP = ("--config", str(ROOT / "configs" / "ddp.yaml"), "--trainer.accelerator", 
 def test_two_process_ddp_killed_and_resumed_covers_each_prompt_once_like_one_process(uninterrupted, tiny_model,
                                                                                       tmp_path):
     out = tmp_path / "ddp"
-    killed = run_cli(*resume_args(tiny_model, out, *DDP), env_extra={"SOFT_LIGHTNING_KILL_AT": "generated:1:0"})
+    # Each rank kills itself after its first chunk of round 1, once both ranks' chunks are on disk:
+    # Lightning's launcher kills rank 0 within seconds of rank 1's death, before a slow CPU's rank 0
+    # has written its chunk (failed so on a Zen 1 EPYC).
+    killed = run_cli(*resume_args(tiny_model, out, *DDP), env_extra={
+        "SOFT_LIGHTNING_KILL_AT": "generated:1:0", "SOFT_LIGHTNING_KILL_WHEN": f"{out}/round_1/data.rank*.jsonl:2"})
     assert killed.returncode != 0
     resumed = run_ok(*resume_args(tiny_model, out, *DDP, "--ckpt_path", "last"))
     store = RoundStore(out)

@@ -4,10 +4,12 @@
 point: SIGKILL (no chance to clean up), or the one `SOFT_LIGHTNING_SIGNAL` names (`TERM` for a
 preemption); with `SOFT_LIGHTNING_KILL_RANK=<k>` only the process of global rank k does.
 `SOFT_LIGHTNING_DELAY_AT=<point>,<point>,...` makes it sleep `SOFT_LIGHTNING_DELAY_SECONDS` there
-(a slow rank), only on `SOFT_LIGHTNING_DELAY_RANK=<k>` if set. Unset (always, outside tests) they
-do nothing.
+(a slow rank), only on `SOFT_LIGHTNING_DELAY_RANK=<k>` if set. `SOFT_LIGHTNING_KILL_WHEN=<glob>:<n>`
+holds the kill until n files match the glob (every rank's chunk on disk: a state, not a race
+between ranks). Unset (always, outside tests) they do nothing.
 """
 
+import glob
 import os
 import signal
 import time
@@ -22,4 +24,8 @@ def kill_point(name: str) -> None:
     if name in os.environ.get("SOFT_LIGHTNING_DELAY_AT", "").split(",") and _this_rank("SOFT_LIGHTNING_DELAY_RANK"):
         time.sleep(float(os.environ.get("SOFT_LIGHTNING_DELAY_SECONDS", "5")))
     if os.environ.get("SOFT_LIGHTNING_KILL_AT") == name and _this_rank("SOFT_LIGHTNING_KILL_RANK"):
+        if os.environ.get("SOFT_LIGHTNING_KILL_WHEN"):
+            pattern, count = os.environ["SOFT_LIGHTNING_KILL_WHEN"].rsplit(":", 1)
+            while len(glob.glob(pattern)) < int(count):
+                time.sleep(0.2)
         os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get("SOFT_LIGHTNING_SIGNAL", "KILL")))
