@@ -226,6 +226,9 @@ class BootstrapCallback(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception):
         if isinstance(exception, SIGTERMException):  # preempted: the next start resumes from here
+            # Stopped in a round's validation (its zero-shot scoring): a resume from here would skip
+            # the round's signals; marked, `--ckpt_path last` passes it over and redoes the round.
+            self.after_last_batch = self.after_last_batch or trainer.validating
             trainer.save_checkpoint(self.run.store.preempted_checkpoint, weights_only=False)
         elif not isinstance(exception, (ConfigError, KeyboardInterrupt)):  # a library's: the CLI says where
             self.run.record_error(exception, trainer.global_rank)

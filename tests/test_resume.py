@@ -125,26 +125,33 @@ def test_two_more_rounds_continue_a_finished_run_with_fresh_prompts(ordering, re
         assert difficulty[0][-1] <= difficulty[1][0] and difficulty[2][-1] <= difficulty[3][0]
 
 
-SIGTERMS = {"during round-1 generation": "generated:1:0", "mid-epoch training": "train_step:3"}
+SIGTERMS = {"during round-1 generation": "generated:1:0", "mid-epoch training": "train_step:3",
+            # the second relevance scoring (the first is the base model's), after its 2nd batch of 3
+            "during round-0 validation scoring": "scored:relevance:1@2"}
 
 
 @pytest.mark.parametrize("case", list(SIGTERMS))
 def test_sigterm_stops_cleanly_and_the_resume_loses_and_repeats_nothing(case, uninterrupted, tiny_model, tmp_path):
     """A real SIGTERM (a preemption): the chunk in flight is kept, a checkpoint is written (the
     demo's own ModelCheckpoint saves at epoch ends only), the exit code says so, and the resumed
-    run equals an uninterrupted one."""
+    run equals an uninterrupted one. Stopped in a round's zero-shot scoring, after the batch in
+    hand (scoring takes minutes on a CPU), the resume redoes the round and its signals."""
     out = tmp_path / "run"
-    cli_args = resume_args(tiny_model, out, checkpoints=None)
+    cli_args = resume_args(tiny_model, out, "--bootstrap.score_batch_size", "2", checkpoints=None)
     stopped = run_cli(*cli_args, env_extra={"SOFT_LIGHTNING_KILL_AT": SIGTERMS[case], "SOFT_LIGHTNING_SIGNAL": "TERM"})
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     assert "stopped by SIGTERM" in stopped.stderr and "Traceback" not in stopped.stderr
     assert (out / "checkpoints" / "last-preempted.ckpt").is_file()
+    if case.endswith("scoring"):
+        assert not RoundStore(out).zero_shot_path(0).is_file(), "the scoring went on after the SIGTERM"
     run_ok(*cli_args, "--ckpt_path", "last")
     assert round_ids(out) == round_ids(uninterrupted)
-    if case.startswith("during"):
+    if case.startswith("during round-1"):
         manifest = RoundStore(out).read_manifest(1)
         assert (manifest["resumed_with"], manifest["generated_now"]) == (3, 7), "the chunk in flight was lost"
     assert_same_adapters(out, uninterrupted)
+    for r in (0, 1):
+        assert RoundStore(out).read_zero_shot(r)["quality"] == RoundStore(uninterrupted).read_zero_shot(r)["quality"]
 
 
 def test_resumed_weights_and_optimizer_equal_the_checkpoint(tiny_model, tmp_path, uninterrupted):

@@ -19,12 +19,15 @@ from soft_lightning.utils.progress import Progress, no_progress
 @dataclass
 class Forward:
     """What a forward pass outside training needs: the encoder, the policy model, the sequences
-    per pass, and the strategy whose ranks split the items (None: one process)."""
+    per pass, the strategy whose ranks split the items (None: one process), and `stop`: called
+    on every rank after each batch of the long scorings (relevance, capability), it raises to
+    stop them (a preemption: minutes of scoring on a CPU would outlast a scheduler's grace)."""
 
     encoder: Encoder
     model: Any
     batch_size: int
     strategy: Any = None
+    stop: Callable[[], None] | None = None
 
     def args(self) -> dict[str, Any]:
         return {"encoder": self.encoder, "model": self.model, "batch_size": self.batch_size,

@@ -94,9 +94,14 @@ class SoftRun:
         return self.epochs_per_round * math.ceil(batches / trainer.accumulate_grad_batches)
 
     def forward(self, trainer) -> Forward:
-        """Forward passes outside training: the policy model, split over the ranks."""
+        """Forward passes outside training: the policy model, split over the ranks; a SIGTERM on
+        any rank stops the long scorings after the batch in hand, on every rank."""
+        def stop() -> None:
+            if self.preemption.any_rank(trainer):
+                raise SIGTERMException()
+
         return Forward(trainer.datamodule.encoder, trainer.lightning_module.model, self.score_batch_size,
-                       trainer.strategy)
+                       trainer.strategy, stop)
 
     def read_plan(self, trainer) -> None:
         """The plan on disk (a fresh run writes it, a resume with more rounds extends it). Every rank

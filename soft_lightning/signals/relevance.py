@@ -122,7 +122,7 @@ def pmi_scores(items: list[dict], pool: list[str], settings: Relevance, forward:
         return scores
 
     per_item = min(settings.others, max(len(set(pool)) - 1, 0)) + 1  # (a small pool has fewer others)
-    return shard_map(fn, items, forward.strategy, "relevance", "sequence", per_item)
+    return shard_map(fn, items, forward.strategy, "relevance", "sequence", per_item, stop=forward.stop)
 
 
 def reference_loglik(items: list[dict], forward: Forward, *, base: bool) -> list[float]:
@@ -137,4 +137,4 @@ def reference_loglik(items: list[dict], forward: Forward, *, base: bool) -> list
             return per_example_means(labelled_logprobs, examples, forward.encoder.collate, model, forward.batch_size,
                                      progress)
 
-    return shard_map(fn, items, forward.strategy, "capability")
+    return shard_map(fn, items, forward.strategy, "capability", stop=forward.stop)

@@ -7,6 +7,7 @@ weights need every rank in every forward, works at all. Rank 0 only writes files
 
 from __future__ import annotations
 
+import itertools
 import math
 import signal
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from soft_lightning.utils.faults import kill_point
 from soft_lightning.utils.progress import Progress, progress_bar
 
 
@@ -89,21 +91,30 @@ def root_parameters(strategy):
 
 
 def shard_map(fn: Callable[[list, Progress], list], items: list, strategy, description: str | None = None,
-              unit: str = "item", per_item: int = 1) -> list:
+              unit: str = "item", per_item: int = 1, stop: Callable[[], None] | None = None) -> list:
     """`fn` over `items`, split across the ranks (rank k takes items k, k+world, ...), the
     results gathered back into item order on every rank; rank 0 shows a progress bar of its
     share when given a `description` (`fn` gets its update function, counting `per_item` `unit`s
     per item).
 
     Every rank gets the same number of items (the short ones padded with copies of the first item,
-    whose results are dropped), so the ranks run the same number of forward passes, as FSDP needs.
+    whose results are dropped), so the ranks run the same number of forward passes, as FSDP needs,
+    and call `stop` (a collective may be in it) after the same ones: wherever `fn` reports progress.
     """
     rank, world = world_of(strategy)
     mine = items[rank::world]
     per_rank = math.ceil(len(items) / world)
     with progress_bar(description or "", per_rank * per_item, unit, show=rank == 0 and description is not None) \
-            as progress, \
+            as bar, \
             root_parameters(strategy):
+        batches = itertools.count()
+
+        def progress(*done) -> None:
+            bar(*done)
+            kill_point(f"scored:{description}:{next(batches)}")
+            if stop is not None:
+                stop()
+
         results = fn(mine + items[:1] * (per_rank - len(mine)), progress)[: len(mine)]
     if world == 1 or not items:
         return results
