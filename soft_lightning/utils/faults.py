@@ -3,8 +3,8 @@
 `SOFT_LIGHTNING_KILL_AT=<point>` makes the process send itself a signal when it reaches that
 point (`<point>@<n>`: the n-th time it does): SIGKILL (no chance to clean up), or the one
 `SOFT_LIGHTNING_SIGNAL` names (`TERM` for a preemption); with `SOFT_LIGHTNING_KILL_RANK=<k>` only
-the process of global rank k does. Points inside scorings: `scored:<scoring>:<batch>` (relevance,
-capability), after each batch.
+the process of global rank k does. Inside a scoring split over the ranks: `scored:<its name>:<batch>`
+(relevance, capability, diagnostics...), after each batch.
 `SOFT_LIGHTNING_DELAY_AT=<point>,<point>,...` makes it sleep `SOFT_LIGHTNING_DELAY_SECONDS` there
 (a slow rank), only on `SOFT_LIGHTNING_DELAY_RANK=<k>` if set. `SOFT_LIGHTNING_KILL_WHEN=<glob>:<n>`
 holds the kill until n files match the glob (every rank's chunk on disk: a state, not a race
