@@ -179,6 +179,8 @@ class BootstrapCallback(L.Callback):
             pl_module.start_round(self.run.round_steps(trainer), resumed=True)
 
     def on_train_epoch_start(self, trainer, pl_module):
+        if self.run.sampler is not None:  # training's memory back from the sampler (left up by a zero-shot)
+            self.run.sampler.pause()
         r = trainer.current_epoch // self.run.epochs_per_round
         self.run.enter(f"training round {r}", "data.batch_size, data.max_length or model.gradient_checkpointing "
                                               "(memory), model.learning_rate")

@@ -2,9 +2,10 @@ from soft_lightning.utils.logs import quiet
 
 quiet()  # before vLLM, transformers and bitsandbytes are imported
 
-from soft_lightning.cli import main  # noqa: E402
-
-# vLLM starts its workers with `spawn`, which re-imports this module: the guard keeps them
-# from starting a second run.
+# A `spawn`-ed child (vLLM's workers, a spawned sampler) re-imports this module as `__mp_main__`:
+# inside the guard, the CLI's imports (Lightning, torchmetrics, jsonargparse) and a second run
+# stay out of it.
 if __name__ == "__main__":
+    from soft_lightning.cli import main
+
     main()

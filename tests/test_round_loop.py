@@ -107,10 +107,12 @@ def test_without_regeneration_every_round_trains_on_round_0s_data(tiny_model, tm
     refused = run_here(*args)
     assert refused.returncode != 0 and "has 6 usable rows but bootstrap.rounds=2 x data.prompts_per_round=6 needs 12" \
         in refused.stderr, refused.stderr[-2000:]
-    result = run_cli(*args, "--bootstrap.regenerate", "false")
+    # (a spawned sampler: nothing generates round 1, so only training can stop round 0's zero-shot child)
+    result = run_cli(*args, "--bootstrap.regenerate", "false", "--bootstrap.sampler.process", "spawn")
     assert result.returncode == 0, result.stderr[-4000:]
     store = RoundStore(tmp_path / "run")
     assert store.finished_rounds() == [0, 1]
+    assert store.read_zero_shot(1)["engine_start_seconds"] > 0, "round 1 trained beside round 0's zero-shot child"
     plan = store.read_plan()
     assert plan.rounds[1] == plan.rounds[0] and len(plan.rounds[0]) == 6
     assert plan.identity["settings"]["bootstrap.regenerate"] is False

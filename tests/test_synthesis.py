@@ -65,7 +65,8 @@ def test_a_synthesis_run_grows_the_pool_and_a_resume_answers_the_same_prompts(sm
     out = tmp_path / "run"
     args = tiny_run_args(smollm2_dir, out, "vllm", "--data.prompts_per_round", "8", "--data.batch_size", "4",
                          "--bootstrap.prompt_synthesis.per_round", "4", "--bootstrap.prompt_synthesis.topics", "4",
-                         "--bootstrap.sampling.max_new_tokens", "24", "--model.lora_r", "8")
+                         "--bootstrap.sampling.max_new_tokens", "24", "--model.lora_r", "8",
+                         "--bootstrap.icl.examples", "1")  # (shorter prompts: the synthesis is tested)
     killed = run_cli(*args, env_extra={"SOFT_LIGHTNING_KILL_AT": "synthesized:1"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     store = RoundStore(out)

@@ -257,7 +257,9 @@ class SoftRun:
         result = zero_shot.measure(generate, self.zero_shot_prompts, trainer.datamodule.encoder.format,
                                    self.principles.checks, self.zero_shot, self.forward(trainer))
         result["engine_start_seconds"] = round(engine_start, 3)
-        self.sampler.pause()
+        # Not paused: the next round generates with these weights, before any training (which
+        # pauses it, BootstrapCallback.on_train_epoch_start), so a spawned child or woken engine
+        # serves both: one start per round instead of two.
         if trainer.is_global_zero:
             self.store.write_zero_shot(r, result)
         rank_zero_info(f"[soft] {'base model' if r == 'base' else f'round {r}'} zero-shot: "

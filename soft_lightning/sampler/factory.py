@@ -10,7 +10,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 
 from soft_lightning.models.formats import PromptFormat
 from soft_lightning.models.source import checkpoint_bytes, load_tokenizer
@@ -62,6 +61,8 @@ def make_sampler(settings: SamplerSettings, policy: Policy, *, sampling: Samplin
     """The sampler of `settings` over `policy`'s weights; its engine starts with the first
     generation. `tokenizer` and `stop` default to the policy's (its chat template's end of turn);
     `ranks` is (global rank, local rank, world size)."""
+    from lightning.pytorch.utilities import rank_zero_info
+
     from soft_lightning.sampler.hf import GenerationCopy, HFAdapterSampler, HFSampler
     from soft_lightning.sampler.process import SamplerProcess, rank_devices
     from soft_lightning.sampler.vllm import VLLMSampler

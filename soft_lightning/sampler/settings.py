@@ -18,7 +18,7 @@ from soft_lightning.utils.config_types import ShareUpToOne
 # `vllm`: one engine, the round's LoRA per request; `hf`: transformers generate; `auto`: see
 # factory.resolve_backend.
 SamplerName = Literal["vllm", "hf", "auto"]
-# `inline`: in the training process; `spawn`: in a child process that exits after every round.
+# `inline`: in the training process; `spawn`: in a child process that exits before every round's training.
 SamplerProcessMode = Literal["inline", "spawn"]
 # How the round's adapter reaches the sampler: `lora` applied on top of the base at every step
 # (vLLM's LoRARequest, or the training model's own LoRA); `merged` folded into full-precision
@@ -85,7 +85,7 @@ class SamplerSettings:
         backend: `vllm` (one engine per run), `hf` (transformers generate) or `auto`: vllm where
             it imports (its CPU build included), else hf.
         process: `inline` runs the sampler in the training process; `spawn` in a child process
-            that exits after each round, so all its memory returns to the OS.
+            that exits before each round's training, so all its memory returns to the OS.
         adapter_sync: how the round's adapter reaches the sampler: `lora` on top of the base,
             `merged` folded into full-precision base weights (base-model speed), `auto` (merged
             unless the hf backend on a GPU has no room for the copy; see factory.resolve_adapter_sync).
