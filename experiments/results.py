@@ -11,7 +11,7 @@ made it; `export_run` writes what the write-up needs into experiments/results/<a
   identity), each round's manifest, and TruthfulQA MC1 per item (ids and scores, not the items).
 
 Gzip with a fixed timestamp: the same answers give the same bytes, so a re-export changes nothing
-in git. `load_run` reads one back; the write-up reads nothing else.
+in git. `load_run` reads one back, `load` every run as a `Run`; the write-up reads nothing else.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from soft_lightning.rounds.store import RoundStore
@@ -74,3 +75,61 @@ def pick(rates: dict) -> int:
     """The round validation picks (PREREGISTRATION.md): the highest aligned share, ties going to
     the later round."""
     return max(rates, key=lambda r: (rates[r], int(r)))
+
+
+@dataclass
+class Run:
+    """One exported run: its facts, aligned marks per split and round, and every answer."""
+
+    arm: str
+    seed: int
+    facts: dict = field(repr=False)
+    val: dict = field(repr=False)  # round -> {id: aligned 0/1}
+    test: dict = field(repr=False)  # round -> {id: aligned 0/1}
+    answers: dict = field(repr=False)  # (split, round) -> {id: record}
+
+    @property
+    def rounds(self) -> list[int]:
+        return sorted(int(r) for r in self.facts["manifests"])
+
+    def rate(self, split: str, r) -> float | None:
+        marks = (self.val if split == "val" else self.test).get(r)
+        return sum(marks.values()) / len(marks) if marks else None
+
+    @property
+    def picked(self) -> int:
+        return pick({r: self.rate("val", r) for r in self.rounds})
+
+    @property
+    def truthfulqa(self) -> list | None:
+        """TruthfulQA MC1 per item of the picked round (None: not scored)."""
+        return self.facts["truthfulqa_mc1"].get(str(self.picked), {}).get("acc")
+
+    @property
+    def cpu_kind(self) -> str:
+        """torch's CPU kernels the run had (AVX512: bf16 compute, AVX2: float32), from run.json's `cpu`."""
+        return self.facts["cpu"].rpartition("torch's ")[2].split(" ")[0]
+
+    @property
+    def last(self) -> int:
+        return self.rounds[-1]
+
+    @property
+    def steps(self) -> int | None:
+        return self.facts["manifests"][str(self.last)].get("training", {}).get("optimizer_steps")
+
+
+def load(results: Path) -> dict[str, dict[int, Run]]:
+    runs: dict[str, dict[int, Run]] = {}
+    for folder in sorted(p for p in results.glob("*-seed*") if (p / "run.json").is_file()):
+        facts, rows = load_run(folder)
+        marks: dict[str, dict] = {"val": {}, "test": {}}
+        answers: dict = {}
+        for row in rows:
+            r = row["round"]
+            answers.setdefault((row["split"], r), {})[row["id"]] = row
+            if row["split"] in marks:
+                marks[row["split"]].setdefault(r, {})[row["id"]] = int(bool(row["signals"]["aligned"]))
+        runs.setdefault(facts["arm"], {})[facts["seed"]] = Run(facts["arm"], facts["seed"], facts, marks["val"],
+                                                               marks["test"], answers)
+    return runs

@@ -16,14 +16,14 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # results.py, and the checkout's soft_lightning
-from results import load_run, pick  # noqa: E402
+from results import Run, load  # noqa: E402
 
 from soft_lightning.rounds.filters import repeated_sentence_share  # noqa: E402
 from soft_lightning.signals import stats  # noqa: E402
@@ -132,62 +132,6 @@ credited). Round 7 is credited for boiling at 100 °C "in the human body". Its p
 picked round yet (test 0.17, below its own round 7, 0.21): on this seed validation's pick is noise.
 Read every rate here as an upper bound on helpful answers.
 Changing the mark mid-grid would break the preregistration; it is a follow-up."""
-
-
-@dataclass
-class Run:
-    arm: str
-    seed: int
-    facts: dict = field(repr=False)
-    val: dict = field(repr=False)  # round -> {id: aligned 0/1}
-    test: dict = field(repr=False)  # round -> {id: aligned 0/1}
-    answers: dict = field(repr=False)  # (split, round) -> {id: record}
-
-    @property
-    def rounds(self) -> list[int]:
-        return sorted(int(r) for r in self.facts["manifests"])
-
-    def rate(self, split: str, r) -> float | None:
-        marks = (self.val if split == "val" else self.test).get(r)
-        return sum(marks.values()) / len(marks) if marks else None
-
-    @property
-    def picked(self) -> int:
-        return pick({r: self.rate("val", r) for r in self.rounds})
-
-    @property
-    def truthfulqa(self) -> list | None:
-        """TruthfulQA MC1 per item of the picked round (None: not scored)."""
-        return self.facts["truthfulqa_mc1"].get(str(self.picked), {}).get("acc")
-
-    @property
-    def cpu_kind(self) -> str:
-        """torch's CPU kernels the run had (AVX512: bf16 compute, AVX2: float32), from run.json's `cpu`."""
-        return self.facts["cpu"].rpartition("torch's ")[2].split(" ")[0]
-
-    @property
-    def last(self) -> int:
-        return self.rounds[-1]
-
-    @property
-    def steps(self) -> int | None:
-        return self.facts["manifests"][str(self.last)].get("training", {}).get("optimizer_steps")
-
-
-def load(results: Path) -> dict[str, dict[int, Run]]:
-    runs: dict[str, dict[int, Run]] = {}
-    for folder in sorted(p for p in results.glob("*-seed*") if (p / "run.json").is_file()):
-        facts, rows = load_run(folder)
-        marks: dict[str, dict] = {"val": {}, "test": {}}
-        answers: dict = {}
-        for row in rows:
-            r = row["round"]
-            answers.setdefault((row["split"], r), {})[row["id"]] = row
-            if row["split"] in marks:
-                marks[row["split"]].setdefault(r, {})[row["id"]] = int(bool(row["signals"]["aligned"]))
-        runs.setdefault(facts["arm"], {})[facts["seed"]] = Run(facts["arm"], facts["seed"], facts, marks["val"],
-                                                               marks["test"], answers)
-    return runs
 
 
 # ---- the statistics ------------------------------------------------------------------------------
