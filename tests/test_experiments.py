@@ -11,8 +11,11 @@ import pytest
 from tests.helpers.cli import ROOT
 
 sys.path[:0] = [str(ROOT / "experiments")]
+import audit  # noqa: E402
 import write_up  # noqa: E402
 from results import pick  # noqa: E402
+
+AUDIT = ROOT / "experiments" / "audit"
 
 
 def test_validation_picks_the_highest_round_and_ties_go_to_the_later():
@@ -41,9 +44,28 @@ def test_the_hierarchical_interval_widens_with_the_seeds_spread():
 @pytest.mark.skipif(not any((ROOT / "experiments" / "results").rglob("run.json")), reason="no committed results")
 def test_the_write_up_is_rebuilt_from_the_committed_results_alone(tmp_path):
     shutil.copytree(ROOT / "experiments" / "results", tmp_path / "results")
+    shutil.copytree(AUDIT, tmp_path / "audit")
     write_up.write_report(tmp_path)
     assert (tmp_path / "README.md").read_text() == (ROOT / "experiments" / "README.md").read_text(), \
         "experiments/README.md is stale: run python experiments/write_up.py"
+
+
+@pytest.mark.skipif(not (AUDIT / "grades.jsonl").is_file(), reason="no committed hand grades")
+def test_the_hand_graded_sample_is_the_preregistered_draw_blind_and_graded_once_each(tmp_path):
+    import json
+
+    key = json.loads((AUDIT / "key.json").read_text())
+    assert {e.pop("label"): e for e in audit.sample(write_up.load(ROOT / "experiments" / "results"))} == key
+    sheet = (AUDIT / "sheet.md").read_text()
+    assert all(f"**{label}**" in sheet for label in key)
+    assert not any(name in sheet for name in ("single_round", "same_steps", "soft-seed", "aligned")), "not blind"
+    assert len(audit.graded(AUDIT)) == len(key)
+    shutil.copy(AUDIT / "key.json", tmp_path / "key.json")
+    (tmp_path / "grades.jsonl").write_text("".join((AUDIT / "grades.jsonl").read_text().splitlines(True)[1:]))
+    with pytest.raises(SystemExit, match="grade each label of key.json once"):
+        audit.graded(tmp_path)
+    with pytest.raises(SystemExit, match="drawing it again would unblind it"):
+        audit.write_sheet({}, tmp_path)
 
 
 @pytest.mark.slow
