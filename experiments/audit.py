@@ -72,16 +72,17 @@ def write_sheet(runs: dict[str, dict[int, Run]], folder: Path) -> None:
                                      encoding="utf-8")
 
 
-def graded(folder: Path) -> list[dict] | None:
-    """The key joined with the grades (None: not graded yet); every label graded once, every
-    reason one of REASONS."""
-    if not (folder / "grades.jsonl").is_file():
+def graded(folder: Path, grades_file: str = "grades.jsonl") -> list[dict] | None:
+    """The key joined with one grader's grades (None: not graded yet); every label graded once,
+    every reason one of REASONS. `grades_second.jsonl`: the second grader's."""
+    path = folder / grades_file
+    if not path.is_file():
         return None
     key = json.loads((folder / "key.json").read_text(encoding="utf-8"))
-    grades = [json.loads(line) for line in (folder / "grades.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    grades = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     reasons = {g["label"]: g["reason"] for g in grades}
     if len(reasons) != len(grades) or set(reasons) != set(key) or not set(reasons.values()) <= set(REASONS):
-        raise SystemExit(f"{folder / 'grades.jsonl'}: grade each label of key.json once, a reason among {REASONS}")
+        raise SystemExit(f"{path}: grade each label of key.json once, a reason among {REASONS}")
     return [{**key[label], "label": label, "reason": reason} for label, reason in reasons.items()]
 
 
