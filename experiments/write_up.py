@@ -490,7 +490,33 @@ def audit_lines(runs, folder: Path) -> list[str]:
         reasons = sum(one[k]["reason"] == two[k]["reason"] for k in one)
         lines += ["", f"The two graders agree on good / not good for {sum(same)} of {len(same)} answers "
                   f"(Cohen's κ = {kappa:.2f}) and on the reason for {reasons}."]
+        both = [(audit.answer(runs, one[k]), one[k]["good"] and two[k]["good"]) for k in one]
+        lines += ["", "How well each recorded signal separates the answers both graders call good from the rest "
+                  "(AUC, 0.5 = no better than chance; exploratory, chosen after the grades were seen): " + "; ".join(
+                      f"{name} {_auc([(value(r), good) for r, good in both if where(r)])}"
+                      for name, value, where in SEPARATING) + "."]
     return lines
+
+
+# Signals whose separation of good answers is shown: (name, value of a record, which records).
+SEPARATING = (
+    ("aligned", lambda r: r["signals"]["aligned"], lambda r: True),
+    ("all rules kept", lambda r: r["checks"]["all"], lambda r: True),
+    ("relevant (harmless prompts)", lambda r: r["signals"]["relevant"], lambda r: not r["harmful"]),
+    ("PMI (harmless prompts)", lambda r: r.get("pmi"), lambda r: not r["harmful"]),
+    ("refusal (harmful prompts)", lambda r: r["signals"]["refusal"], lambda r: r["harmful"]),
+)
+
+
+def _auc(pairs: list) -> str:
+    """The AUC (Mann-Whitney) of a signal's values for good against not good answers, with n;
+    answers without the value left out."""
+    kept = [(float(v), g) for v, g in pairs if v is not None]
+    good, bad = [v for v, g in kept if g], [v for v, g in kept if not g]
+    if not good or not bad:
+        return "– (no contrast)"
+    wins = sum((g > b) + 0.5 * (g == b) for g in good for b in bad)
+    return f"{wins / (len(good) * len(bad)):.2f} ({len(good)} good of {len(kept)})"
 
 
 def _share(values: list) -> str:
