@@ -445,6 +445,38 @@ def answers_lines(runs, k: int = 4) -> list[str]:
     return lines
 
 
+def reference_lines(runs) -> list[str]:
+    """Claims C1 and C4a again on the test prompts with a reference answer only, where the mark
+    checks correctness (exploratory: proposed at stop 45, computed after the hand grade), and
+    each arm's correct share at its pick against the base model's."""
+    def marks(run: Run, r, key: str) -> dict:
+        return {i: int(bool(a["signals"][key])) for i, a in run.answers[("test", r)].items()
+                if a["signals"].get("correct") is not None}
+
+    lines = ["| pair | on reference prompts | per seed | mean [95% CI, seeds then prompts] | sign-flip p |",
+             "|---|---|---|---|---|"]
+    for claim in (c for c in CLAIMS if c.key in ("C1", "C4a")):
+        m = measure(claim, runs)
+        if m is None:
+            continue
+        for key in ("aligned", "correct"):
+            per_prompt = [diff(marks(a, a.picked, key), marks(b, b.picked, key))
+                          for a, b in ((runs[claim.a][s], runs[claim.b][s]) for s in m["seeds"])]
+            per_seed = [float(d.mean()) for d in per_prompt]
+            low, high = hierarchical_interval(per_prompt)
+            lines.append(f"| {claim.key}: {claim.a} − {claim.b} | {key} | " + ", ".join(f"{v:+.2f}" for v in per_seed)
+                         + f" | {np.mean(per_seed):+.3f} [{low:+.3f}, {high:+.3f}] | {signflip_p(per_seed):.3g} |")
+    base = next((r for arm in runs.values() for r in arm.values() if ("test", "base") in r.answers), None)
+    if base is not None:
+        right = marks(base, "base", "correct")
+        lines += ["", f"Correct on the {len(right)} reference prompts: base {np.mean(list(right.values())):.2f}; "
+                  "at each run's pick, by seed: " + "; ".join(
+                      f"{arm} " + " / ".join(f"{np.mean(list(marks(r, r.picked, 'correct').values())):.2f}"
+                                             for _, r in sorted(by_seed.items()))
+                      for arm, by_seed in runs.items()) + "."]
+    return lines
+
+
 def audit_lines(runs, folder: Path) -> list[str]:
     """The blind hand grade of the mark (audit.py; PREREGISTRATION.md, addition and deviation of
     2026-12-05): per grader and arm, good answers beside the mark; per pair, the differences by
@@ -584,6 +616,11 @@ def write_report(here: Path = HERE) -> None:
         "`data.train_batches: planned` makes every arm's equal to the planned 256).", ""] + table + [
         "", "### Hand-graded check of the mark (exploratory; decides nothing)", "", AUDIT, ""] + audit_lines(
         runs, here / "audit") + [
+        "", "### On the prompts with a reference (exploratory)", "",
+        "Where a test prompt has a reference answer (30 of the 154), the mark requires the right value, so "
+        "the blind spot above is closed there. C1 and C4a on those prompts alone, by the mark and by "
+        "correctness alone (proposed at stop 45, computed after the hand grade; decides nothing):", ""
+        ] + reference_lines(runs) + [
         "", "### C4b (reported): does validation catch a collapse?", ""] + collapse_lines(runs) + [
         "", "### C2's fixed draws", ""] + fixed_draws(runs) + [
         "", "## Every round: validation / test aligned", "",
