@@ -41,6 +41,13 @@ def test_the_hierarchical_interval_widens_with_the_seeds_spread():
     assert write_up.seeds_needed(0.01, 0.5, 0.01) == 8, "a huge effect still needs the seeds the sign-flip test needs"
 
 
+def test_a_signals_auc_against_hand_grades_counts_ties_as_half_and_skips_missing_values():
+    assert write_up._auc([(0.9, True), (0.1, False), (0.2, False)]).startswith("1.00 (1 good of 3)")
+    assert write_up._auc([(0.1, True), (0.9, False)]).startswith("0.00")
+    assert write_up._auc([(True, True), (True, False), (False, False), (None, True)]).startswith("0.75 (1 good of 3)")
+    assert write_up._auc([(1.0, False)]) == "– (no contrast)"
+
+
 @pytest.mark.skipif(not any((ROOT / "experiments" / "results").rglob("run.json")), reason="no committed results")
 def test_the_write_up_is_rebuilt_from_the_committed_results_alone(tmp_path):
     shutil.copytree(ROOT / "experiments" / "results", tmp_path / "results")
