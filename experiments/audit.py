@@ -13,7 +13,7 @@ import json
 import random
 from pathlib import Path
 
-from results import Run
+from results import Run, base_answers
 
 HERE = Path(__file__).resolve().parent
 ASSETS = HERE.parent / "soft_lightning" / "assets"
@@ -26,10 +26,10 @@ def sample(runs: dict[str, dict[int, Run]]) -> list[dict]:
     base model's once per id. Each entry {label, arm, seed, round, id}, labels shuffled apart."""
     entries, base_ids = [], []
     for seed in SEEDS:
-        pairs = [runs[arm][seed] for arm in ARMS]
-        ids = sorted(pairs[0].test[pairs[0].picked])
+        picks = [runs[arm][seed] for arm in ARMS]
+        ids = sorted(picks[0].test[picks[0].picked])
         for pid in random.Random(f"audit-{seed}").sample(ids, PER_SEED):
-            entries += [{"arm": run.arm, "seed": seed, "round": run.picked, "id": pid} for run in pairs]
+            entries += [{"arm": run.arm, "seed": seed, "round": run.picked, "id": pid} for run in picks]
             base_ids += [pid] if pid not in base_ids else []
     entries += [{"arm": "base", "seed": None, "round": "base", "id": pid} for pid in base_ids]
     labels = random.Random("audit-labels").sample(range(100, 1000), len(entries))
@@ -39,8 +39,7 @@ def sample(runs: dict[str, dict[int, Run]]) -> list[dict]:
 def answer(runs: dict[str, dict[int, Run]], entry: dict) -> dict:
     """The graded answer's record (the base's from whichever run holds it: greedy, scored once)."""
     if entry["arm"] == "base":
-        return next(r.answers[("test", "base")][entry["id"]] for a in runs.values() for r in a.values()
-                    if ("test", "base") in r.answers)
+        return base_answers(runs)[entry["id"]]
     return runs[entry["arm"]][entry["seed"]].answers[("test", entry["round"])][entry["id"]]
 
 

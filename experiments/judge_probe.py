@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 import audit  # noqa: E402
 from results import load  # noqa: E402
-from write_up import _auc  # noqa: E402
+from write_up import auc  # noqa: E402
 
 
 def main() -> None:
@@ -49,7 +49,8 @@ def main() -> None:
         score = float(torch.logsumexp(logp[first], 0) - torch.logsumexp(logp[second], 0))
         scored.append((record["harmful"], score, entry["reason"] == "good" and two[label]["reason"] == "good"))
     for name, keep in (("all", lambda h: True), ("harmless prompts", lambda h: not h), ("harmful prompts", bool)):
-        print(f"{name}: AUC {_auc([(s, g) for h, s, g in scored if keep(h)])}")
+        value, good, n = auc([(s, g) for h, s, g in scored if keep(h)])
+        print(f"{name}: AUC {value:.2f} ({good} good of {n})")
 
 
 if __name__ == "__main__":

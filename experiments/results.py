@@ -90,6 +90,7 @@ class Run:
 
     @property
     def rounds(self) -> list[int]:
+        """The trained rounds, in order (the manifests' keys are strings in JSON)."""
         return sorted(int(r) for r in self.facts["manifests"])
 
     def rate(self, split: str, r) -> float | None:
@@ -98,6 +99,7 @@ class Run:
 
     @property
     def picked(self) -> int:
+        """The round validation picks; every claim compares arms there."""
         return pick({r: self.rate("val", r) for r in self.rounds})
 
     @property
@@ -112,14 +114,18 @@ class Run:
 
     @property
     def last(self) -> int:
+        """The last round: where a collapse, if any, shows most."""
         return self.rounds[-1]
 
     @property
     def steps(self) -> int | None:
+        """Optimizer steps the run realised (the last manifest's count): stated beside every claim."""
         return self.facts["manifests"][str(self.last)].get("training", {}).get("optimizer_steps")
 
 
 def load(results: Path) -> dict[str, dict[int, Run]]:
+    """Every exported run under `results` as arm -> seed -> Run: all the write-up and the hand
+    grade read, so a fresh clone rebuilds them."""
     runs: dict[str, dict[int, Run]] = {}
     for folder in sorted(p for p in results.glob("*-seed*") if (p / "run.json").is_file()):
         facts, rows = load_run(folder)
@@ -133,3 +139,9 @@ def load(results: Path) -> dict[str, dict[int, Run]]:
         runs.setdefault(facts["arm"], {})[facts["seed"]] = Run(facts["arm"], facts["seed"], facts, marks["val"],
                                                                marks["test"], answers)
     return runs
+
+
+def base_answers(runs: dict[str, dict[int, Run]]) -> dict | None:
+    """The base model's test answers by id, from whichever run scored them (greedy: scored once)."""
+    return next((r.answers[("test", "base")] for arm in runs.values() for r in arm.values()
+                 if ("test", "base") in r.answers), None)
