@@ -494,12 +494,10 @@ def audit_lines(runs, folder: Path) -> list[str]:
     graders = {}
     for name, file in (("first grader", "grades.jsonl"), ("second grader", "grades_second.jsonl")):
         if (graded := audit.graded(folder, file)) is not None:
-            graders[name] = [{**e, "good": e["reason"] == "good", "record": audit.answer(runs, e)} for e in graded]
+            graders[name] = [{**e, "good": e["reason"] == "good", "record": (record := audit.answer(runs, e)),
+                              "aligned": bool(record["signals"]["aligned"])} for e in graded]
     if not graders:
         return ["Not graded yet (python experiments/audit.py draws the sheet)."]
-    for entries in graders.values():
-        for e in entries:
-            e["aligned"] = bool(e["record"]["signals"]["aligned"])
     lines = []
     for grader, entries in graders.items():
         lines += [f"By the {grader}:", "", "| arm | answers | good by hand [95% CI] | aligned by the mark "
