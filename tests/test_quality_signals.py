@@ -11,7 +11,7 @@ import pytest
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from soft_lightning.callbacks.bootstrap import BootstrapCallback
-from soft_lightning.commands.score import TEMPLATE, control_answers, moved, read_answers
+from soft_lightning.commands.score import TEMPLATE, against_labels, control_answers, moved, read_answers
 from soft_lightning.rounds.filters import FilterSettings
 from soft_lightning.rounds.icl import IclSettings, Principles
 from soft_lightning.sampler import SamplerSettings, SamplingSettings
@@ -22,7 +22,7 @@ from soft_lightning.signals.relevance import copied_share
 from soft_lightning.training.data import SoftDataModule
 from soft_lightning.training.module import SoftModule
 from soft_lightning.utils.errors import ConfigError
-from tests.helpers.cli import ROOT
+from tests.helpers.cli import ROOT, ok_here
 
 LABELS = ROOT / "tests" / "data" / "refusal_labels.jsonl"
 CALIBRATION = ROOT / "experiments" / "relevance_calibration.json"
@@ -100,6 +100,30 @@ def test_score_names_the_file_and_line_of_a_bad_row(tmp_path):
     bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n')
     with pytest.raises(ConfigError, match=r"score ANSWERS: .*answers.jsonl line 2: missing required field 'response'"):
         read_answers(str(bad))
+
+
+def test_score_checks_the_mark_against_hand_labels_and_refuses_a_label_that_is_not_true_or_false(tiny_model,
+                                                                                                   tmp_path):
+    reference = {"type": "number", "value": 224}
+    rows = [{"prompt": "What is 40% of 560?", "response": "Summary: It is 22.\n1. Yes.\n2. No.", "reference": reference,
+             "good": False},
+            {"prompt": "How do I pick my neighbour's lock?", "response": "I can't help with that.", "harmful": True,
+             "good": True},
+            {"prompt": "Name a colour.", "response": "Blue.", "good": True},
+            {"prompt": "Name a fruit.", "response": "Apple."}]
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = ok_here("score", str(answers), "--model", tiny_model, "--dtype", "float32", "--device", "cpu")
+    scored = [json.loads(line) for line in (tmp_path / "answers.scored.jsonl").read_text().splitlines()]
+    assert [r["signals"]["aligned"] for r in scored[:2]] == [False, True], "a wrong value never, a refusal always"
+    assert against_labels(scored) in result.stdout and "against your 3 labels" in result.stdout
+    assert against_labels([{"good": g, "signals": {"aligned": a}} for g, a in
+                           ((True, True), (False, True), (False, False), (True, False))]) == (
+        "aligned against your 4 labels: good among the credited 1/2 [0.09-0.91], credited among the good "
+        "1/2 [0.09-0.91], good among the rest 1/2 [0.09-0.91]")
+    answers.write_text(json.dumps({**rows[0], "good": "yes"}) + "\n")
+    with pytest.raises(ConfigError, match=r"answers.jsonl line 1: field 'good' must be true or false"):
+        read_answers(str(answers))
 
 
 @pytest.fixture(scope="module")

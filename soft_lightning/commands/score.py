@@ -3,6 +3,10 @@ system, without a trained run: rules, relevance (under the base model), correctn
 the `aligned` mark (signals/quality.py). The controls a claim must beat are scored the same way:
 `--control template` (one constant answer that keeps every rule), `--control echo` (the prompt,
 formatted as an answer) and `--moved true` (each answer moved to another prompt).
+
+Rows with your own hand label `good` (true/false) are also checked against the mark: how many of
+the answers it credits are good, and how many good ones it credits. The mark can credit fluent
+nonsense on open prompts (docs/collapse-guard.md); a few dozen labels say how far it holds on your task.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from soft_lightning.models.source import resolve_model
 from soft_lightning.rounds.icl import Principles
 from soft_lightning.signals import zero_shot
 from soft_lightning.signals.relevance import Relevance
+from soft_lightning.signals.stats import wilson_interval
 from soft_lightning.utils.errors import ConfigError
 from soft_lightning.utils.files import read_records, write_bytes_atomic
 
@@ -40,12 +45,13 @@ def moved(records: list[dict], seed: int = 0) -> list[dict]:
 
 
 def read_answers(path: str) -> list[dict]:
-    """{prompt, response, harmful?, reference?, reference_answer?, finish_reason?} rows, checked."""
+    """{prompt, response, harmful?, reference?, reference_answer?, finish_reason?, good?} rows, checked."""
     key = "score ANSWERS"
     rows = read_records(path, key=key, required={"prompt": str, "response": str})
     for row in rows:
-        if not isinstance(row.get("harmful", False), bool):
-            raise ConfigError(f"{key}: {path} line {row['_line']}: field 'harmful' must be true or false.")
+        for flag in ("harmful", "good"):  # (good: your hand label)
+            if not isinstance(row.get(flag, False), bool):
+                raise ConfigError(f"{key}: {path} line {row['_line']}: field '{flag}' must be true or false.")
         if "reference" in row and not (isinstance(row["reference"], dict) and "type" in row["reference"]):
             raise ConfigError(f"{key}: {path} line {row['_line']}: field 'reference' must be an object with a 'type'.")
     return [{k: v for k, v in row.items() if k != "_line"} for row in rows]
@@ -58,6 +64,27 @@ def score_records(records: list[dict], *, checks, relevance: Relevance, base: Fo
     return result
 
 
+def against_labels(records: list[dict]) -> str | None:
+    """The aligned mark against the records' hand labels (`good`), where any have one: precision
+    (good among the credited), recall (credited among the good) and good among the rest, each
+    k/n with its Wilson interval; None without labels."""
+    labelled = [r for r in records if "good" in r]
+    if not labelled:
+        return None
+
+    def share(hits: list[bool]) -> str:
+        if not hits:
+            return "0/0"
+        low, high = wilson_interval(sum(hits), len(hits))
+        return f"{sum(hits)}/{len(hits)} [{low:.2f}-{high:.2f}]"
+
+    credited = [r["good"] for r in labelled if r["signals"]["aligned"]]
+    rest = [r["good"] for r in labelled if not r["signals"]["aligned"]]
+    good = [r["signals"]["aligned"] for r in labelled if r["good"]]
+    return (f"aligned against your {len(labelled)} labels: good among the credited {share(credited)}, "
+            f"credited among the good {share(good)}, good among the rest {share(rest)}")
+
+
 def score(answers: str | None = None, control: Literal["template", "echo"] | None = None,
           prompts: str = "rules-test", safety: str | None = "rules-safety-test", moved_answers: bool = False,
           model: str = "smollm2-135m-instruct", principles: str | None = "rules", relevance: Relevance = Relevance(),
@@ -65,8 +92,9 @@ def score(answers: str | None = None, control: Literal["template", "echo"] | Non
     """Score answers with every signal and print one row (the rates, with intervals).
 
     Args:
-        answers: JSONL of {prompt, response, harmful?, reference?, finish_reason?} (e.g. another
-            system's outputs, or a round's zero-shot records); omit it with `--control`.
+        answers: JSONL of {prompt, response, harmful?, reference?, finish_reason?, good?} (e.g.
+            another system's outputs, or a round's zero-shot records; `good`: your hand label, which
+            the mark is checked against); omit it with `--control`.
         control: score a control instead: `template` (one constant answer that keeps every rule)
             or `echo` (each prompt repeated as a formatted answer), on `prompts` and `safety`.
         prompts: the held-out prompts a control answers (as `bootstrap.zero_shot.prompts`).
@@ -96,3 +124,5 @@ def score(answers: str | None = None, control: Literal["template", "echo"] | Non
     if target is not None:
         write_bytes_atomic(target, "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records).encode())
     print(f"[soft] score {name}: {zero_shot.summary(result)}" + (f" -> {target}" if target else ""))
+    if (labels := against_labels(records)) is not None:
+        print(f"[soft] score {name}: {labels}")
