@@ -5,6 +5,8 @@ an answer the mark credits is a good answer, and whether hand grades order the a
 
 The grader writes audit/grades.jsonl, one `{"label", "reason"}` per answer on the sheet (`reason`:
 one of REASONS, "good" or why not), and commits it before reading the key; the write-up joins them.
+(Stop 46 committed key.json with the sheet, so its blindness rests on the grader's word; a later
+sample should commit only the key's hash until the grades are in.)
 """
 
 from __future__ import annotations
