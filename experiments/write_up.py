@@ -48,12 +48,14 @@ Two earlier grids, on other metrics, with 2 seeds treated as fixed (the prompt w
 
 
 SLOWER_CPU = """\
-Measured, not kept: on 2 cores of an AVX2-only AMD EPYC (family 23, Zen 1; float32, as `auto` picks
-there) soft_nf4-seed0's first two rounds took 1080 s and 980 s of fit (vLLM generation 26 and 23
-tok/s), against 186 s a round for `soft` on the AVX-512 EPYC (bf16, no quantization; nf4 there is
-not measured yet). At that pace an 8-round run needs an estimated 2.2 h to fit and about as long
-to test, more than a 3-hour session, whose round stores do not outlive it. It was stopped after
-round 1 and is used by no claim; the grid goes on where the AVX-512 EPYC is lent
+Measured, not kept yet: on 2 cores of an AVX2-only AMD EPYC (family 23, Zen 1; float32, as `auto`
+picks there) soft_nf4-seed0 (commit 8101e7c) took 8335 s, 2.3 h, to fit its 8 rounds: rounds 0–1 at
+stop 44 (1080 and 980 s), rounds 2–7 at stop 46 (6275 s, with other work on the machine), vLLM
+generating at 13–26 tok/s; `soft` on the AVX-512 EPYC takes 186 s a round (bf16, no quantization;
+nf4 there is not measured yet). The host kept its round store between sessions, so stop 46 resumed
+it (`--ckpt_path last`); scoring its rounds on test is left to a later session on that host. It
+anchors seed 0's shipped-configuration pair (PREREGISTRATION.md, deviation of 2026-12-05), which no
+claim uses until single_round_nf4-seed0 has run on the same kind of CPU and both are exported
 (bench/results/precision_avx2.json: that CPU's own figures)."""
 
 
