@@ -45,29 +45,37 @@ def uninterrupted(reference):
     return reference("none")
 
 
+# The dangerous moments in the order a run meets them. One run is killed at each in turn, every
+# resume going on from the state the kill before it left (a resume of a resume), and then finishes:
+# 8 processes where a run killed at one moment each took 14.
 KILLS = {
-    "during round-0 generation": ("generated:0:1", 0, 6),   # 2 chunks of 3 written before the kill
-    "mid-epoch training": ("train_step:3", None, None),
-    "after the last batch of round 0 (its checkpoint passed over: round 0 retrained)": ("round_end:0", None, None),
-    "after the last batch of the last round": ("round_end:1", None, None),
-    "right after an adapter save": ("adapter_saved:0", None, None),
-    "right after the round-end checkpoint": ("round_end_saved:0", None, None),
-    "during round-1 generation": ("generated:1:0", 1, 3),
+    "during round-0 generation": "generated:0:1",   # 2 chunks of 3 written before the kill
+    "mid-epoch training": "train_step:3",
+    "after the last batch of round 0 (its checkpoint passed over: round 0 retrained)": "round_end:0",
+    "right after an adapter save": "adapter_saved:0",
+    "right after the round-end checkpoint": "round_end_saved:0",
+    "during round-1 generation": "generated:1:0",   # 1 chunk of 3 written before the kill
+    "after the last batch of the last round": "round_end:1",
 }
 
 
-@pytest.mark.parametrize("case", list(KILLS))
-def test_kill_and_resume_matches_an_uninterrupted_run(case, uninterrupted, tiny_model, tmp_path):
-    point, killed_round, done_before = KILLS[case]
+def test_killed_at_each_dangerous_moment_in_turn_the_run_resumes_to_the_uninterrupted_one(
+        uninterrupted, tiny_model, tmp_path):
     out = tmp_path / "run"
-    killed_then_resumed(point, resume_args(tiny_model, out))
+    cli_args = resume_args(tiny_model, out)
+    for n, (moment, point) in enumerate(KILLS.items()):
+        killed = run_cli(*cli_args, *(["--ckpt_path", "last"] if n else []),
+                         env_extra={"SOFT_LIGHTNING_KILL_AT": point})
+        assert killed.returncode == -signal.SIGKILL, \
+            f"the run was not killed {moment} ({point}) after {list(KILLS)[:n]}: {killed.stderr[-2000:]}"
+    run_ok(*cli_args, "--ckpt_path", "last")
     store = RoundStore(out)
     assert round_ids(out) == round_ids(uninterrupted), "every round has exactly its planned prompts"
     assert all(len(set(ids)) == 10 for ids in round_ids(out)) and store.is_generated(1)
-    if killed_round is not None:
-        manifest = store.read_manifest(killed_round)
-        assert manifest["resumed_with"] == done_before, "prompts answered before the kill were generated again"
-        assert manifest["generated_now"] == 10 - done_before
+    for r, done_before in ((0, 6), (1, 3)):
+        manifest = store.read_manifest(r)
+        assert (manifest["resumed_with"], manifest["generated_now"]) == (done_before, 10 - done_before), \
+            f"round {r}: prompts answered before the kill were generated again"
     assert store_files(out) == store_files(uninterrupted)
     # Resumed mid-epoch, the run continues with the next batch (replaying the epoch from its
     # first batch would train some pairs twice): the weights equal the uninterrupted run's.
@@ -125,30 +133,40 @@ def test_two_more_rounds_continue_a_finished_run_with_fresh_prompts(ordering, re
         assert difficulty[0][-1] <= difficulty[1][0] and difficulty[2][-1] <= difficulty[3][0]
 
 
-SIGTERMS = {"during round-1 generation": "generated:1:0", "mid-epoch training": "train_step:3",
-            # the second relevance scoring (the first is the base model's), after its 2nd batch of 3
-            "during round-0 validation scoring": "scored:relevance:1@2"}
+# Preemptions in the order a run meets them, one run stopped at each in turn (as KILLS above).
+SIGTERMS = {"mid-epoch training": "train_step:3",
+            # round 0's relevance scoring (the resumed process has the base model's on disk), after
+            # its 2nd batch of 3
+            "during round-0 validation scoring": "scored:relevance:1",
+            "during round-1 generation": "generated:1:0"}
 
 
-@pytest.mark.parametrize("case", list(SIGTERMS))
-def test_sigterm_stops_cleanly_and_the_resume_loses_and_repeats_nothing(case, uninterrupted, tiny_model, tmp_path):
+def test_sigterm_at_each_moment_in_turn_stops_cleanly_and_the_resume_loses_and_repeats_nothing(
+        uninterrupted, tiny_model, tmp_path):
     """A real SIGTERM (a preemption): the chunk in flight is kept, a checkpoint is written (the
     demo's own ModelCheckpoint saves at epoch ends only), the exit code says so, and the resumed
     run equals an uninterrupted one. Stopped in a round's zero-shot scoring, after the batch in
     hand (scoring takes minutes on a CPU), the resume redoes the round and its signals."""
     out = tmp_path / "run"
     cli_args = resume_args(tiny_model, out, "--bootstrap.score_batch_size", "2", checkpoints=None)
-    stopped = run_cli(*cli_args, env_extra={"SOFT_LIGHTNING_KILL_AT": SIGTERMS[case], "SOFT_LIGHTNING_SIGNAL": "TERM"})
-    assert stopped.returncode == 143, stopped.stderr[-3000:]
-    assert "stopped by SIGTERM" in stopped.stderr and "Traceback" not in stopped.stderr
-    assert (out / "checkpoints" / "last-preempted.ckpt").is_file()
-    if case.endswith("scoring"):
-        assert not RoundStore(out).zero_shot_path(0).is_file(), "the scoring went on after the SIGTERM"
+    preempted, base = out / "checkpoints" / "last-preempted.ckpt", RoundStore(out).zero_shot_path("base")
+    base_scored = None
+    for n, (moment, point) in enumerate(SIGTERMS.items()):
+        before = preempted.stat().st_mtime_ns if preempted.is_file() else None
+        stopped = run_cli(*cli_args, *(["--ckpt_path", "last"] if n else []),
+                          env_extra={"SOFT_LIGHTNING_KILL_AT": point, "SOFT_LIGHTNING_SIGNAL": "TERM"})
+        assert stopped.returncode == 143, f"{moment}: {stopped.stderr[-3000:]}"
+        assert "stopped by SIGTERM" in stopped.stderr and "Traceback" not in stopped.stderr, moment
+        assert preempted.is_file() and preempted.stat().st_mtime_ns != before, f"{moment}: no checkpoint written"
+        if moment.endswith("scoring"):
+            assert "round 0 zero-shot answers" in stopped.stderr and base_scored == base.stat().st_mtime_ns, \
+                "the SIGTERM should stop round 0's scoring, not the base model's"
+            assert not RoundStore(out).zero_shot_path(0).is_file(), "the scoring went on after the SIGTERM"
+        base_scored = base.stat().st_mtime_ns
     run_ok(*cli_args, "--ckpt_path", "last")
     assert round_ids(out) == round_ids(uninterrupted)
-    if case.startswith("during round-1"):
-        manifest = RoundStore(out).read_manifest(1)
-        assert (manifest["resumed_with"], manifest["generated_now"]) == (3, 7), "the chunk in flight was lost"
+    manifest = RoundStore(out).read_manifest(1)
+    assert (manifest["resumed_with"], manifest["generated_now"]) == (3, 7), "the chunk in flight was lost"
     assert_same_adapters(out, uninterrupted)
     for r in (0, 1):
         assert RoundStore(out).read_zero_shot(r)["quality"] == RoundStore(uninterrupted).read_zero_shot(r)["quality"]
