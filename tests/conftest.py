@@ -1,11 +1,12 @@
 """Fixtures: the demo model, the tiny model built from it, and finished runs shared by tests.
 
 Under pytest-xdist (`make test` runs 2 workers) each worker has its own session: the uninterrupted
-reference runs, the most expensive fixtures, are made once for all workers, in a folder they share
-and under a file lock; the rest are cheap enough to make per worker (the tiny model is seeded, so
-every worker's is the same model)."""
+reference runs and the trained run, the most expensive fixtures, are made once for all workers, in
+a folder they share and under a file lock; the rest are cheap enough to make per worker (the tiny
+model is seeded, so every worker's is the same model)."""
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,8 +45,10 @@ def tiny_model(tmp_path_factory, smollm2_dir) -> str:
 def trained_run(tiny_model, tmp_path_factory) -> Path:
     """One finished round on the tiny model, trained hard enough (lr 0.05) that its adapter
     visibly changes the model: for the commands that read a finished run."""
-    out = tmp_path_factory.mktemp("trained") / "run"
-    run_ok(*tiny_run_args(tiny_model, out, "hf", "--bootstrap.rounds", "1", "--model.learning_rate", "0.05"))
+    made = made_once(tmp_path_factory, "trained-run", lambda out: run_ok(
+        *tiny_run_args(tiny_model, out, "hf", "--bootstrap.rounds", "1", "--model.learning_rate", "0.05")))
+    out = tmp_path_factory.mktemp("trained") / "run"  # each worker's own copy: its commands write into it
+    shutil.copytree(made, out)
     return out
 
 

@@ -97,7 +97,9 @@ def test_bad_curriculum_settings_name_the_valid_choices():
 
 
 @pytest.fixture(scope="module", params=["easy_to_hard", pytest.param("hard_to_easy", marks=pytest.mark.slow)])
-def ordered_run(request, tiny_model, tmp_path_factory):
+def ordered_run(request, tiny_model, tmp_path_factory, reference):
+    if request.param == "easy_to_hard":  # the session's uninterrupted run with both orderings, made once
+        return request.param, reference("both")
     out = tmp_path_factory.mktemp(f"order-{request.param}")
     result = run_cli(*tiny_run_args(
         tiny_model, out, "hf",
