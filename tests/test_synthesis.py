@@ -8,7 +8,7 @@ import pytest
 
 from soft_lightning.rounds.store import RoundStore
 from soft_lightning.rounds.synthesis import PromptSynthesis, SeedTask, clean_prompts, grams, load_seed_tasks, similarity
-from tests.helpers.cli import ROOT, run_cli, run_ok, tiny_run_args
+from tests.helpers.cli import ROOT, run_cli, tiny_run_args
 
 SEEDS = [SeedTask("s1", "Write a four-line poem about waiting for a bus in the rain.", "writing"),
          SeedTask("s2", "How often should I water a cactus kept indoors?", "home and garden")]
@@ -61,17 +61,22 @@ def test_bundled_seed_tasks_cover_many_topics():
 @pytest.mark.slow
 def test_a_synthesis_run_grows_the_pool_and_a_resume_answers_the_same_prompts(smollm2_dir, tmp_path):
     """The demo model writes 4 of each round's 8 prompts; killed right after round 1's prompts
-    are planned, the resumed run answers exactly those."""
+    are planned, the resumed run answers exactly those. (One epoch a round, and the resume killed
+    at round 1's first training step: what follows is tested elsewhere.)"""
     out = tmp_path / "run"
     args = tiny_run_args(smollm2_dir, out, "vllm", "--data.prompts_per_round", "8", "--data.batch_size", "4",
                          "--bootstrap.prompt_synthesis.per_round", "4", "--bootstrap.prompt_synthesis.topics", "4",
                          "--bootstrap.sampling.max_new_tokens", "24", "--model.lora_r", "8",
+                         "--bootstrap.epochs_per_round", "1",
                          "--bootstrap.icl.examples", "1")  # (shorter prompts: the synthesis is tested)
     killed = run_cli(*args, env_extra={"SOFT_LIGHTNING_KILL_AT": "synthesized:1"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     store = RoundStore(out)
     before = store.read_plan()
-    run_ok(*args, "--ckpt_path", "last")
+    first_step_of_round_1 = store.read_manifest(0)["training"]["optimizer_steps"] + 1
+    resumed = run_cli(*args, "--ckpt_path", "last",
+                      env_extra={"SOFT_LIGHTNING_KILL_AT": f"train_step:{first_step_of_round_1}"})
+    assert resumed.returncode == -signal.SIGKILL, resumed.stderr[-3000:]
     plan = store.read_plan()
     assert plan.rounds == before.rounds and plan.synthesis["topics"] == before.synthesis["topics"], \
         "the resume synthesized round 1 again"
