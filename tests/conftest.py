@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from tests.helpers.cli import ORDERINGS, resume_args, run_ok, tiny_run_args
+from tests.helpers.cli import ORDERINGS, resume_args, run_ok, trained_run_args
 from tests.helpers.tiny_model import build_tiny_llama
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -44,11 +44,15 @@ def tiny_model(tmp_path_factory, smollm2_dir) -> str:
 @pytest.fixture(scope="session")
 def trained_run(tiny_model, tmp_path_factory) -> Path:
     """One finished round on the tiny model, trained hard enough (lr 0.05) that its adapter
-    visibly changes the model: for the commands that read a finished run."""
-    made = made_once(tmp_path_factory, "trained-run", lambda out: run_ok(
-        *tiny_run_args(tiny_model, out, "hf", "--bootstrap.rounds", "1", "--model.learning_rate", "0.05")))
+    visibly changes the model: for the commands that read a finished run. What the run printed
+    to stderr is beside it, in `cli.stderr`."""
+    def make(out: Path) -> None:
+        out.with_name("trained-run.stderr").write_text(run_ok(*trained_run_args(tiny_model, out)).stderr)
+
+    made = made_once(tmp_path_factory, "trained-run", make)
     out = tmp_path_factory.mktemp("trained") / "run"  # each worker's own copy: its commands write into it
     shutil.copytree(made, out)
+    shutil.copy(made.with_name("trained-run.stderr"), out.with_name("cli.stderr"))
     return out
 
 

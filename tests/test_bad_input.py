@@ -3,12 +3,13 @@ and leaves no round directory behind."""
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
 from soft_lightning.cli import main
-from tests.helpers.cli import run_cli, tiny_run_args
+from tests.helpers.cli import run_cli, tiny_run_args, trained_run_args
 
 
 def write_jsonl(path: Path, rows) -> Path:
@@ -154,29 +155,26 @@ def test_unknown_config_key_is_refused(capsys, tiny_model, tmp_path):
 
 
 @pytest.mark.slow
-def test_out_dir_of_another_run_is_refused_unless_resumed(tmp_path, tiny_model, capsys):
+def test_out_dir_of_another_run_is_refused_unless_resumed(tmp_path, tiny_model, trained_run, capsys):
     out = tmp_path / "out"
-    first = run_cli(*tiny_run_args(tiny_model, out, "hf", "--bootstrap.rounds", "1"))
-    assert first.returncode == 0, first.stderr[-2000:]
+    shutil.copytree(trained_run, out)  # the session's finished run, and what it printed
     # A run reads clean: before its first own line only Lightning's device lines and the seed line.
-    before = first.stderr.split("[soft]", 1)[0].splitlines()
+    before = (trained_run.parent / "cli.stderr").read_text().split("[soft]", 1)[0].splitlines()
     noise = [line for line in before if line.strip() and not re.match(r"(\[rank: \d+\] )?Seed set to \d+$|"
                                                                       r"(GPU|TPU|HPU) available: ", line)]
     assert not noise, noise
-    message = fails(capsys, tiny_run_args(tiny_model, out, "hf", "--bootstrap.rounds", "1"))
+    message = fails(capsys, trained_run_args(tiny_model, out))
     assert f"bootstrap.out_dir: {out} already holds a run; resume it with --ckpt_path last" in message
-    other = fails(capsys, tiny_run_args(tiny_model, out, "hf", "--bootstrap.rounds", "1", "--bootstrap.seed", "7",
-                                        "--ckpt_path", "last"))
+    other = fails(capsys, trained_run_args(tiny_model, out, "--bootstrap.seed", "7", "--ckpt_path", "last"))
     assert "holds a different run (bootstrap.seed changed since it started)" in other
     # `make demo` again: the same settings with --ckpt_path last show the finished run and exit 0.
-    again = run_cli(*tiny_run_args(tiny_model, out, "hf", "--bootstrap.rounds", "1", "--ckpt_path", "last"))
+    again = run_cli(*trained_run_args(tiny_model, out, "--ckpt_path", "last"))
     assert again.returncode == 0, again.stderr[-2000:]
     shown = again.stdout + again.stderr
     assert "per-round summary" in shown and f"report {out}` writes {out}/report.html" in shown
     # Each rank's share samples with a seed of its own: another number of ranks makes other data.
-    ranks = run_cli(*tiny_run_args(tiny_model, out, "hf", "--bootstrap.rounds", "1", "--ckpt_path", "last",
-                                   "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator",
-                                   "cpu"), timeout=300)
+    ranks = run_cli(*trained_run_args(tiny_model, out, "--ckpt_path", "last", "--trainer.devices", "2",
+                                      "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"), timeout=300)
     assert ranks.returncode == 2 and "holds a different run (trainer.world_size changed since it started)" in \
         ranks.stderr, ranks.stderr[-2000:]
 
