@@ -2,8 +2,8 @@
 
 Under pytest-xdist (`make test` runs 2 workers) each worker has its own session: the uninterrupted
 reference runs and the trained run, the most expensive fixtures, are made once for all workers, in
-a folder they share and under a file lock; the rest are cheap enough to make per worker (the tiny
-model is seeded, so every worker's is the same model)."""
+a folder they share and under a file lock, and so is the tiny model whose path they record; the
+rest are cheap enough to make per worker."""
 
 import os
 import shutil
@@ -38,7 +38,9 @@ def smollm2_dir() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, smollm2_dir) -> str:
-    return str(build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama", smollm2_dir))
+    # One folder for all workers: the runs made once record the model's path, and a run resumed
+    # or continued by the other worker must name the same one.
+    return str(made_once(tmp_path_factory, "tiny-llama", lambda folder: build_tiny_llama(folder, smollm2_dir)))
 
 
 @pytest.fixture(scope="session")
