@@ -40,6 +40,14 @@ def killed_then_resumed(point, cli_args):
     return run_ok(*cli_args, "--ckpt_path", "last")
 
 
+def stopped_in_turn(cli_args, points: dict[str, str], **env):
+    """The run stopped at each of `points` in turn ({moment: kill point}; the first run fresh, the
+    others resumed with `--ckpt_path last`): yields each moment and its stopped process."""
+    for n, (moment, point) in enumerate(points.items()):
+        yield moment, run_cli(*cli_args, *(["--ckpt_path", "last"] if n else []),
+                              env_extra={"SOFT_LIGHTNING_KILL_AT": point, **env})
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(reference):
     return reference("none")
@@ -63,11 +71,8 @@ def test_killed_at_each_dangerous_moment_in_turn_the_run_resumes_to_the_uninterr
         uninterrupted, tiny_model, tmp_path):
     out = tmp_path / "run"
     cli_args = resume_args(tiny_model, out)
-    for n, (moment, point) in enumerate(KILLS.items()):
-        killed = run_cli(*cli_args, *(["--ckpt_path", "last"] if n else []),
-                         env_extra={"SOFT_LIGHTNING_KILL_AT": point})
-        assert killed.returncode == -signal.SIGKILL, \
-            f"the run was not killed {moment} ({point}) after {list(KILLS)[:n]}: {killed.stderr[-2000:]}"
+    for moment, killed in stopped_in_turn(cli_args, KILLS):
+        assert killed.returncode == -signal.SIGKILL, f"the run was not killed {moment}: {killed.stderr[-2000:]}"
     run_ok(*cli_args, "--ckpt_path", "last")
     store = RoundStore(out)
     assert round_ids(out) == round_ids(uninterrupted), "every round has exactly its planned prompts"
@@ -150,14 +155,12 @@ def test_sigterm_at_each_moment_in_turn_stops_cleanly_and_the_resume_loses_and_r
     out = tmp_path / "run"
     cli_args = resume_args(tiny_model, out, "--bootstrap.score_batch_size", "2", checkpoints=None)
     preempted, base = out / "checkpoints" / "last-preempted.ckpt", RoundStore(out).zero_shot_path("base")
-    base_scored = None
-    for n, (moment, point) in enumerate(SIGTERMS.items()):
-        before = preempted.stat().st_mtime_ns if preempted.is_file() else None
-        stopped = run_cli(*cli_args, *(["--ckpt_path", "last"] if n else []),
-                          env_extra={"SOFT_LIGHTNING_KILL_AT": point, "SOFT_LIGHTNING_SIGNAL": "TERM"})
+    written = base_scored = None
+    for moment, stopped in stopped_in_turn(cli_args, SIGTERMS, SOFT_LIGHTNING_SIGNAL="TERM"):
         assert stopped.returncode == 143, f"{moment}: {stopped.stderr[-3000:]}"
         assert "stopped by SIGTERM" in stopped.stderr and "Traceback" not in stopped.stderr, moment
-        assert preempted.is_file() and preempted.stat().st_mtime_ns != before, f"{moment}: no checkpoint written"
+        assert preempted.is_file() and preempted.stat().st_mtime_ns != written, f"{moment}: no checkpoint written"
+        written = preempted.stat().st_mtime_ns
         if moment.endswith("scoring"):
             assert "round 0 zero-shot answers" in stopped.stderr and base_scored == base.stat().st_mtime_ns, \
                 "the SIGTERM should stop round 0's scoring, not the base model's"
