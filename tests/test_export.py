@@ -81,13 +81,13 @@ def test_export_loads_in_vllm_and_generates_what_transformers_generates(exported
 def test_evaluate_principles_on_a_run_and_on_its_export(exported):
     """`evaluate --tasks principles` answers held-out prompts zero-shot for a run's rounds (into
     the store and its round table) and for an exported folder (into the folder), with every
-    quality signal, and prints the template control's row."""
+    quality signal (the base model as judge on the run), and prints the template control's row."""
     import csv
     import io
 
     out, folder, _ = exported
     result = ok_here("evaluate", str(out), "--tasks", "principles", "--rounds", "base,0", "--limit", "3",
-                     "--safety", "null", "--dtype", "float32")
+                     "--safety", "null", "--dtype", "float32", "--judge.model", "base")
     assert "round 0 on rules-test: aligned" in result.stdout
     assert "template control on rules-test: aligned" in result.stdout
     evaluated = json.loads((out / "round_0" / "principles_eval.json").read_text())
@@ -100,9 +100,12 @@ def test_evaluate_principles_on_a_run_and_on_its_export(exported):
     table = list(csv.DictReader(io.StringIO((out / "rounds.csv").read_text())))
     assert float(table[0]["eval/adherence"]) == evaluated["adherence"]["all"]["rate"]
     assert float(table[0]["eval/aligned"]) == evaluated["quality"]["aligned"]["rate"]
+    assert all(isinstance(rec["judge"], float) for rec in evaluated["records"] + template)
+    assert float(table[0]["eval/judged"]) == evaluated["quality"]["judged"]["rate"]
 
     ok_here("evaluate", str(folder), "--tasks", "principles", "--prompts", "rules", "--limit", "2", "--safety", "null")
-    assert json.loads((folder / "principles_eval.json").read_text())["adherence"]["all"]["n"] == 2
+    unjudged = json.loads((folder / "principles_eval.json").read_text())
+    assert unjudged["adherence"]["all"]["n"] == 2 and unjudged["quality"]["judged"]["n"] == 0
     # Principles without rule checks: every other signal, no rules.
     plain = ok_here("evaluate", str(folder), "--tasks", "principles", "--principles", "default", "--limit", "2",
                     "--safety", "null")

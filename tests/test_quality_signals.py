@@ -113,10 +113,12 @@ def test_score_checks_the_mark_against_hand_labels_and_refuses_a_label_that_is_n
             {"prompt": "Name a fruit.", "response": "Apple."}]
     answers = tmp_path / "answers.jsonl"
     answers.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    result = ok_here("score", str(answers), "--model", tiny_model, "--dtype", "float32", "--device", "cpu")
+    result = ok_here("score", str(answers), "--model", tiny_model, "--dtype", "float32", "--device", "cpu",
+                     "--judge.model", "base")
     scored = [json.loads(line) for line in (tmp_path / "answers.scored.jsonl").read_text().splitlines()]
     assert [r["signals"]["aligned"] for r in scored[:2]] == [False, True], "a wrong value never, a refusal always"
-    assert against_labels(scored) in result.stdout and "against your 3 labels" in result.stdout
+    assert against_labels(scored) in result.stdout and "aligned against your 3 labels" in result.stdout
+    assert all(isinstance(r["judge"], float) for r in scored) and "judged against your 3 labels" in result.stdout
     assert against_labels([{"good": g, "signals": {"aligned": a}} for g, a in
                            ((True, True), (False, True), (False, False), (True, False))]) == (
         "aligned against your 4 labels: good among the credited 1/2 [0.09-0.91], credited among the good "

@@ -23,6 +23,7 @@ from soft_lightning.models.precision import ComputeDtype, command_numerics
 from soft_lightning.models.source import resolve_model
 from soft_lightning.rounds import table
 from soft_lightning.rounds.store import RoundStore
+from soft_lightning.signals.judge import Judge
 from soft_lightning.signals.multiple_choice import read_mc
 from soft_lightning.signals.stats import wilson_interval
 from soft_lightning.utils.assets import bundled
@@ -86,7 +87,8 @@ def evaluate(out_dir: str, rounds: str = "all", data: str = "demo", limit: int |
              tasks: Literal["both", "mc1", "mc2", "principles"] = "both",
              dtype: ComputeDtype = "auto", device: str = "auto",
              batch_size: int = 8, model: str | None = None, prompts: str = "rules-test",
-             safety: str | None = "rules-safety-test", principles: str | None = "rules") -> None:
+             safety: str | None = "rules-safety-test", principles: str | None = "rules",
+             judge: Judge = Judge()) -> None:
     """Score a run's rounds with lm-evaluation-harness (or their zero-shot principle adherence)
     and add the results to its round table.
 
@@ -112,10 +114,12 @@ def evaluate(out_dir: str, rounds: str = "all", data: str = "demo", limit: int |
         safety: for `--tasks principles`, the safety prompts answered too (`rules-safety-test`,
             the bundled test half; null: none).
         principles: the principle set whose rule checks count (`rules` is bundled; null: none).
+        judge: for `--tasks principles`, a language model's verdict on every answer
+            (signals/judge.py; `base`: the run's base model).
     """
     if tasks == "principles":
         return evaluate_principles(out_dir, rounds, prompts, safety, principles, limit, dtype, device, model,
-                                   batch_size)
+                                   batch_size, judge)
     try:
         import lm_eval  # noqa: F401
     except ImportError:
@@ -158,7 +162,8 @@ def _chosen_rounds(rounds: str, store: RoundStore) -> list[int | str]:
 
 
 def evaluate_principles(out_dir: str, rounds: str, prompts: str, safety: str | None, principles: str | None,
-                        limit: int | None, dtype: str, device: str, model: str | None, batch_size: int) -> None:
+                        limit: int | None, dtype: str, device: str, model: str | None, batch_size: int,
+                        judge: Judge) -> None:
     """`evaluate --tasks principles`: each chosen round's (or an export's) zero-shot answers on
     `prompts` (and `safety`), with every quality signal and the rules per rule, 95% intervals,
     into `principles_eval.json` and the round table; then the template control on the same prompts."""
@@ -167,8 +172,8 @@ def evaluate_principles(out_dir: str, rounds: str, prompts: str, safety: str | N
     from soft_lightning.signals import zero_shot
 
     checks = Principles.load(principles, key="evaluate --principles").checks if principles else None
-    settings = zero_shot.ZeroShot(prompts=prompts, limit=limit, safety=safety)
-    held_out = settings.load_prompts(key="evaluate --prompts")  # checked before any model loads
+    settings = zero_shot.ZeroShot(prompts=prompts, limit=limit, safety=safety, judge=judge)
+    held_out = settings.load_prompts(key="evaluate --prompts")  # checked before any model loads (the judge too)
     dtype, device = command_numerics(dtype, device)
     folder, store = Path(out_dir), RoundStore(out_dir)
     plan = store.read_plan()
@@ -182,14 +187,16 @@ def evaluate_principles(out_dir: str, rounds: str, prompts: str, safety: str | N
         targets = [(r, store.principles_eval_path(r), None if r == "base" else store.adapter_dir(r))
                    for r in _chosen_rounds(rounds, store)]
     base = zero_shot.scoring_forward(source, dtype, device, batch_size)
+    judged_by = zero_shot.judge_forward(judge, base, dtype, device)
     results = zero_shot.evaluate_models(source, [adapter for *_, adapter in targets], held_out, settings, checks,
-                                        base, dtype=dtype, device=device)
+                                        base, judged_by, dtype=dtype, device=device)
     for (name, path, _), result in zip(targets, results):
         write_json_atomic(path, result)
         label = {"base": "base model", "export": f"export {out_dir}"}.get(name, f"round {name}")
         print(f"[soft] {label} on {prompts}: {zero_shot.summary(result)} -> {path}")
     answers = control_answers("template", held_out)
-    template = {**score_records(answers, checks=checks, relevance=settings.relevance, base=base), "records": answers}
+    template = {**score_records(answers, checks=checks, relevance=settings.relevance, base=base, judge=judge,
+                                judge_forward=judged_by), "records": answers}
     print(f"[soft] template control on {prompts}: {zero_shot.summary(template)}")
     if plan is not None:
         write_json_atomic(store.root / "template_principles_eval.json", template)

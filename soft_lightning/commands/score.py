@@ -4,9 +4,10 @@ the `aligned` mark (signals/quality.py). The controls a claim must beat are scor
 `--control template` (one constant answer that keeps every rule), `--control echo` (the prompt,
 formatted as an answer) and `--moved true` (each answer moved to another prompt).
 
-Rows with your own hand label `good` (true/false) are also checked against the mark: how many of
-the answers it credits are good, and how many good ones it credits. The mark can credit fluent
-nonsense on open prompts (docs/collapse-guard.md); a few dozen labels say how far it holds on your task.
+Rows with your own hand label `good` (true/false) are also checked against the mark, and against
+the judge's verdict where `--judge.model` names one (signals/judge.py): how many of the answers it
+credits are good, and how many good ones it credits. The mark can credit fluent nonsense on open
+prompts (docs/collapse-guard.md); a few dozen labels say how far it, or a judge, holds on your task.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from soft_lightning.models.precision import ComputeDtype, command_numerics
 from soft_lightning.models.source import resolve_model
 from soft_lightning.rounds.icl import Principles
 from soft_lightning.signals import zero_shot
+from soft_lightning.signals.judge import Judge
 from soft_lightning.signals.relevance import Relevance
 from soft_lightning.signals.stats import wilson_interval
 from soft_lightning.utils.errors import ConfigError
@@ -57,18 +59,21 @@ def read_answers(path: str) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "_line"} for row in rows]
 
 
-def score_records(records: list[dict], *, checks, relevance: Relevance, base: Forward) -> dict:
-    """Every signal of `records` (marked in place), scored with `base` (the base model)."""
-    result = zero_shot.score(records, zero_shot.ZeroShot(relevance=relevance), checks, base)
+def score_records(records: list[dict], *, checks, relevance: Relevance, base: Forward, judge: Judge | None = None,
+                  judge_forward: Forward | None = None) -> dict:
+    """Every signal of `records` (marked in place), scored with `base` (the base model) and, where
+    `judge` names one, judged (by `judge_forward`, default `base`)."""
+    settings = zero_shot.ZeroShot(relevance=relevance, judge=judge or Judge())
+    result = zero_shot.score(records, settings, checks, base, judge_forward)
     result.pop("capability", None)  # (a property of a trained policy against its base: none here)
     return result
 
 
-def against_labels(records: list[dict]) -> str | None:
-    """The aligned mark against the records' hand labels (`good`), where any have one: precision
-    (good among the credited), recall (credited among the good) and good among the rest, each
-    k/n with its Wilson interval; None without labels."""
-    labelled = [r for r in records if "good" in r]
+def against_labels(records: list[dict], signal: str = "aligned") -> str | None:
+    """A signal (the aligned mark, or `judged`) against the records' hand labels (`good`), where
+    any have one: precision (good among the credited), recall (credited among the good) and good
+    among the rest, each k/n with its Wilson interval; None without labels."""
+    labelled = [r for r in records if "good" in r and r["signals"].get(signal) is not None]
     if not labelled:
         return None
 
@@ -78,17 +83,18 @@ def against_labels(records: list[dict]) -> str | None:
         low, high = wilson_interval(sum(hits), len(hits))
         return f"{sum(hits)}/{len(hits)} [{low:.2f}-{high:.2f}]"
 
-    credited = [r["good"] for r in labelled if r["signals"]["aligned"]]
-    rest = [r["good"] for r in labelled if not r["signals"]["aligned"]]
-    good = [r["signals"]["aligned"] for r in labelled if r["good"]]
-    return (f"aligned against your {len(labelled)} labels: good among the credited {share(credited)}, "
+    credited = [r["good"] for r in labelled if r["signals"][signal]]
+    rest = [r["good"] for r in labelled if not r["signals"][signal]]
+    good = [r["signals"][signal] for r in labelled if r["good"]]
+    return (f"{signal} against your {len(labelled)} labels: good among the credited {share(credited)}, "
             f"credited among the good {share(good)}, good among the rest {share(rest)}")
 
 
 def score(answers: str | None = None, control: Literal["template", "echo"] | None = None,
           prompts: str = "rules-test", safety: str | None = "rules-safety-test", moved_answers: bool = False,
           model: str = "smollm2-135m-instruct", principles: str | None = "rules", relevance: Relevance = Relevance(),
-          dtype: ComputeDtype = "auto", device: str = "auto", batch_size: int = 8, out: str | None = None) -> None:
+          judge: Judge = Judge(), dtype: ComputeDtype = "auto", device: str = "auto", batch_size: int = 8,
+          out: str | None = None) -> None:
     """Score answers with every signal and print one row (the rates, with intervals).
 
     Args:
@@ -103,6 +109,7 @@ def score(answers: str | None = None, control: Literal["template", "echo"] | Non
         model: the base model relevance is scored with (its calibration is the threshold's).
         principles: the principle set whose rule checks count (null: none).
         relevance: how relevance is scored (signals/relevance.py).
+        judge: a language model's verdict on every answer (signals/judge.py; `base`: `model`).
         dtype: the scoring model's dtype; `auto` as a run on `device` picks it.
         device: `auto` (the GPU where there is one), `cpu`, `cuda`, ...
         batch_size: sequences per forward pass.
@@ -118,11 +125,15 @@ def score(answers: str | None = None, control: Literal["template", "echo"] | Non
     if moved_answers:
         records, name = moved(records), f"{name}, moved to other prompts"
     checks = Principles.load(principles, key="score --principles").checks if principles else None
-    base = zero_shot.scoring_forward(resolve_model(model), *command_numerics(dtype, device), batch_size)
-    result = score_records(records, checks=checks, relevance=relevance, base=base)
+    judge.check()
+    numerics = command_numerics(dtype, device)
+    base = zero_shot.scoring_forward(resolve_model(model), *numerics, batch_size)
+    result = score_records(records, checks=checks, relevance=relevance, base=base, judge=judge,
+                           judge_forward=zero_shot.judge_forward(judge, base, *numerics))
     target = Path(out) if out else (Path(answers).with_suffix(".scored.jsonl") if answers else None)
     if target is not None:
         write_bytes_atomic(target, "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records).encode())
     print(f"[soft] score {name}: {zero_shot.summary(result)}" + (f" -> {target}" if target else ""))
-    if (labels := against_labels(records)) is not None:
-        print(f"[soft] score {name}: {labels}")
+    for signal in ("aligned", "judged"):
+        if (labels := against_labels(records, signal)) is not None:
+            print(f"[soft] score {name}: {labels}")

@@ -46,8 +46,8 @@ def _packaged_file(package: str, filename: str) -> Path:
     return path
 
 
-def check_model_source(name_or_path: str) -> None:
-    """Fail fast (no loading) on a source that cannot be a model."""
+def check_model_source(name_or_path: str, key: str = "model.model_name_or_path") -> None:
+    """Fail fast (no loading) on a source that cannot be a model (`key`: the setting that names it)."""
     if name_or_path.lower() in SHORT_NAMES:
         _packaged_file(*SHORT_NAMES[name_or_path.lower()])
         return
@@ -55,32 +55,32 @@ def check_model_source(name_or_path: str) -> None:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ConfigError(
-                f"model.model_name_or_path: folder {path} has no config.json; point it at a "
+                f"{key}: folder {path} has no config.json; point it at a "
                 "Hugging Face model folder or a .gguf file."
             )
         if config_model_type(str(path)) is None:
             raise ConfigError(
-                f"model.model_name_or_path: {path / 'config.json'} is not valid JSON with a 'model_type'; "
+                f"{key}: {path / 'config.json'} is not valid JSON with a 'model_type'; "
                 "a Hugging Face model folder's config.json names its architecture."
             )
         tokenizer_files = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
         if not any((path / name).is_file() for name in tokenizer_files):
             raise ConfigError(
-                f"model.model_name_or_path: folder {path} has no tokenizer ({', '.join(tokenizer_files)}); "
+                f"{key}: folder {path} has no tokenizer ({', '.join(tokenizer_files)}); "
                 "save the tokenizer next to the weights (tokenizer.save_pretrained)."
             )
         return
     if path.is_file():
         if path.suffix != ".gguf":
             raise ConfigError(
-                f"model.model_name_or_path: {path} is a file but not a .gguf; point it at a "
+                f"{key}: {path} is a file but not a .gguf; point it at a "
                 "Hugging Face model folder or a .gguf file."
             )
         return
     if _HUB_ID.match(name_or_path) and not name_or_path.endswith(".gguf"):
         return  # a hub id: transformers reports a missing or unreachable one itself
     raise ConfigError(
-        f"model.model_name_or_path: '{name_or_path}' is not an existing folder or .gguf file, "
+        f"{key}: '{name_or_path}' is not an existing folder or .gguf file, "
         f"a short name ({', '.join(SHORT_NAMES)}) or a hub id like 'org/name'."
     )
 

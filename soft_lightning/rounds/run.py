@@ -64,6 +64,7 @@ class SoftRun:
     sampler: Sampler | None = None
     plan: RunPlan | None = None
     train_started: float | None = field(default=None, repr=False)
+    judge: Forward | None = field(default=None, repr=False)
     preemption: Preemption = field(default_factory=Preemption, repr=False)
     phase: tuple[str, str] = ("starting up (loading the model, its adapter and the data)",
                               "model.model_name_or_path, model.adapter, model.quantization or model.compute_dtype")
@@ -102,6 +103,15 @@ class SoftRun:
 
         return Forward(trainer.datamodule.encoder, trainer.lightning_module.model, self.score_batch_size,
                        trainer.strategy, stop)
+
+    def judge_forward(self, trainer) -> Forward | None:
+        """A separate judge model's forward passes (signals/judge.py), loaded on the first
+        zero-shot round and kept for the run; None: no judge, or the base model judges."""
+        if self.judge is None:
+            module = trainer.lightning_module
+            self.judge = zero_shot.judge_forward(self.zero_shot.judge, self.forward(trainer), module.numerics.dtype,
+                                                 str(module.device))
+        return self.judge
 
     def read_plan(self, trainer) -> None:
         """The plan on disk (a fresh run writes it, a resume with more rounds extends it). Every rank
@@ -255,7 +265,8 @@ class SoftRun:
 
         engine_start = self.sampler.start()  # the run's first generation: started and warmed outside the timing
         result = zero_shot.measure(generate, self.zero_shot_prompts, trainer.datamodule.encoder.format,
-                                   self.principles.checks, self.zero_shot, self.forward(trainer))
+                                   self.principles.checks, self.zero_shot, self.forward(trainer),
+                                   self.judge_forward(trainer))
         result["engine_start_seconds"] = round(engine_start, 3)
         # Not paused: the next round generates with these weights, before any training (which
         # pauses it, BootstrapCallback.on_train_epoch_start), so a spawned child or woken engine

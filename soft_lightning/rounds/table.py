@@ -18,15 +18,16 @@ from soft_lightning.utils.files import write_bytes_atomic
 
 TABLE_COLUMNS = ["round", "prompts_written", "pool_size", "kept", "tokens_generated", "generation_s", "train_s",
                  "train/loss", "val/loss", "val/aligned", "aligned 95% CI", "vs best", "val/relevance", "val/correct",
-                 "val/correct_and_rules", "val/refusal_recall", "val/false_refusal", "val/capability",
-                 "fewshot/adherence", "val/adherence", "eval/aligned", "eval/adherence", "val/mc_acc", "mc_acc 95% CI",
-                 "val/mc_margin", "lm_eval/mc1/acc", "lm_eval/mc2/mc2", "gen/entropy", "gen/distinct2"]
+                 "val/correct_and_rules", "val/refusal_recall", "val/false_refusal", "val/judged", "val/capability",
+                 "fewshot/adherence", "val/adherence", "eval/aligned", "eval/judged", "eval/adherence", "val/mc_acc",
+                 "mc_acc 95% CI", "val/mc_margin", "lm_eval/mc1/acc", "lm_eval/mc2/mc2", "gen/entropy", "gen/distinct2"]
 # The zero-shot signals a paired comparison can take per answer: metric -> the answers it covers
 # and what each contributes.
 PER_ANSWER = {
     "val/aligned": (lambda rec: True, lambda rec: rec["signals"]["aligned"]),
     "val/relevance": (lambda rec: not rec.get("harmful"), lambda rec: bool(rec["signals"]["relevant"])),
     "val/adherence": (lambda rec: rec.get("set") != "safety" and "checks" in rec, lambda rec: rec["checks"]["all"]),
+    "val/judged": (lambda rec: rec["signals"].get("judged") is not None, lambda rec: rec["signals"]["judged"]),
 }
 
 

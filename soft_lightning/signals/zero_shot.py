@@ -6,9 +6,10 @@ it made the model do on its own.
 
 Each answer is checked against the principles' rules (S(r), `val/adherence`, where the principle
 set has checks) and marked by every quality signal (signals/quality.py: relevance, correctness,
-refusals, one `aligned` mark); the reference answers' likelihood gives capability kept. The
-collapse guard monitors `val/aligned`, so early stopping and `best/` act on helpful, correct and
-harmless answers, not on their format alone.
+refusals, one `aligned` mark, and a language-model judge's verdict where one is set:
+signals/judge.py); the reference answers' likelihood gives capability kept. The collapse guard
+monitors `val/aligned` (or `val/judged`), so early stopping and `best/` act on relevant, correct
+and harmless answers, not on their format alone.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from soft_lightning.models.likelihood import Forward
 from soft_lightning.sampler import ZERO_SHOT, GenerationRequest, Policy, SamplerSettings, SamplingSettings, make_sampler
 from soft_lightning.signals import quality
 from soft_lightning.signals.adherence import Adherence, RuleChecks
+from soft_lightning.signals.judge import BASE, Judge, verdicts
 from soft_lightning.signals.relevance import Relevance, pmi_scores, reference_loglik
 from soft_lightning.utils.assets import bundled
 from soft_lightning.utils.errors import ConfigError
@@ -53,6 +55,7 @@ class ZeroShot:
             harmful and harmless).
         max_new_tokens: the answers' length cap; an answer cut off there fails the `length` rule.
         relevance: how relevance is scored (see signals/relevance.py).
+        judge: a language model's verdict on every answer (see signals/judge.py); off by default.
     """
 
     prompts: str | None = None
@@ -61,6 +64,7 @@ class ZeroShot:
     safety_limit: PositiveInt | None = None
     max_new_tokens: PositiveInt = ZERO_SHOT.max_new_tokens
     relevance: Relevance = field(default_factory=Relevance)
+    judge: Judge = field(default_factory=Judge)
 
     def path(self) -> str | None:
         return bundled(KEY, self.prompts)
@@ -71,7 +75,8 @@ class ZeroShot:
 
     def load_prompts(self, key: str = KEY) -> list[dict]:
         """The held-out prompts, then the safety prompts ({id, prompt, harmful, set, reference?,
-        reference_answer?}), checked before any model loads."""
+        reference_answer?}), checked before any model loads (the judge too)."""
+        self.judge.check()
         rows = balanced(read_prompts(self.path(), key), self.limit)
         if self.safety:
             rows += [{**row, "set": "safety"} for row in
@@ -112,10 +117,12 @@ def plain_requests(prompts: list[dict], fmt: PromptFormat) -> list[GenerationReq
             for p in prompts]
 
 
-def score(records: list[dict], settings: ZeroShot, checks: RuleChecks | None, forward: Forward | None) -> dict:
+def score(records: list[dict], settings: ZeroShot, checks: RuleChecks | None, forward: Forward | None,
+          judge: Forward | None = None) -> dict:
     """Mark every record ({prompt, response, harmful, reference?, set?, ...}) with every signal:
     its rule checks (where the principles have checks), PMI and capability (they need `forward`:
-    the policy, whose adapter is switched off for the base model's scores), the `aligned` mark.
+    the policy, whose adapter is switched off for the base model's scores), the judge's verdict
+    (where `settings.judge` names one: `judge` is its model, default `forward`'s), the `aligned` mark.
     Returns the rates: quality, adherence over the held-out (not safety) records, and capability
     where records carry reference answers."""
     for rec in records:
@@ -127,8 +134,12 @@ def score(records: list[dict], settings: ZeroShot, checks: RuleChecks | None, fo
         pool = [rec["prompt"] for rec in records]
         for rec, pmi in zip(harmless, pmi_scores(harmless, pool, settings.relevance, forward)):
             rec["pmi"] = round(pmi, 4)
+    judge = judge or forward
+    if settings.judge.model is not None and judge is not None and records:
+        for rec, verdict in zip(records, verdicts(records, settings.judge, judge)):
+            rec["judge"] = round(verdict, 4)
     for rec in records:
-        rec["signals"] = quality.mark(rec, settings.relevance)
+        rec["signals"] = quality.mark(rec, settings.relevance, settings.judge)
     result = {"quality": quality.rates(records)}
     if checks is not None:
         result["adherence"] = Adherence.of(checks, [rec for rec in records if rec.get("set") != "safety"]).rates()
@@ -142,7 +153,7 @@ def score(records: list[dict], settings: ZeroShot, checks: RuleChecks | None, fo
 
 
 def measure(generate, prompts: list[dict], fmt: PromptFormat, checks: RuleChecks | None, settings: ZeroShot,
-            forward: Forward | None = None) -> dict:
+            forward: Forward | None = None, judge: Forward | None = None) -> dict:
     """Greedy zero-shot answers from `generate(requests, sampling)`, each marked by every signal
     (`score`), and the rates with 95% intervals: what `zero_shot.json` holds."""
     t0 = time.perf_counter()
@@ -151,7 +162,7 @@ def measure(generate, prompts: list[dict], fmt: PromptFormat, checks: RuleChecks
     for rec, prompt in zip(records, prompts):
         rec.update({k: prompt[k] for k in ("harmful", "set", "reference", "reference_answer") if k in prompt})
     t1 = time.perf_counter()
-    scored = score(records, settings, checks, forward)
+    scored = score(records, settings, checks, forward, judge)
     return {"prompts": settings.path(), "prompts_sha256": sha256_file(settings.path()),
             "checks": checks.describe() if checks else None, **scored,
             "seconds": round(seconds, 3), "scoring_seconds": round(time.perf_counter() - t1, 3),
@@ -200,12 +211,26 @@ def scoring_forward(source: str, dtype: str, device: str, batch_size: int = 8) -
     return Forward(Encoder.load(source), model, batch_size)
 
 
+def judge_forward(settings: Judge, base: Forward, dtype: str, device: str) -> Forward | None:
+    """The judge's forward passes: None where there is no judge or it is `base` (scoring uses the
+    base model's), else the judge model loaded once, frozen, in `dtype` on `device`, its items
+    split over `base`'s ranks."""
+    if settings.model in (None, BASE):
+        return None
+    from soft_lightning.models.source import resolve_model
+
+    judge = scoring_forward(resolve_model(settings.model), dtype, device, base.batch_size)
+    return replace(judge, strategy=base.strategy, stop=base.stop)
+
+
 def evaluate_models(source: str, adapters: list[Path | None], prompts: list[dict], settings: ZeroShot,
-                    checks: RuleChecks | None, base: Forward, *, dtype: str, device: str) -> Iterator[dict]:
+                    checks: RuleChecks | None, base: Forward, judge: Forward | None = None, *, dtype: str,
+                    device: str) -> Iterator[dict]:
     """Zero-shot answers to `prompts` (settings.load_prompts) and every signal of the base
     `source` with each of `adapters` (None: the base alone), outside a run (`evaluate --tasks
     principles`): greedy, on the hf backend, each adapter merged into one `dtype` copy in turn;
-    scored with `base` (the adapter put on top of it for capability, and taken off again). One
+    scored with `base` (the adapter put on top of it for capability, and taken off again) and
+    judged by `judge` (default: `base`, adapter off) where `settings.judge` names a judge. One
     copy and one scoring model for all of them."""
     from peft import PeftModel
 
@@ -219,7 +244,8 @@ def evaluate_models(source: str, adapters: list[Path | None], prompts: list[dict
         for adapter in adapters:
             sampler.sync_weights(adapter)
             policy = PeftModel.from_pretrained(base.model, str(adapter)).eval() if adapter else base.model
-            result = measure(generate, prompts, base.encoder.format, checks, settings, replace(base, model=policy))
+            result = measure(generate, prompts, base.encoder.format, checks, settings, replace(base, model=policy),
+                             judge)
             if adapter:
                 base.model = policy.unload()  # the LoRA layers out of the scoring base again
             yield {**result, "model": source, "adapter": str(adapter) if adapter else None, "dtype": dtype,

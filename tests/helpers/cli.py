@@ -73,8 +73,10 @@ def tiny_run_args(model: str, out_dir: Path, sampler: str, *extra: str) -> list[
 
 
 def trained_run_args(model: str, out_dir: Path, *extra: str) -> list[str]:
-    """The session's trained run (tests/conftest.py): one round, trained hard (lr 0.05)."""
-    return tiny_run_args(model, out_dir, "hf", "--bootstrap.rounds", "1", "--model.learning_rate", "0.05", *extra)
+    """The session's trained run (tests/conftest.py): one round, trained hard (lr 0.05), its
+    answers judged by the tiny model loaded again as a separate judge."""
+    return tiny_run_args(model, out_dir, "hf", "--bootstrap.rounds", "1", "--model.learning_rate", "0.05",
+                         "--bootstrap.zero_shot.judge.model", model, *extra)
 
 
 # The run the kill-and-resume and scale-out tests compare with: two rounds of 10 prompts, 5
