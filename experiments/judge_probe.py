@@ -6,10 +6,12 @@ grades were seen; it decides nothing.
 
     python experiments/judge_probe.py
 
-Measured before the judge was built (2026-12-05, 2 cores, AMD EPYC Zen 1, float32, the same
-questions, "Yes"/"No" and their lower-case and space-led forms summed): AUC 0.42 on all 192
-answers, 0.35 on the 134 to harmless prompts (worse than chance), 0.60 on the 58 to harmful ones.
-The built judge's figures: docs/collapse-guard.md.
+Measured 2026-12-06 (2 cores, AMD EPYC family 23 model 1 (Zen 1), AVX2, float32, 11.0 CPU-minutes
+beside another job): AUC 0.42 on all 192 answers, 0.35 on the 134 to harmless prompts (worse than
+chance), 0.59 on the 58 to harmful ones; at the default threshold it credits 47, of which 2 are
+good (0.04 [0.01-0.14]), against 21 of the 145 it does not (0.14 [0.10-0.21]). Before the judge was
+built, the same questions with "Yes"/"No" and their lower-case and space-led forms summed gave AUC
+0.42, 0.35 and 0.60 (2026-12-05, same CPU). A 135M model is no judge: docs/collapse-guard.md.
 """
 
 from __future__ import annotations
