@@ -10,6 +10,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from soft_lightning.models.source import load_tokenizer
 from soft_lightning.sampler import Policy, SamplerSettings, VLLMOptions, make_sampler
+from soft_lightning.signals import zero_shot
+from soft_lightning.signals.judge import Judge, verdicts
 from tests.helpers.cli import ok_here, run_here
 from tests.test_adapter_sync import GREEDY, demo_requests
 
@@ -78,7 +80,7 @@ def test_export_loads_in_vllm_and_generates_what_transformers_generates(exported
 
 
 @pytest.mark.slow
-def test_evaluate_principles_on_a_run_and_on_its_export(exported):
+def test_evaluate_principles_on_a_run_and_on_its_export(exported, tiny_model):
     """`evaluate --tasks principles` answers held-out prompts zero-shot for a run's rounds (into
     the store and its round table) and for an exported folder (into the folder), with every
     quality signal (the base model as judge on the run), and prints the template control's row."""
@@ -100,7 +102,10 @@ def test_evaluate_principles_on_a_run_and_on_its_export(exported):
     table = list(csv.DictReader(io.StringIO((out / "rounds.csv").read_text())))
     assert float(table[0]["eval/adherence"]) == evaluated["adherence"]["all"]["rate"]
     assert float(table[0]["eval/aligned"]) == evaluated["quality"]["aligned"]["rate"]
-    assert all(isinstance(rec["judge"], float) for rec in evaluated["records"] + template)
+    base_judge = zero_shot.scoring_forward(tiny_model, "float32", "cpu", 4)  # the adapter is not the judge's
+    assert [rec["judge"] for rec in evaluated["records"]] == pytest.approx(
+        verdicts(evaluated["records"], Judge(model="base"), base_judge), abs=1e-3)
+    assert all(isinstance(rec["judge"], float) for rec in template)
     assert float(table[0]["eval/judged"]) == evaluated["quality"]["judged"]["rate"]
 
     ok_here("evaluate", str(folder), "--tasks", "principles", "--prompts", "rules", "--limit", "2", "--safety", "null")

@@ -206,7 +206,8 @@ def test_fsdp_full_shard_rounds_save_every_lora_tensor_and_resume_close_to_ddp(t
     resumed with `--ckpt_path last` (after the last batch of the round's first epoch: the resume
     keeps the round's LR schedule), its adapters hold every LoRA tensor and equal a DDP run's on
     the same data; the checkpoints hold the LoRA weights, not the base. Both runs generate with
-    the hf sampler in a spawned child process per round."""
+    the hf sampler in a spawned child process per round, and the base model judges every zero-shot
+    answer (adapter off, on sharded weights under FSDP) as it does under DDP."""
     strategy = tmp_path / "fsdp.yaml"
     strategy.write_text(
         "trainer:\n  strategy:\n    class_path: tests.helpers.cpu_fsdp.CPUFSDPStrategy\n    init_args:\n"
@@ -216,7 +217,8 @@ def test_fsdp_full_shard_rounds_save_every_lora_tensor_and_resume_close_to_ddp(t
     def args(out, *extra):
         return resume_args(tiny_model, out, *ORDERINGS["both"], "--config", str(ROOT / "configs" / "ddp.yaml"),
                            "--trainer.accelerator", "cpu", "--bootstrap.sampler.process", "spawn",
-                           "--model.quantization", "nf4", "--model.compute_dtype", "float32", *extra)
+                           "--model.quantization", "nf4", "--model.compute_dtype", "float32",
+                           "--bootstrap.zero_shot.judge.model", "base", *extra)
 
     ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
     reference = run_ok(*args(ddp), timeout=600)
@@ -241,6 +243,8 @@ def test_fsdp_full_shard_rounds_save_every_lora_tensor_and_resume_close_to_ddp(t
         manifest = RoundStore(fsdp).read_manifest(r)
         assert manifest["curriculum"]["within_round"]["scoring"]["tokens_per_second"] > 0
         assert manifest["diagnostics"] == pytest.approx(RoundStore(ddp).read_manifest(r)["diagnostics"], rel=1e-3)
+        judged = [[rec["judge"] for rec in RoundStore(out).read_zero_shot(r)["records"]] for out in (fsdp, ddp)]
+        assert len(judged[0]) == 4 and judged[0] == pytest.approx(judged[1], abs=1e-3)
         got, want = adapter_tensors(fsdp, r), adapter_tensors(ddp, r)
         assert got.keys() == want.keys() and len(got) == 28
         assert all(got[k].abs().sum() > 0 for k in got if "lora_B" in k), "a LoRA B matrix stayed zero"
