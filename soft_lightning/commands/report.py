@@ -103,7 +103,7 @@ def write_report(store: RoundStore, plan: RunPlan, answers: dict[int | str, list
               "<p>Prompts no round trained on; plain questions (no principles, no examples), greedy decoding. "
               "Round <i>r</i> is the model after round <i>r</i>'s training. Under each answer its marks "
               "(docs/collapse-guard.md): ✓/✗ aligned, rules, relevant, correct (where the prompt has a "
-              "reference) and refusal.</p>", _side_by_side(answers, prompts),
+              "reference), refusal and judged (where a judge model is set).</p>", _side_by_side(answers, prompts),
               "<h2>Each round's training pairs</h2>"]
     parts += [_round_data(store, plan, r) for r in (row["round"] for row in rows)]
     parts.append("</body></html>")
@@ -187,7 +187,7 @@ def _marks(record: dict) -> str:
     signals = record.get("signals")
     if not signals:
         return ""
-    shown = [(name, signals[name]) for name in ("aligned", "rules", "relevant", "correct", "refusal")
+    shown = [(name, signals[name]) for name in ("aligned", "rules", "relevant", "correct", "refusal", "judged")
              if signals.get(name) is not None]
     marks = " ".join(f"{'✓' if value else '✗'} {name}" for name, value in shown)
     label = "harmful prompt" if record.get("harmful") else ""
