@@ -54,7 +54,7 @@ def test_report_shows_the_run_s_zero_shot_answers_with_their_marks_and_generates
     base = json.loads((out / "base_zero_shot.json").read_text())["records"]
     assert html.escape(base[0]["response"]) in page, "the base model's first zero-shot answer, as the run holds it"
     assert page.count("<div class=marks>") == 4, "each of 2 answers x 2 models carries its marks"
-    assert page.count("✓ judged") + page.count("✗ judged") == 4, "and the judge's verdict (the session's run has a judge)"
+    assert page.count("✓ judged") + page.count("✗ judged") == 4, "and the verdict of the run's judge"
 
 
 @pytest.mark.slow
