@@ -550,7 +550,10 @@ def audit_lines(runs, folder: Path) -> list[str]:
                   "rest (AUC, 0.5 = chance; the base's answers left out, which the mark never credits; exploratory, "
                   "chosen after the grades were seen): " + "; ".join(
                       f"{name} {_auc_text([(value(r), good) for r, good in both if where(r)])}"
-                      for name, value, where in SEPARATING) + "."]
+                      for name, value, where in SEPARATING) + ". The demo model as a judge of the same 192 "
+                  "answers (the built judge, `bootstrap.zero_shot.judge`; experiments/judge_probe.py, exploratory, "
+                  "not recomputed here: it needs the model) does no better: AUC 0.42 against the answers both call "
+                  "good, 0.35 on harmless prompts; a stronger judge was not at hand."]
     return lines
 
 
