@@ -162,6 +162,9 @@ class BootstrapCallback(L.Callback):
         preflight.check_context(trainer.datamodule.encoder, run.principles.text, run.examples, run.icl.examples,
                                 trainer.datamodule.max_prompt_tokens, run.sampling.max_new_tokens, context, key)
         preflight.check_target_modules(hp.target_modules, source, hp.trust_remote_code)
+        preflight.check_monitors(trainer.callbacks, zero_shot=bool(run.zero_shot_prompts),
+                                 judge=run.zero_shot.judge.model is not None,
+                                 multiple_choice=trainer.datamodule.val_path is not None)
 
     def on_fit_start(self, trainer, pl_module):
         run = self.run

@@ -102,6 +102,13 @@ CASES = {
     "judge template without the answer": (["--bootstrap.zero_shot.judge.model", "base",
                                            "--bootstrap.zero_shot.judge.template", "{{prompt}} {{question}}"],
                                           "bootstrap.zero_shot.judge.template: '{{prompt}} {{question}}' has no {{response}}"),
+    "monitor never logged": (["--bootstrap.zero_shot.prompts", "null"],
+                             "trainer.callbacks: EarlyStopping(monitor=val/aligned) watches a metric logged only with "
+                             "bootstrap.zero_shot.prompts"),
+    "monitor val/judged without a judge": (
+        ["--trainer.callbacks", '[{{"class_path": "lightning.pytorch.callbacks.EarlyStopping", '
+         '"init_args": {{"monitor": "val/judged", "mode": "max"}}}}]'],
+        "EarlyStopping(monitor=val/judged) watches a metric logged only with bootstrap.zero_shot.judge.model"),
     "missing seed tasks": (["--bootstrap.prompt_synthesis.per_round", "2", "--bootstrap.prompt_synthesis.seed_tasks",
                             "{tmp}/no-seeds.jsonl"],
                            "bootstrap.prompt_synthesis.seed_tasks: file {tmp}/no-seeds.jsonl does not exist"),

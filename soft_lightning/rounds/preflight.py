@@ -138,3 +138,29 @@ def check_target_modules(target_modules: str | list[str], source: str, trust_rem
     if missing:
         raise ConfigError(f"model.target_modules names {', '.join(missing)}, which {source} has no module called; "
                           f"its linear layers are {', '.join(sorted(linear))} (or use all-linear).")
+
+
+# What the run logs at each validation, and the setting each family needs (signals/zero_shot.py,
+# training/module.py).
+ZERO_SHOT_METRICS = ("val/aligned", "val/relevance", "val/correct", "val/correct_and_rules", "val/refusal_recall",
+                     "val/false_refusal", "val/capability", "val/judged")
+MC_METRICS = ("val/mc_acc", "val/mc_acc_norm", "val/mc_margin", "val/loss")
+
+
+def check_monitors(callbacks: list, *, zero_shot: bool, judge: bool, multiple_choice: bool) -> None:
+    """A callback that monitors a metric this run never logs would fail (or pick nothing) only
+    after round 0 has trained: refuse it now."""
+    for callback in callbacks:
+        name = getattr(callback, "monitor", None)
+        if not isinstance(name, str):
+            continue
+        if (name in ZERO_SHOT_METRICS or name.startswith("val/adherence")) and not zero_shot:
+            needs = "bootstrap.zero_shot.prompts (held-out prompts answered after every round)"
+        elif name == "val/judged" and not judge:
+            needs = "bootstrap.zero_shot.judge.model (a judge of every answer)"
+        elif name in MC_METRICS and not multiple_choice:
+            needs = "data.val_path (a multiple-choice validation set)"
+        else:
+            continue
+        raise ConfigError(f"trainer.callbacks: {type(callback).__name__}(monitor={name}) watches a metric logged only "
+                          f"with {needs}, which this run has off; set it, or monitor another metric.")
