@@ -4,9 +4,9 @@ answers no more often good than the rest: experiments/README.md).
 
 The judge reads each answer in its own chat format and is asked one question: `question` of an
 answer to a harmless prompt, `harmful_question` of one to a harmful prompt. Its verdict is its
-preference for replying "Yes" over "No", log p(Yes) − log p(No) at its reply's first token (one
-forward pass per word, no sampling, so it is deterministic and cannot fail to parse); `judged` is
-a verdict above `threshold`. The judge never carries the trained adapter: `model: base` is the
+preference for replying "Yes" over "No": log p(Yes) − log p(No) as its reply (per token, where a
+word takes more than one; one forward pass per word, no sampling, so it is deterministic and cannot
+fail to parse); `judged` is a verdict above `threshold`. The judge never carries the trained adapter: `model: base` is the
 run's base model with the adapter switched off, anything else a separate frozen model, so the
 same judge grades every round.
 
