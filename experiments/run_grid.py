@@ -22,6 +22,7 @@ Runs go seed by seed through the arms in ARMS's order, claims 1 and 4 first.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -135,6 +136,17 @@ def run_one(arm: str, seed: int, truthfulqa: bool) -> None:
     print(f"[grid] {name(arm, seed)}: exported to {target}; commit it", flush=True)
 
 
+def own_callbacks() -> None:
+    """Refuse to run another checkout's code: an editable install maps `soft_lightning.callbacks`
+    to the callbacks/ folder of the checkout it was made from, so a second checkout (a worktree at
+    the grid's commit) would import that one's callbacks beside its own package."""
+    origin = Path(importlib.util.find_spec("soft_lightning.callbacks").origin).resolve()
+    if ROOT.resolve() not in origin.parents:
+        raise SystemExit(f"soft_lightning.callbacks resolves to {origin.parent}, outside this checkout ({ROOT}): the "
+                         f"grid would run another checkout's callbacks; link this one's: ln -s ../callbacks "
+                         f"{ROOT / 'soft_lightning' / 'callbacks'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
@@ -148,6 +160,8 @@ def main() -> None:
     todo = [(arm, seed) for seed in args.seeds for arm in args.arms if seed in ARMS[arm][1]
             and not (RESULTS / name(arm, seed) / "run.json").is_file()]
     print(f"[grid] {len(todo)} runs left: {', '.join(name(*t) for t in todo)}", flush=True)
+    if todo and not args.dry:
+        own_callbacks()
     for arm, seed in [] if args.dry else todo:
         run_one(arm, seed, args.truthfulqa)
 
