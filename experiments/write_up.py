@@ -58,7 +58,13 @@ it (`--ckpt_path last`). Its test scoring is under way there: rounds 0–3 score
 quiet), rounds 4–7, TruthfulQA and the export are left to a later session on that host. It
 anchors seed 0's shipped-configuration pair (PREREGISTRATION.md, deviation of 2026-12-05), which no
 claim uses until single_round_nf4-seed0 has run on the same kind of CPU and both are exported
-(bench/results/precision_avx2.json: that CPU's own figures)."""
+(bench/results/precision_avx2.json: that CPU's own figures). Its resumed fit (rounds 2–7) imported the
+callbacks of the main checkout, as of 9b48b88, not the worktree's (an editable install maps
+`soft_lightning.callbacks` to the checkout it was made from); they differ from 8101e7c's only in
+pausing the sampler when training starts and marking a checkpoint saved by a preemption during
+validation, which change nothing it generated or trained. run_grid.py now refuses such a mix, and
+the run's later steps import 8101e7c's own. The 18 runs above finished before main's callbacks
+changed."""
 
 
 READING = """\
