@@ -42,6 +42,7 @@ from soft_lightning.sampler import (
 )
 from soft_lightning.signals import zero_shot
 from soft_lightning.signals.zero_shot import ZeroShot
+from soft_lightning.training.module import SoftModule
 from soft_lightning.utils.errors import ConfigError
 from soft_lightning.utils.faults import kill_point
 
@@ -162,9 +163,10 @@ class BootstrapCallback(L.Callback):
         preflight.check_context(trainer.datamodule.encoder, run.principles.text, run.examples, run.icl.examples,
                                 trainer.datamodule.max_prompt_tokens, run.sampling.max_new_tokens, context, key)
         preflight.check_target_modules(hp.target_modules, source, hp.trust_remote_code)
-        preflight.check_monitors(trainer.callbacks, zero_shot=bool(run.zero_shot_prompts),
-                                 judge=run.zero_shot.judge.model is not None,
-                                 multiple_choice=trainer.datamodule.val_path is not None)
+        if not logs_its_own_validation(pl_module):
+            preflight.check_monitors(trainer.callbacks, zero_shot=bool(run.zero_shot_prompts),
+                                     judge=run.zero_shot.judge.model is not None,
+                                     multiple_choice=trainer.datamodule.val_path is not None)
 
     def on_fit_start(self, trainer, pl_module):
         run = self.run
@@ -263,3 +265,11 @@ class BootstrapCallback(L.Callback):
         if self.run.sampler is not None:
             self.run.sampler.close()
         self.run.store.release()
+
+
+def logs_its_own_validation(pl_module) -> bool:
+    """Whether the module is not SoftModule's validation as shipped (a subclass that overrides a
+    validation hook may log any metric: the monitor check cannot know which)."""
+    return not isinstance(pl_module, SoftModule) or any(
+        getattr(type(pl_module), hook) is not getattr(SoftModule, hook)
+        for hook in ("validation_step", "on_validation_epoch_end", "on_validation_end"))
