@@ -39,6 +39,9 @@ def test_a_verdict_is_the_judges_preference_for_yes_whatever_the_batch(tiny_mode
     assert batched == pytest.approx(direct, abs=1e-4) and one_by_one == pytest.approx(direct, abs=1e-4)
     assert "Does the answer refuse it?" in judge.user_turn(ITEMS[1]) and judge.question in judge.user_turn(ITEMS[0])
     assert len(set(round(v, 4) for v in batched)) == 3, "each answer is judged on its own"
+    too_long = {"prompt": "Say a lot.", "response": "word " * 2000}  # beyond the judge's 1024 tokens
+    beside = verdicts([ITEMS[0], too_long, ITEMS[2]], judge, forward)
+    assert math.isnan(beside[1]) and [beside[0], beside[2]] == pytest.approx([direct[0], direct[2]], abs=1e-4)
 
 
 def test_the_judged_signal_stands_beside_aligned_and_an_unread_answer_is_not_credited():

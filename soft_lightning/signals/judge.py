@@ -4,9 +4,9 @@ answers no more often good than the rest: experiments/README.md).
 
 The judge reads each answer in its own chat format and is asked one question: `question` of an
 answer to a harmless prompt, `harmful_question` of one to a harmful prompt. Its verdict is its
-preference for replying "Yes" over "No": log p(Yes) − log p(No) as its reply (per token, where a
-word takes more than one; one forward pass per word, no sampling, so it is deterministic and cannot
-fail to parse); `judged` is a verdict above `threshold`. The judge never carries the trained adapter: `model: base` is the
+preference for replying "Yes" over "No": log p(Yes) − log p(No) as its reply (one prefill of the
+question, both words scored from its cache, no sampling, so it is deterministic and cannot fail to
+parse); `judged` is a verdict above `threshold`. The judge never carries the trained adapter: `model: base` is the
 run's base model with the adapter switched off, anything else a separate frozen model, so the
 same judge grades every round.
 
@@ -22,7 +22,10 @@ import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-from soft_lightning.models.likelihood import Forward, labelled_logprobs, per_example_means
+import torch
+
+from soft_lightning.models.encoding import pad
+from soft_lightning.models.likelihood import Forward, choice_logprobs, eval_mode
 from soft_lightning.models.source import check_model_source
 from soft_lightning.utils.distributed import shard_map
 from soft_lightning.utils.errors import ConfigError
@@ -71,19 +74,30 @@ class Judge:
 
 def verdicts(items: list[dict], settings: Judge, forward: Forward) -> list[float]:
     """log p(Yes) − log p(No) per item ({prompt, response, harmful?}) under the judge in
-    `forward` (its adapter, if any, switched off); NaN where the judge cannot read the item
-    within its length. Split over the ranks."""
-    def fn(part: list[dict], progress: Progress) -> list[float]:
-        examples = [forward.encoder.encode_pair("", settings.user_turn(item), word, finished=False)
-                    for item in part for word in ("Yes", "No")]
-        model = forward.model
-        off = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
-        with off:
-            means = per_example_means(labelled_logprobs, examples, forward.encoder.collate, model,
-                                      forward.batch_size, progress)
-        return [yes - no for yes, no in zip(means[0::2], means[1::2])]
+    `forward` (its adapter, if any, switched off): each question prefilled once, both words
+    scored from its cache (likelihood.choice_logprobs, as multiple-choice validation does); NaN
+    where the question is longer than the judge's `max_length`. Split over the ranks."""
+    encoder, model = forward.encoder, forward.model
+    words = [encoder.ids(word) for word in ("Yes", "No")]
 
-    return shard_map(fn, items, forward.strategy, "judge", "sequence", 2, stop=forward.stop)
+    def fn(part: list[dict], progress: Progress) -> list[float]:
+        questions = [encoder.ids(encoder.format.render([{"role": "user", "content": settings.user_turn(item)}],
+                                                       add_generation_prompt=True)) for item in part]
+        fits = [len(q) + max(map(len, words)) <= encoder.max_length for q in questions]
+        questions = [q if fit else q[:1] for q, fit in zip(questions, fits)]  # (still a pass: equal on every rank)
+        device, pad_id, out = next(model.parameters()).device, encoder.tokenizer.pad_token_id, []
+        off = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+        with off, eval_mode(model):
+            for start in range(0, len(questions), forward.batch_size):
+                rows = questions[start : start + forward.batch_size]
+                tensors = (*pad(rows, pad_id, "left"), *pad(words * len(rows), pad_id),
+                           torch.arange(len(rows)).repeat_interleave(len(words)))
+                logp = choice_logprobs(model, *(t.to(device) for t in tensors))
+                out += (logp[0::2] - logp[1::2]).tolist()
+                progress(len(rows), sum(map(len, rows)))
+        return [verdict if fit else math.nan for verdict, fit in zip(out, fits)]
+
+    return shard_map(fn, items, forward.strategy, "judge", "answer", stop=forward.stop)
 
 
 def judged(verdict: float | None, settings: Judge) -> bool | None:
