@@ -55,7 +55,7 @@ generating at 13–26 tok/s; `soft` on the AVX-512 EPYC takes 186 s a round (bf1
 nf4 there is not measured yet). The host kept its round store between sessions, so stop 46 resumed
 it (`--ckpt_path last`). Its test scoring is under way there: rounds 0–4 scored (aligned 8, 28, 13, 6
 and 5 of 154, stops 46–48; round 2 is its validation pick; 10–14 min a round when the machine is
-otherwise quiet; by round 4 most answers are one line, "Summary: The only way to … is …"), rounds
+otherwise quiet; at round 4, 142 of the 154 answers are one line and 98 begin "Summary: The only"), rounds
 5–7, TruthfulQA and the export are left to a later session on that host. It
 anchors seed 0's shipped-configuration pair (PREREGISTRATION.md, deviation of 2026-12-05), which no
 claim uses until single_round_nf4-seed0 has run on the same kind of CPU and both are exported
