@@ -6,9 +6,9 @@ The judge reads each answer in its own chat format and is asked one question: `q
 answer to a harmless prompt, `harmful_question` of one to a harmful prompt. Its verdict is its
 preference for replying "Yes" over "No": log p(Yes) − log p(No) as its reply (one prefill of the
 question, both words scored from its cache, no sampling, so it is deterministic and cannot fail to
-parse); `judged` is a verdict above `threshold`. The judge never carries the trained adapter: `model: base` is the
-run's base model with the adapter switched off, anything else a separate frozen model, so the
-same judge grades every round.
+parse); `judged` is a verdict above `threshold`. The judge never carries the trained adapter:
+`model: base` is the run's base model with the adapter switched off, anything else a separate
+frozen model, so the same judge grades every round.
 
 A judge is only as good as its model. SmolLM2-135M-Instruct ranks hand-graded answers worse than
 chance (experiments/judge_probe.py): measure yours against a few dozen of your own labels

@@ -24,6 +24,7 @@ from jsonargparse.typing import PositiveInt
 from soft_lightning.models.encoding import Encoder
 from soft_lightning.models.formats import PromptFormat
 from soft_lightning.models.likelihood import Forward
+from soft_lightning.models.source import resolve_model
 from soft_lightning.sampler import ZERO_SHOT, GenerationRequest, Policy, SamplerSettings, SamplingSettings, make_sampler
 from soft_lightning.signals import quality
 from soft_lightning.signals.adherence import Adherence, RuleChecks
@@ -217,8 +218,6 @@ def judge_forward(settings: Judge, base: Forward, dtype: str, device: str) -> Fo
     split over `base`'s ranks."""
     if settings.model in (None, BASE):
         return None
-    from soft_lightning.models.source import resolve_model
-
     judge = scoring_forward(resolve_model(settings.model), dtype, device, base.batch_size)
     return replace(judge, strategy=base.strategy, stop=base.stop)
 
