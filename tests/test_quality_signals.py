@@ -15,10 +15,10 @@ from soft_lightning.commands.score import TEMPLATE, against_labels, control_answ
 from soft_lightning.rounds.filters import FilterSettings
 from soft_lightning.rounds.icl import IclSettings, Principles
 from soft_lightning.sampler import SamplerSettings, SamplingSettings
-from soft_lightning.signals import zero_shot
+from soft_lightning.signals import quality, zero_shot
 from soft_lightning.signals.correctness import is_correct, numbers
 from soft_lightning.signals.refusal import is_refusal
-from soft_lightning.signals.relevance import copied_share
+from soft_lightning.signals.relevance import Relevance, copied_share, pmi_scores
 from soft_lightning.training.data import SoftDataModule
 from soft_lightning.training.module import SoftModule
 from soft_lightning.utils.errors import ConfigError
@@ -128,6 +128,18 @@ def test_score_checks_the_mark_against_hand_labels_and_refuses_a_label_that_is_n
         read_answers(str(answers))
 
 
+def test_a_sequence_shared_by_answers_is_scored_once_and_changes_no_score(tiny_model):
+    """Answers scored together (a template given to three prompts shares its sequences) get the
+    PMI each gets scored alone against the same pool."""
+    prompts = ["Name a colour.", "Name a fruit.", "What is 2 + 2?", "Say hello."]
+    items = [{"prompt": p, "response": TEMPLATE} for p in prompts[:3]] + [{"prompt": prompts[3], "response": "Hello!"}]
+    forward = zero_shot.scoring_forward(tiny_model, "float32", "cpu", batch_size=3)
+    settings = Relevance(others=2)
+    together = pmi_scores(items, prompts, settings, forward)
+    alone = [pmi_scores([item], prompts, settings, forward)[0] for item in items]
+    assert not any(math.isnan(x) for x in together) and together == pytest.approx(alone, abs=1e-5)
+
+
 @pytest.fixture(scope="module")
 def smollm2_forward(smollm2_dir):
     """The real demo model as the scoring base, in float32 (exact on any CPU)."""
@@ -141,10 +153,13 @@ def test_template_echo_and_moved_answers_score_low_the_base_model_s_own_high(smo
     base = [{"prompt": r["prompt"], "response": r["response"], "harmful": False}
             for r in json.loads(CALIBRATION.read_text())["records"][:8]]
     settings, checks = zero_shot.ZeroShot(), Principles.load("rules").checks
-    scored = {name: zero_shot.score([dict(r) for r in records], settings, checks, smollm2_forward)["quality"]
-              for name, records in (("base", base), ("moved", moved(base)),
-                                    ("template", control_answers("template", base)),
-                                    ("echo", control_answers("echo", base)))}
+    answers = {"base": base, "moved": moved(base), "template": control_answers("template", base),
+               "echo": control_answers("echo", base)}
+    # Scored together, as one round's answers are (the same 8 prompts: each answer's K others are
+    # what a call of its own would draw): a sequence two answers share is scored once, so the moved
+    # answers cost nothing beyond the base's and the template 8 sequences, not 64.
+    zero_shot.score([rec for records in answers.values() for rec in records], settings, checks, smollm2_forward)
+    scored = {name: quality.rates(records) for name, records in answers.items()}
     relevance = {name: q["relevance"]["rate"] for name, q in scored.items()}
     assert relevance["base"] >= 0.8 and max(relevance["moved"], relevance["template"], relevance["echo"]) <= 0.25
     assert all(scored[name]["aligned"]["rate"] <= 0.05 for name in ("moved", "template", "echo"))

@@ -4,7 +4,7 @@ prompt-independent answer cannot earn it:
     pmi(answer, prompt) = mean log p(answer token | prompt) - mean over K other prompts of the same
 
 (per answer token, in the training chat format; the K others drawn, seeded, from the same answer
-set, so the cost is (K + 1) scored sequences per answer). An answer that would fit any prompt (a
+set, so the cost is at most (K + 1) scored sequences per answer). An answer that would fit any prompt (a
 template, a refusal of nothing) scores near 0, and an answer moved to another prompt scores what a
 random prompt gives. Two conditions close what PMI alone leaves open:
 
@@ -102,27 +102,28 @@ def other_prompts(prompt: str, pool: list[str], k: int, seed: object) -> list[st
 def pmi_scores(items: list[dict], pool: list[str], settings: Relevance, forward: Forward, *,
                seed: object = 0) -> list[float]:
     """PMI per item ({prompt, response, finish_reason?}) under the base model (the adapter, if
-    any, switched off); NaN where the answer has no token to score. Split over the ranks."""
-    def fn(part: list[dict], progress: Progress) -> list[float]:
-        examples, spans = [], []
-        for item in part:
-            finished = item.get("finish_reason", "stop") == "stop"
-            contexts = [item["prompt"], *other_prompts(item["prompt"], pool, settings.others, seed)]
-            spans.append((len(examples), len(contexts)))
-            examples += [forward.encoder.encode_pair("", c, item["response"], finished) for c in contexts]
+    any, switched off); NaN where the answer has no token to score. Each distinct (context,
+    answer) sequence is scored once, split over the ranks: a template or a refusal that answers
+    many prompts alike shares most of its K + 1 sequences with the others."""
+    contexts = [[item["prompt"], *other_prompts(item["prompt"], pool, settings.others, seed)] for item in items]
+    keys = [[(context, item["response"], item.get("finish_reason", "stop") == "stop") for context in own]
+            for item, own in zip(items, contexts)]
+    unique = list(dict.fromkeys(key for own in keys for key in own))
+
+    def fn(part: list[tuple], progress: Progress) -> list[float]:
+        examples = [forward.encoder.encode_pair("", context, answer, done) for context, answer, done in part]
         model = forward.model
         base = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
         with base:
-            means = per_example_means(labelled_logprobs, examples, forward.encoder.collate, model,
-                                      forward.batch_size, progress)
-        scores = []
-        for start, count in spans:
-            own, others = means[start], means[start + 1 : start + count]
-            scores.append(own - sum(others) / len(others) if others and not math.isnan(own) else math.nan)
-        return scores
+            return per_example_means(labelled_logprobs, examples, forward.encoder.collate, model, forward.batch_size,
+                                     progress)
 
-    per_item = min(settings.others, max(len(set(pool)) - 1, 0)) + 1  # (a small pool has fewer others)
-    return shard_map(fn, items, forward.strategy, "relevance", "sequence", per_item, stop=forward.stop)
+    means = dict(zip(unique, shard_map(fn, unique, forward.strategy, "relevance", "sequence", stop=forward.stop)))
+    scores = []
+    for own_key, *other_keys in keys:
+        own, others = means[own_key], [means[key] for key in other_keys]
+        scores.append(own - sum(others) / len(others) if others and not math.isnan(own) else math.nan)
+    return scores
 
 
 def reference_loglik(items: list[dict], forward: Forward, *, base: bool) -> list[float]:

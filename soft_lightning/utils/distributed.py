@@ -91,11 +91,10 @@ def root_parameters(strategy):
 
 
 def shard_map(fn: Callable[[list, Progress], list], items: list, strategy, description: str | None = None,
-              unit: str = "item", per_item: int = 1, stop: Callable[[], None] | None = None) -> list:
+              unit: str = "item", stop: Callable[[], None] | None = None) -> list:
     """`fn` over `items`, split across the ranks (rank k takes items k, k+world, ...), the
     results gathered back into item order on every rank; rank 0 shows a progress bar of its
-    share when given a `description` (`fn` gets its update function, counting `per_item` `unit`s
-    per item).
+    share when given a `description` (`fn` gets its update function, counting one `unit` per item).
 
     Every rank gets the same number of items (the short ones padded with copies of the first item,
     whose results are dropped), so the ranks run the same number of forward passes, as FSDP needs,
@@ -104,8 +103,7 @@ def shard_map(fn: Callable[[list, Progress], list], items: list, strategy, descr
     rank, world = world_of(strategy)
     mine = items[rank::world]
     per_rank = math.ceil(len(items) / world)
-    with progress_bar(description or "", per_rank * per_item, unit, show=rank == 0 and description is not None) \
-            as bar, \
+    with progress_bar(description or "", per_rank, unit, show=rank == 0 and description is not None) as bar, \
             root_parameters(strategy):
         batches = itertools.count()
 
