@@ -205,9 +205,10 @@ def test_fsdp_full_shard_rounds_save_every_lora_tensor_and_resume_close_to_ddp(t
     are forward passes outside training, on sharded weights. Killed in round 1's training and
     resumed with `--ckpt_path last` (after the last batch of the round's first epoch: the resume
     keeps the round's LR schedule), its adapters hold every LoRA tensor and equal a DDP run's on
-    the same data; the checkpoints hold the LoRA weights, not the base. Both runs generate with
-    the hf sampler in a spawned child process per round, and the base model judges every zero-shot
-    answer (adapter off, on sharded weights under FSDP) as it does under DDP."""
+    the same data; the checkpoints hold the LoRA weights, not the base. FSDP's run generates with
+    the hf sampler in a spawned child process per rank (sharded weights cannot generate), the DDP
+    run in its own process (the same greedy records: test_sampler.py), and the base model judges
+    every zero-shot answer (adapter off, on sharded weights under FSDP) as it does under DDP."""
     strategy = tmp_path / "fsdp.yaml"
     strategy.write_text(
         "trainer:\n  strategy:\n    class_path: tests.helpers.cpu_fsdp.CPUFSDPStrategy\n    init_args:\n"
@@ -216,16 +217,20 @@ def test_fsdp_full_shard_rounds_save_every_lora_tensor_and_resume_close_to_ddp(t
 
     def args(out, *extra):
         return resume_args(tiny_model, out, *ORDERINGS["both"], "--config", str(ROOT / "configs" / "ddp.yaml"),
-                           "--trainer.accelerator", "cpu", "--bootstrap.sampler.process", "spawn",
-                           "--model.quantization", "nf4", "--model.compute_dtype", "float32",
-                           "--bootstrap.zero_shot.judge.model", "base", *extra)
+                           "--trainer.accelerator", "cpu", "--model.quantization", "nf4",
+                           "--model.compute_dtype", "float32", "--bootstrap.zero_shot.judge.model", "base", *extra)
 
     ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
-    reference = run_ok(*args(ddp), timeout=600)
+    run_ok(*args(ddp), timeout=600)
+    fsdp_args = args(fsdp, "--config", str(strategy), "--bootstrap.sampler.process", "spawn")
+    killed = run_cli(*fsdp_args, env_extra={"SOFT_LIGHTNING_KILL_AT": "train_step:8"}, timeout=600)
+    assert killed.returncode != 0 and not RoundStore(fsdp).is_trained(1), killed.stderr[-3000:]
+    assert "[soft] sampler: hf, adapter_sync: merged" in killed.stderr + killed.stdout
+    run_ok(*fsdp_args, "--ckpt_path", "last", timeout=600)
+    assert round_ids(fsdp) == round_ids(ddp)
     # The spawned hf sampler, a child per rank holding a merged copy: started for a zero-shot, it
     # also generates the next round (the same weights), and training stops it.
-    assert "[soft] sampler: hf, adapter_sync: merged" in reference.stderr + reference.stdout
-    store = RoundStore(ddp)
+    store = RoundStore(fsdp)
     assert store.read_zero_shot("base")["engine_start_seconds"] > 0
     for r in (0, 1):
         manifest = store.read_manifest(r)
@@ -233,12 +238,7 @@ def test_fsdp_full_shard_rounds_save_every_lora_tensor_and_resume_close_to_ddp(t
             {"backend": "hf", "process": "spawn", "requested": "hf"}
         assert manifest["timings"]["engine_start_seconds"] == 0, "the previous zero-shot's child should generate"
         assert store.read_zero_shot(r)["engine_start_seconds"] > 0, "training should have stopped the child"
-        assert all(rec["n_tokens"] > 0 for rec in RoundStore(ddp).read_records(r))
-    killed = run_cli(*args(fsdp, "--config", str(strategy)), env_extra={"SOFT_LIGHTNING_KILL_AT": "train_step:8"},
-                     timeout=600)
-    assert killed.returncode != 0 and not RoundStore(fsdp).is_trained(1), killed.stderr[-3000:]
-    run_ok(*args(fsdp, "--config", str(strategy), "--ckpt_path", "last"), timeout=600)
-    assert round_ids(fsdp) == round_ids(ddp)
+        assert all(rec["n_tokens"] > 0 for rec in store.read_records(r))
     for r in (0, 1):
         manifest = RoundStore(fsdp).read_manifest(r)
         assert manifest["curriculum"]["within_round"]["scoring"]["tokens_per_second"] > 0
