@@ -98,6 +98,8 @@ class SoftCLI(LightningCLI):
             raise ConfigError(f"--ckpt_path last looks for the run's checkpoints in ModelCheckpoint's folders, but "
                               f"none writes to {folder} (a ModelCheckpoint dirpath elsewhere, or "
                               "trainer.enable_checkpointing false); leave one's dirpath unset or pass a .ckpt path.")
+        # Before any rank is launched or model loaded (setup checks again, holding out_dir's lock).
+        bootstrap.run.store.check_run(bootstrap.run.identity(trainer, self.model, self.datamodule), bool(ckpt_path))
         if ckpt_path == "last":  # Lightning's rule, less the checkpoints it cannot resume into rounds
             chosen = resumable_checkpoint(folders)
             self.config_init[self.subcommand]["ckpt_path"] = str(chosen) if chosen else None

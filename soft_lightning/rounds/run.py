@@ -79,10 +79,13 @@ class SoftRun:
                               "one (the bootstrap: section).")
         return runs[0]
 
-    def identity(self, trainer) -> dict:
+    def identity(self, trainer, module=None, datamodule=None) -> dict:
         """What makes this run this run (rounds/plan.py): the model, data and bootstrap settings, and
-        the number of ranks (each rank's share of a round samples with a seed of its own)."""
-        return run_identity({"model": dict(trainer.lightning_module.hparams), "data": dict(trainer.datamodule.hparams),
+        the number of ranks (each rank's share of a round samples with a seed of its own). Before
+        `fit` attaches them, the module and datamodule are given."""
+        module = trainer.lightning_module if module is None else module
+        datamodule = trainer.datamodule if datamodule is None else datamodule
+        return run_identity({"model": dict(module.hparams), "data": dict(datamodule.hparams),
                              "bootstrap": self.settings, "trainer": {"world_size": trainer.world_size}})
 
     def start_adapter(self, trainer) -> Path | None:

@@ -75,7 +75,7 @@ class RoundStore:
             self._lock()
             self.stop_path.unlink(missing_ok=True)  # a stop from an earlier attempt is over
         try:
-            self._check_run(identity, resuming)
+            self.check_run(identity, resuming)
         except ConfigError:
             self.release()
             raise
@@ -99,7 +99,8 @@ class RoundStore:
         if handle is not None:
             handle.close()
 
-    def _check_run(self, identity: dict, resuming: bool) -> None:
+    def check_run(self, identity: dict, resuming: bool) -> None:
+        """Refuse a fresh run over another run's store, and a resume that is not the same run."""
         plan = self.read_plan()
         if plan is None:
             return
