@@ -4,9 +4,9 @@ prompt-independent answer cannot earn it:
     pmi(answer, prompt) = mean log p(answer token | prompt) - mean over K other prompts of the same
 
 (per answer token, in the training chat format; the K others drawn, seeded, from the same answer
-set, so the cost is at most (K + 1) scored sequences per answer). An answer that would fit any prompt (a
-template, a refusal of nothing) scores near 0, and an answer moved to another prompt scores what a
-random prompt gives. Two conditions close what PMI alone leaves open:
+set, so the cost is at most (K + 1) scored sequences per answer). An answer that would fit any
+prompt (a template, a refusal of nothing) scores near 0, and an answer moved to another prompt
+scores what a random prompt gives. Two conditions close what PMI alone leaves open:
 
 - PMI rewards copying the prompt, so an answer is relevant only if it is not an echo: at most
   `max_copied` of its words lie in word 4-grams copied from the prompt;
