@@ -14,8 +14,10 @@ file rewritten, so a step that runs out of time still leaves the ones before it.
 Steps, in order (the cheapest evidence first): 1B and 7B QLoRA rounds with paged 8-bit AdamW (hf
 sampler); with 2+ GPUs, 1B under DDP and under FSDP over 2 ranks; where vLLM imports, 2-round 1B
 runs with the vLLM engine: the adapter merged into the engine, as a LoRARequest, with sleep mode
-between rounds, and with CUDA graphs on. A step that cannot run here (too few GPUs, no vLLM) or
-cannot finish inside what is left of `--budget` is recorded as skipped, with the reason.
+between rounds, and with CUDA graphs on; last, the first shape's round with its zero-shot answers
+judged by the base model, then by the largest shape loaded as a separate judge. A step that cannot
+run here (too few GPUs, no vLLM) or cannot finish inside what is left of `--budget` is recorded as
+skipped, with the reason.
 
     python bench/gpu_smoke.py --tokenizer gpu-kit/tokenizer [--budget 420] [--step-timeout 300]
     python bench/gpu_smoke.py --dry        # list every step, its command, and what would skip it here
@@ -60,6 +62,7 @@ class Step:
     ranks: int = 1
     rounds: int = 1
     needs_vllm: bool = False
+    judge: str | None = None  # `base`, or the shape of a separate judge model (signals/judge.py)
     skip: str | None = field(default=None)  # why it cannot run here (set by `plan`)
 
     @property
@@ -83,7 +86,13 @@ def steps_for(shapes: list[str]) -> list[Step]:
              needs_vllm=True),
         Step(first, "vllm_cuda_graphs", [*vllm, "--bootstrap.sampler.vllm.enforce_eager", "false"], rounds=2,
              needs_vllm=True),
+        # The judge's cost per round beside the paged step's (same shape, no judge): the base model
+        # with its adapter off, then the largest shape loaded as a separate judge beside training.
+        Step(first, "judged_by_base", [*hf, "--model.optimizer", "paged_adamw_8bit"], judge="base"),
     ]
+    if shapes[-1] != first:
+        steps.append(Step(first, f"judged_by_{shapes[-1]}", [*hf, "--model.optimizer", "paged_adamw_8bit"],
+                          judge=shapes[-1]))
     return steps
 
 
@@ -110,7 +119,13 @@ def command(step: Step, model: Path, out: Path, args) -> list[str]:
             "--bootstrap.sampling.max_new_tokens", str(args.max_new_tokens), "--model.warmup_steps", "2",
             "--bootstrap.zero_shot.limit", "8", "--bootstrap.zero_shot.safety_limit", "4",
             "--bootstrap.filters.truncated", "keep",  # random weights rarely end an answer
-            *step.args, *(["--trainer.devices", str(step.ranks)] if step.ranks > 1 else []), *args.extra]
+            *step.args, *(["--trainer.devices", str(step.ranks)] if step.ranks > 1 else []),
+            *(["--bootstrap.zero_shot.judge.model", judge_source(step, model)] if step.judge else []), *args.extra]
+
+
+def judge_source(step: Step, model: Path) -> str:
+    """`base`, or the folder `build_model` makes for the judge's shape, beside the trained one."""
+    return "base" if step.judge == "base" else str(model.parent / f"llama-{step.judge}")
 
 
 def build_model(shape: str, tokenizer: str, target: Path) -> Path:
@@ -164,6 +179,8 @@ def run_step(cmd: list[str], out: Path, rounds: int, timeout: float, log: Path) 
     for r in range(rounds):
         manifest = json.loads((out / f"round_{r}" / "manifest.json").read_text())
         timings, training = manifest["timings"], manifest.get("training", {})
+        zero_shot = out / f"round_{r}" / "zero_shot.json"
+        zero_shot = json.loads(zero_shot.read_text()) if zero_shot.is_file() else {}
         rounds_seen.append({
             "generation_seconds": timings["generation_seconds"],
             "engine_start_seconds": timings["engine_start_seconds"],
@@ -172,6 +189,9 @@ def run_step(cmd: list[str], out: Path, rounds: int, timeout: float, log: Path) 
             "diagnostics_seconds": timings["diagnostics_seconds"],
             "train_and_validation_seconds": training.get("train_s"), "train_loss": training.get("train/loss"),
             "kept": manifest["kept"], "memory": manifest.get("memory"),
+            # the collapse guard's answers after the round, and their scoring (the judge's included)
+            "zero_shot_seconds": zero_shot.get("seconds"),
+            "zero_shot_scoring_seconds": zero_shot.get("scoring_seconds"),
             "sampler": {k: manifest["sampler"].get(k) for k in ("backend", "adapter_sync", "process", "seed_per_rank")},
         })
     return {"ok": True, "wall_seconds": round(wall, 1), "numerics": manifest.get("numerics"), "rounds": rounds_seen,
@@ -207,7 +227,8 @@ def main() -> None:
     if args.cpu:
         args.prompts, args.max_new_tokens = 4, 16
         args.extra = ["--trainer.accelerator", "cpu", "--model.gradient_checkpointing", "false"]
-        steps = [Step("tiny", "cpu_adamw", ["--bootstrap.sampler.backend", "hf", "--model.optimizer", "adamw"])]
+        steps = [Step("tiny", "cpu_adamw", ["--bootstrap.sampler.backend", "hf", "--model.optimizer", "adamw"],
+                      judge="base")]
     else:
         steps = plan(steps_for(args.shapes), gpus, have_vllm)
     work = Path(args.work)
@@ -236,6 +257,8 @@ def main() -> None:
         else:
             t0 = time.perf_counter()
             model = build_model(step.shape, tokenizer, work / f"llama-{step.shape}")
+            if step.judge not in (None, "base"):
+                build_model(step.judge, tokenizer, Path(judge_source(step, model)))
             build = time.perf_counter() - t0
             out = Path(tempfile.mkdtemp(prefix=f"{step.shape}-{step.setting}-", dir=work))
             result = run_step(command(step, model, out, args), out, step.rounds, min(args.step_timeout, left - build),

@@ -18,7 +18,8 @@ def test_every_step_launches_as_a_module_and_multi_rank_steps_through_torchrun_w
     steps = gpu_smoke.plan(gpu_smoke.steps_for(["1b", "7b"]), gpus=2, have_vllm=False)
     names = [step.name for step in steps]
     assert names == ["1b/paged_adamw_8bit", "7b/paged_adamw_8bit", "1b/ddp_2_ranks", "1b/fsdp_2_ranks",
-                     "1b/vllm_merged", "1b/vllm_lora", "1b/vllm_sleep", "1b/vllm_cuda_graphs"]
+                     "1b/vllm_merged", "1b/vllm_lora", "1b/vllm_sleep", "1b/vllm_cuda_graphs", "1b/judged_by_base",
+                     "1b/judged_by_7b"]
     for step in steps:
         cmd = gpu_smoke.command(step, tmp_path / "model", tmp_path / "out", args)
         fit = cmd.index("fit")
@@ -28,7 +29,9 @@ def test_every_step_launches_as_a_module_and_multi_rank_steps_through_torchrun_w
             assert cmd[1:3] == ["-m", "torch.distributed.run"]
             assert f"join_timeout={gpu_smoke.RENDEZVOUS_SECONDS}" in cmd and gpu_smoke.RENDEZVOUS_SECONDS < 300
         assert (step.skip is not None) == step.needs_vllm, step.name
-    assert "vLLM does not import here" in steps[-1].skip
+        judge = cmd[cmd.index("--bootstrap.zero_shot.judge.model") + 1] if step.judge else None
+        assert judge == {None: None, "base": "base", "7b": str(tmp_path / "llama-7b")}[step.judge], step.name
+    assert "vLLM does not import here" in steps[-3].skip
     one_gpu = gpu_smoke.plan(gpu_smoke.steps_for(["1b"]), gpus=1, have_vllm=True)
     assert [s.skip for s in one_gpu if s.ranks > 1] == ["needs 2 GPUs (1 here)"] * 2
 
@@ -37,7 +40,7 @@ def test_dry_lists_every_step_with_its_command_and_runs_nothing(tmp_path):
     result = subprocess.run([sys.executable, "bench/gpu_smoke.py", "--dry", "--work", str(tmp_path)], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.count("-m soft_lightning fit") == 8 and "torch.distributed.run --standalone" in result.stdout
+    assert result.stdout.count("-m soft_lightning fit") == 10 and "torch.distributed.run --standalone" in result.stdout
     assert not list(tmp_path.iterdir()), "--dry builds no model and runs no step"
 
 
