@@ -207,8 +207,9 @@ def test_fsdp_full_shard_rounds_save_every_lora_tensor_and_resume_close_to_ddp(t
     keeps the round's LR schedule), its adapters hold every LoRA tensor and equal a DDP run's on
     the same data; the checkpoints hold the LoRA weights, not the base. FSDP's run generates with
     the hf sampler in a spawned child process per rank (sharded weights cannot generate), the DDP
-    run in its own process (the same greedy records: test_sampler.py), and the base model judges
-    every zero-shot answer (adapter off, on sharded weights under FSDP) as it does under DDP."""
+    run in its own process (seeded alike: the same records, so bit-equal adapters), and the base
+    model judges every zero-shot answer (adapter off, on sharded weights under FSDP) as it does
+    under DDP."""
     strategy = tmp_path / "fsdp.yaml"
     strategy.write_text(
         "trainer:\n  strategy:\n    class_path: tests.helpers.cpu_fsdp.CPUFSDPStrategy\n    init_args:\n"
