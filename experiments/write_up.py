@@ -53,10 +53,10 @@ picks there) soft_nf4-seed0 (commit 8101e7c) took 8335 s, 2.3 h, to fit its 8 ro
 stop 44 (1080 and 980 s), rounds 2–7 at stop 46 (6275 s, with other work on the machine), vLLM
 generating at 13–26 tok/s; `soft` on the AVX-512 EPYC takes 186 s a round (bf16, no quantization;
 nf4 there is not measured yet). The host kept its round store between sessions, so stop 46 resumed
-it (`--ckpt_path last`). Its test scoring is under way there: rounds 0–5 scored (aligned 8, 28, 13, 6,
-5 and 2 of 154, stops 46–49; round 2 is its validation pick; 10–14 min a round when the machine is
-otherwise quiet; at round 4, 142 of the 154 answers are one line and 98 begin "Summary: The only"), rounds
-6–7, TruthfulQA and the export are left to a later session on that host. It
+it (`--ckpt_path last`). Every round is scored on test there (aligned 8, 28, 13, 6, 5, 2, 1 and 0 of
+154 for rounds 0–7, stops 46–49; round 2 is its validation pick; at round 4, 142 of the 154 answers are
+one line and 98 begin "Summary: The only"); its template row, TruthfulQA and the export are left to a
+later session on that host. It
 anchors seed 0's shipped-configuration pair (PREREGISTRATION.md, deviation of 2026-12-05), which no
 claim uses until single_round_nf4-seed0 has run on the same kind of CPU and both are exported
 (bench/results/precision_avx2.json: that CPU's own figures). Its resumed fit (rounds 2–7) imported the
