@@ -48,10 +48,11 @@ def random_adapter(source: str, target: Path, dtype: str = "float32", scale: flo
     return module
 
 
-def demo_requests(tokenizer, n: int = 3) -> list[GenerationRequest]:
+def demo_requests(tokenizer, n: int = 2) -> list[GenerationRequest]:
     """Round 1's requests for the first demo prompts: the principles (480 tokens, shared) and one
-    example each, ~650 tokens. (Three examples made ~1000 and the prefill the larger part of
-    these tests' time: 40 s a call on an AVX2 Zen 1 EPYC.)"""
+    example each, ~650 tokens; two of them, of different lengths, make a padded batch. (The
+    prefill is most of these tests' time: three examples a request made ~1000 tokens and a call
+    took 40 s on an AVX2 Zen 1 EPYC; three requests of one example, 13 s.)"""
     rows = read_records(asset_path("demo_prompts.jsonl"), key="test", required={"prompt": str})[:n]
     return few_shot_requests(tokenizer, [{"id": row["id"], "prompt": row["prompt"]} for row in rows], round_index=1,
                              examples=1)
