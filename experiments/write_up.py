@@ -48,24 +48,26 @@ Two earlier grids, on other metrics, with 2 seeds treated as fixed (the prompt w
 
 
 SLOWER_CPU = """\
-Measured, not kept yet: on 2 cores of an AVX2-only AMD EPYC (family 23, Zen 1; float32, as `auto`
-picks there) soft_nf4-seed0 (commit 8101e7c) took 8335 s, 2.3 h, to fit its 8 rounds: rounds 0–1 at
-stop 44 (1080 and 980 s), rounds 2–7 at stop 46 (6275 s, with other work on the machine), vLLM
-generating at 13–26 tok/s; `soft` on the AVX-512 EPYC takes 186 s a round (bf16, no quantization;
-nf4 there is not measured yet). The host kept its round store between sessions, so stop 46 resumed
-it (`--ckpt_path last`). Every round is scored on test there (aligned 8, 28, 13, 6, 5, 2, 1 and 0 of
-154 for rounds 0–7, stops 46–49; round 2 is its validation pick; at round 4, 142 of the 154 answers are
-one line and 98 begin "Summary: The only"); its template row, TruthfulQA and the export are left to a
-later session on that host. It
-anchors seed 0's shipped-configuration pair (PREREGISTRATION.md, deviation of 2026-12-05), which no
-claim uses until single_round_nf4-seed0 has run on the same kind of CPU and both are exported
-(bench/results/precision_avx2.json: that CPU's own figures). Its resumed fit (rounds 2–7) imported the
-callbacks of the main checkout, as of 9b48b88, not the worktree's (an editable install maps
-`soft_lightning.callbacks` to the checkout it was made from); they differ from 8101e7c's only in
-pausing the sampler when training starts and marking a checkpoint saved by a preemption during
-validation, which change nothing it generated or trained. run_grid.py now refuses such a mix, and
-the run's later steps import 8101e7c's own. The 18 runs above finished before main's callbacks
-changed."""
+soft_nf4-seed0 (commit 8101e7c) ran on 2 cores of an AVX2-only AMD EPYC (family 23, Zen 1; float32, as
+`auto` picks there). Its fit took 8335 s, 2.3 h, for 8 rounds: rounds 0–1 at stop 44 (1080 and 980 s),
+rounds 2–7 at stop 46 (6275 s, with other work on the machine), vLLM generating at 13–26 tok/s. `soft`
+on the AVX-512 EPYC takes 186 s a round (bf16, no quantization; nf4 there is not measured yet). The
+host kept its round store between sessions, so later sessions resumed the run (`--ckpt_path last`). Its
+test scoring spread over stops 46–49, partly by hand, so its run.json has no test seconds. Its
+TruthfulQA took 3326 s beside other work, at stop 50. It anchors seed 0's shipped-configuration pair
+(PREREGISTRATION.md, deviation of 2026-12-05). No claim uses it until single_round_nf4-seed0 has run on
+the same kind of CPU and been exported: that run started on the same host at stop 50
+(bench/results/precision_avx2.json has that CPU's own figures). On test it peaks at round 1 (28 of 154
+aligned), and validation picked round 2, the second-best point. It then falls to 0 at round 7, with
+one-line answers: at round 4, 142 of the 154 are one line and 98 begin "Summary: The only". Its whole
+curve lies below `soft`'s on the AVX-512 EPYC (test peak 0.18, against 0.41–0.51 for soft's 5 seeds),
+but nf4 and the CPU kind change together here, so this run cannot say which of them costs that; the
+AVX2 pair will compare nf4 runs only. Its resumed fit (rounds 2–7) imported the callbacks of the main
+checkout, as of 9b48b88, not the worktree's: an editable install maps `soft_lightning.callbacks` to the
+checkout it was made from. They differ from 8101e7c's only in pausing the sampler when training starts
+and in marking a checkpoint saved by a preemption during validation, and neither changes anything it
+generated or trained. run_grid.py now refuses such a mix, and the run's later steps imported 8101e7c's
+own. The other 18 runs finished before main's callbacks changed."""
 
 
 READING = """\
@@ -434,7 +436,9 @@ def truthfulqa_lines(runs) -> list[str]:
                   "[95% interval resampling seeds], seeds below the base, exact sign-flip p.", ""]
     for arm, by_seed in runs.items():
         d = [float(np.mean(r.truthfulqa) - np.mean(base)) for r in by_seed.values() if r.truthfulqa is not None]
-        if d:
+        if len(d) == 1:
+            lines.append(f"- {arm}: {d[0]:+.3f}, one seed ({_seeds_by_cpu(by_seed)}): no interval or test")
+        elif d:
             low, high = seed_interval(d)
             lines.append(f"- {arm}: {np.mean(d):+.3f} [{low:+.3f}, {high:+.3f}], {sum(x < 0 for x in d)} of {len(d)} "
                          f"below, p = {signflip_p(d):.3g}")
@@ -490,10 +494,14 @@ def reference_lines(runs) -> list[str]:
     seeds = sorted(soft)
     at_picks = {arm: [np.mean(list(by_id(by_seed[s].answers[("test", by_seed[s].picked)], "correct").values()))
                       for s in seeds if s in by_seed] for arm, by_seed in runs.items()}
+    def among(arm: str) -> str:  # an arm that has fewer of SOFT's seeds names the ones it has
+        held = {s: runs[arm][s] for s in seeds if s in runs[arm]}
+        return "" if len(held) == len(seeds) else f" (its seeds: {_seeds_by_cpu(held)})"
+
     lines += ["", f"Right answers on them: the base {_share(list(right.values()))} (one greedy run); at the picks, "
               f"mean over SOFT's seeds ({', '.join(map(str, seeds))}): " + ", ".join(
-                  f"{arm} {np.mean(v):.2f}" for arm, v in at_picks.items() if v) + ". Every trained arm loses right "
-              "answers, so this is training's effect at this scale, not SOFT's alone."]
+                  f"{arm} {np.mean(v):.2f}{among(arm)}" for arm, v in at_picks.items() if v) + ". Every trained "
+              "arm loses right answers, so this is training's effect at this scale, not SOFT's alone."]
     return lines
 
 
@@ -628,27 +636,35 @@ def _seeds_by_cpu(arm: dict[int, Run]) -> str:
 
 
 def status_lines(runs) -> list[str]:
-    """Seeds finished per arm, their wall hours, and the hours the rest would take at the measured
-    pace (an arm not run yet: at SOFT's, or any run's before SOFT has one; marked ≈)."""
+    """Seeds finished per arm, their wall hours, and the hours the rest would take at the pace
+    of the CPU most runs used, where the grid goes on (an arm with no run there: at SOFT's pace
+    there, or any run's before SOFT has one; marked ≈)."""
     def hours(run: Run) -> float:
         return sum(run.facts["seconds"].values()) / 3600
 
-    soft = [hours(r) for r in runs.get("soft", {}).values()]
-    cpus = sorted({r.facts["cpu"] for arm in runs.values() for r in arm.values()})
+    finished = [r for arm in runs.values() for r in arm.values()]
+    cpus = Counter(r.facts["cpu"] for r in finished)
+    main_cpu = cpus.most_common(1)[0][0] if cpus else "–"
+
+    def paced(arm_runs) -> list[float]:
+        return [hours(r) for r in arm_runs if r.facts["cpu"] == main_cpu]
+
+    soft = paced(runs.get("soft", {}).values())
     lines = ["| arm | seeds finished | planned | wall hours of its runs | hours left at that pace |",
              "|---|---|---|---|---|"]
     total_left = 0.0
     for arm, planned in PLANNED.items():
-        done = [hours(r) for r in runs.get(arm, {}).values()]
-        pace = np.mean(done or soft or [hours(r) for a in runs.values() for r in a.values()] or [math.nan])
+        done = list(runs.get(arm, {}).values())
+        own = paced(done)
+        pace = np.mean(own or soft or [hours(r) for r in finished] or [math.nan])
         left = (planned - len(done)) * pace
         total_left += left
         lines.append(f"| {arm} | {_seeds_by_cpu(runs.get(arm, {})) or '–'} | {planned} | "
-                     f"{sum(done):.1f} | {'' if done else '≈'}{left:.1f} |")
-    finished = [r for arm in runs.values() for r in arm.values()]
-    lines += ["", f"{len(finished)} runs finished, {sum(map(hours, finished)):.1f} wall hours "
-              f"(fit, every round on test, TruthfulQA, on 2 cores of {'; '.join(cpus) or '–'}); about "
-              f"{total_left:.0f} wall hours left on such a machine.", "", SLOWER_CPU]
+                     f"{sum(map(hours, done)):.1f} | {'' if own else '≈'}{left:.1f} |")
+    on = "; ".join(f"{n} on {cpu}" for cpu, n in cpus.most_common())
+    lines += ["", f"{len(finished)} runs finished, {sum(map(hours, finished)):.1f} wall hours (fit, every round on "
+              f"test, TruthfulQA; 2 cores each: {on or '–'}); about {total_left:.0f} wall hours left at the pace of "
+              f"the {main_cpu}.", "", SLOWER_CPU]
     return lines
 
 
