@@ -17,8 +17,14 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from soft_lightning.callbacks.bootstrap import BootstrapCallback
 from soft_lightning.callbacks.paired_early_stopping import PairedEarlyStopping
-from soft_lightning.models.encoding import TrainExample
-from soft_lightning.models.likelihood import choice_logprobs, labelled_logprobs, token_entropy
+from soft_lightning.models.encoding import Encoder, TrainExample
+from soft_lightning.models.likelihood import (
+    choice_logprobs,
+    header_length,
+    labelled_logits,
+    labelled_logprobs,
+    token_entropy,
+)
 from soft_lightning.rounds.filters import FilterSettings
 from soft_lightning.rounds.icl import IclSettings
 from soft_lightning.sampler import SamplerSettings, SamplingSettings
@@ -111,6 +117,26 @@ def test_token_entropy_by_hand():
     expected = -(probs * probs.log()).sum().item()  # 1.0397 nats
     assert count.item() == 2 and total.item() == pytest.approx(2 * expected, rel=1e-6)
     assert expected == pytest.approx(1.5 * math.log(2), rel=1e-6)
+
+
+def test_a_batch_s_shared_header_runs_once_and_changes_no_logit(tiny_model):
+    """Scoring runs the chat header that every row of a batch shares once (`share_header`): the
+    logits of whole rows, to float rounding. A batch with a row that shares no header is run whole."""
+    from transformers import AutoModelForCausalLM
+
+    encoder = Encoder.load(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    chat = [encoder.encode_pair("", prompt, answer) for prompt, answer in
+            (("Name a colour.", "Red."), ("What is two plus two? Answer briefly.", "Four, I think."))]
+    bare = TrainExample("", chat[0].input_ids[5:], chat[0].labels[5:])
+    for rows, shared in ((chat, True), (chat + [bare], False)):
+        batch = encoder.collate(rows)
+        header = header_length(batch["input_ids"], batch["labels"][:, 1:] != -100)
+        assert (header > 10) == shared and (header == 0) != shared, header
+        with torch.no_grad():
+            once, whole = (labelled_logits(model, **batch, share_header=share) for share in (True, False))
+        assert torch.allclose(once[0], whole[0], atol=1e-4)
+        assert all(torch.equal(a, b) for a, b in zip(once[1:], whole[1:])), "the same targets and rows"
 
 
 class ScriptedValidation(SoftModule):

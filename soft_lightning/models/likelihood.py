@@ -47,14 +47,42 @@ def trunk_and_head(model) -> tuple[Callable[..., torch.Tensor], Callable[[torch.
     return (lambda **kw: lm.get_decoder()(**kw).last_hidden_state), head
 
 
-def labelled_logits(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def labelled_logits(model, input_ids, attention_mask, labels, *,
+                    share_header: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Next-token logits (float32) at the positions that have a label (not -100), their target
-    ids, and the row each comes from. Prompt, context and pad positions get no logits."""
+    ids, and the row each comes from. Prompt, context and pad positions get no logits.
+
+    `share_header` (scoring, no gradient): the leading tokens that every row shares before its
+    first label (a chat template's system and user turn header, a third of a short scored
+    sequence) run once for the batch, and their cache is copied to every row. Every batch runs
+    two passes, shared header or not, so FSDP's ranks run equally many."""
     targets = labels[:, 1:].to(input_ids.device)
     keep = targets != -100
     trunk, head = trunk_and_head(model)
-    states = trunk(input_ids=input_ids, attention_mask=attention_mask)
+    if not share_header:
+        states = trunk(input_ids=input_ids, attention_mask=attention_mask)
+        return head(states[:, :-1][keep]).float(), targets[keep], keep.nonzero()[:, 0]
+    p = header_length(input_ids, keep)
+    if p:
+        cache = DynamicCache(config=model.config)
+        trunk(input_ids=input_ids[:1, :p], attention_mask=attention_mask[:1, :p], past_key_values=cache, use_cache=True)
+        cache.batch_repeat_interleave(len(input_ids))
+        positions = torch.arange(p, input_ids.shape[1], device=input_ids.device).expand(len(input_ids), -1)
+        states = trunk(input_ids=input_ids[:, p:], attention_mask=attention_mask, position_ids=positions,
+                       past_key_values=cache, use_cache=True)
+    else:  # no shared header: a one-token first pass, discarded, keeps the two passes
+        trunk(input_ids=input_ids[:1, :1], attention_mask=attention_mask[:1, :1])
+        states = trunk(input_ids=input_ids, attention_mask=attention_mask)
+    targets, keep = targets[:, p:], keep[:, p:]
     return head(states[:, :-1][keep]).float(), targets[keep], keep.nonzero()[:, 0]
+
+
+def header_length(input_ids: torch.Tensor, labelled: torch.Tensor) -> int:
+    """How many leading tokens all rows share before the position that predicts any row's first
+    labelled token (`labelled`: the next-token targets' mask, as in `labelled_logits`)."""
+    first = int(labelled.int().argmax(-1).min()) if bool(labelled.any(-1).all()) else 0
+    same = (input_ids[:, :first] == input_ids[:1, :first]).all(0)
+    return int(same.int().cumprod(0).sum())
 
 
 def response_loss(model, input_ids, attention_mask, labels) -> torch.Tensor:
@@ -71,7 +99,7 @@ def _row_sums(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> tuple[to
 @torch.no_grad()
 def labelled_logprobs(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: summed log-probability of the tokens whose label is not -100, and their count."""
-    logits, targets, rows = labelled_logits(model, input_ids, attention_mask, labels)
+    logits, targets, rows = labelled_logits(model, input_ids, attention_mask, labels, share_header=True)
     token_lp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return _row_sums(token_lp, rows, len(input_ids))
 
@@ -80,7 +108,7 @@ def labelled_logprobs(model, input_ids, attention_mask, labels) -> tuple[torch.T
 def token_entropy(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: summed entropy (nats) of the model's next-token distribution at labelled positions,
     and their count. Low entropy = a sharp, collapsing output distribution."""
-    logits, _, rows = labelled_logits(model, input_ids, attention_mask, labels)
+    logits, _, rows = labelled_logits(model, input_ids, attention_mask, labels, share_header=True)
     logp = torch.log_softmax(logits, dim=-1)
     return _row_sums(-(logp.exp() * logp).sum(-1), rows, len(input_ids))
 
