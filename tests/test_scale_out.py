@@ -94,11 +94,13 @@ def test_an_example_with_nothing_to_score_still_takes_its_place_in_a_forward_pas
     assert empty is None
     live = [encoder.encode_pair("", "What is 2 plus 2?", "It is 4."), encoder.encode_pair("", "Hi", "Hello there.")]
     means = per_example_means(labelled_logprobs, [live[0], empty, empty, live[1]], encoder.collate, model, 2)
-    assert len(passes) == 2 and math.isnan(means[1]) and math.isnan(means[2])
+    # Two batches of two, two passes each (the header the batch shares, then the rest; a batch of
+    # placeholders shares none and still runs two).
+    assert len(passes) == 4 and math.isnan(means[1]) and math.isnan(means[2])
     assert [means[0], means[3]] == pytest.approx(per_example_means(labelled_logprobs, live, encoder.collate, model, 2))
     passes.clear()
     assert all(math.isnan(m) for m in per_example_means(labelled_logprobs, [empty] * 3, encoder.collate, model, 2))
-    assert len(passes) == 2
+    assert len(passes) == 4
 
 
 def torchrun_nodes(cli_args: list[str], logs_at, env_extra: dict | None = None, pin: bool = False,
