@@ -29,7 +29,8 @@ TRUTHFULQA = ROOT.parent / "shared" / "data" / "truthfulqa_mc.jsonl"
 
 
 def per_choice_rows(items, encoder):
-    """The previous computation's batch: one full (context + choice) row per choice."""
+    """The previous computation's batch: one full (context + choice) row per choice (run whole,
+    without sharing the chat header: as it was)."""
     from soft_lightning.models.encoding import TrainExample
 
     rows = [TrainExample("", context + c, [-100] * len(context) + c)
@@ -63,7 +64,7 @@ def main() -> None:
     reference = SoftModule(source, lora_r=16, compute_dtype="float32")
     reference.configure_model()
     ways = {
-        "per_choice": lambda b: labelled_logprobs(model, **per_choice_rows(b, dm.encoder))[0],
+        "per_choice": lambda b: labelled_logprobs(model, **per_choice_rows(b, dm.encoder), share_header=False)[0],
         "shared_prefix": lambda b: choice_logprobs(model, *[collate_mc(b, pad)[k] for k in (
             "context_ids", "context_mask", "choice_ids", "choice_mask", "context_index")]),
     }

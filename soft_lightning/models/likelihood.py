@@ -97,9 +97,11 @@ def _row_sums(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> tuple[to
 
 
 @torch.no_grad()
-def labelled_logprobs(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row: summed log-probability of the tokens whose label is not -100, and their count."""
-    logits, targets, rows = labelled_logits(model, input_ids, attention_mask, labels, share_header=True)
+def labelled_logprobs(model, input_ids, attention_mask, labels, *,
+                      share_header: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: summed log-probability of the tokens whose label is not -100, and their count
+    (`share_header`: see `labelled_logits`; off, every row runs whole)."""
+    logits, targets, rows = labelled_logits(model, input_ids, attention_mask, labels, share_header=share_header)
     token_lp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return _row_sums(token_lp, rows, len(input_ids))
 
