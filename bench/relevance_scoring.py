@@ -57,7 +57,8 @@ def main() -> None:
     ratio = results["header_shared"]["seconds"] / results["whole_rows"]["seconds"]
     diff = max(abs(a - b) for a, b in zip(*means.values()))
     report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": "cpu",
-                          "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()},
+                          "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                          "threads": torch.get_num_threads()},
               "model": "smollm2-135m-instruct (float32)", "answers": args.answers, "others": args.others,
               "sequences": len(examples), "tokens": sum(len(e.input_ids) for e in examples),
               "batch_size": args.batch_size, "results": results, "ratio": round(ratio, 3),
