@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from soft_lightning.models.precision import command_numerics
 from soft_lightning.signals import quality, zero_shot
 from soft_lightning.signals.judge import Judge, verdicts
 from soft_lightning.signals.relevance import Relevance
@@ -75,8 +76,9 @@ def test_a_judge_that_cannot_be_opened_or_a_template_without_the_answer_is_refus
 
 @pytest.mark.slow
 def test_a_run_with_a_judge_records_every_answers_verdict_and_logs_val_judged(trained_run, tiny_model):
-    """The session's trained run names the tiny model as a separate judge (tests/helpers/cli.py)."""
-    forward = zero_shot.scoring_forward(tiny_model, "float32", "cpu", batch_size=4)
+    """The session's trained run names the tiny model as a separate judge (tests/helpers/cli.py); the
+    verdicts are computed again, one question at a time, in the dtype the run picked on this CPU."""
+    forward = zero_shot.scoring_forward(tiny_model, command_numerics("auto", "cpu")[0], "cpu", batch_size=4)
     judge = Judge(model=tiny_model)
     for path in (trained_run / "base_zero_shot.json", trained_run / "round_0" / "zero_shot.json"):
         result = json.loads(path.read_text())
