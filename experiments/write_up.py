@@ -664,8 +664,39 @@ def status_lines(runs) -> list[str]:
     on = "; ".join(f"{n} on {cpu}" for cpu, n in cpus.most_common())
     lines += ["", f"{len(finished)} runs finished, {sum(map(hours, finished)):.1f} wall hours (fit, every round on "
               f"test, TruthfulQA; 2 cores each: {on or '–'}); about {total_left:.0f} wall hours left at the pace of "
-              f"the {main_cpu}.", "", SLOWER_CPU]
+              f"the {main_cpu}.", "", SLOWER_CPU] + machine_lines(runs)
     return lines
+
+
+def machine_lines(runs) -> list[str]:
+    """How far the CPU model moves greedy answers within one kind (PREREGISTRATION.md, 2026-12-06):
+    every run answers the validation prompts with the base model before round 0, so runs of one
+    quantization on two CPU models of one kind compare without any extra run."""
+    base: dict[tuple, list[dict]] = {}  # (quantization, kind, cpu) -> each such run's {id: record}
+    for arm in runs.values():
+        for run in arm.values():
+            key = ("nf4" if run.arm.endswith("_nf4") else "none", run.cpu_kind, run.facts["cpu"])
+            base.setdefault(key, []).append(run.answers.get(("val", "base"), {}))
+
+    def within(key) -> str:
+        texts = [{i: r["response"] for i, r in a.items()} for a in base[key]]
+        if len(texts) == 1:
+            return "one run"
+        return f"{'the same in all' if all(t == texts[0] for t in texts) else 'not the same in'} {len(texts)} runs"
+
+    lines = []
+    for (quant, kind, cpu), (answers, *_) in base.items():
+        for (q2, k2, other), (theirs, *_) in base.items():
+            if (q2, k2) != (quant, kind) or other <= cpu or not answers or not theirs:
+                continue
+            ids = sorted(set(answers) & set(theirs))
+            same = sum(answers[i]["response"] == theirs[i]["response"] for i in ids)
+            aligned = [sum(bool(a[i]["signals"]["aligned"]) for i in ids) for a in (answers, theirs)]
+            lines.append(f"Same kind ({kind}), two CPU models: the base model's greedy answers to the {len(ids)} "
+                         f"validation prompts (quantization {quant}) are word for word the same on the {cpu} and "
+                         f"the {other} for {same} of them ({within((quant, kind, cpu))} of the one, "
+                         f"{within((q2, k2, other))} of the other); aligned {aligned[0]} and {aligned[1]}.")
+    return [""] + lines if lines else []
 
 
 def write_report(here: Path = HERE) -> None:
