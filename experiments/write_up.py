@@ -56,7 +56,8 @@ host kept its round store between sessions, so later sessions resumed the run (`
 test scoring spread over stops 46–49, partly by hand, so its run.json has no test seconds. Its
 TruthfulQA took 3326 s beside other work, at stop 50. It anchors seed 0's shipped-configuration pair
 (PREREGISTRATION.md, deviation of 2026-12-05). No claim uses it until single_round_nf4-seed0 has run on
-the same kind of CPU and been exported: that run started on the same host at stop 50
+the same kind of CPU and been exported: that run started on the same host at stop 50 and was lost
+with the host (a new session gets a fresh machine), so it waits for an AVX2 session
 (bench/results/precision_avx2.json has that CPU's own figures). On test it peaks at round 1 (28 of 154
 aligned), and validation picked round 2, the second-best point. It then falls to 0 at round 7, with
 one-line answers: at round 4, 142 of the 154 are one line and 98 begin "Summary: The only". Its whole
