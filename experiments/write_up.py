@@ -18,6 +18,7 @@ import math
 import sys
 from collections import Counter
 from dataclasses import dataclass
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -688,17 +689,17 @@ def machine_lines(runs) -> list[str]:
         return f"{'the same in all' if all(t == texts[0] for t in texts) else 'not the same in'} {len(texts)} runs"
 
     lines = []
-    for (quant, kind, cpu), (answers, *_) in base.items():
-        for (q2, k2, other), (theirs, *_) in base.items():
-            if (q2, k2) != (quant, kind) or other <= cpu or not answers or not theirs:
-                continue
-            ids = sorted(set(answers) & set(theirs))
-            same = sum(answers[i]["response"] == theirs[i]["response"] for i in ids)
-            aligned = [sum(bool(a[i]["signals"]["aligned"]) for i in ids) for a in (answers, theirs)]
-            lines.append(f"Same kind ({kind}), two CPU models: the base model's greedy answers to the {len(ids)} "
-                         f"validation prompts (quantization {quant}) are word for word the same on the {cpu} and "
-                         f"the {other} for {same} of them ({within((quant, kind, cpu))} of the one, "
-                         f"{within((q2, k2, other))} of the other); aligned {aligned[0]} and {aligned[1]}.")
+    for one, other in combinations(sorted(base), 2):
+        answers, theirs = base[one][0], base[other][0]
+        if one[:2] != other[:2] or not answers or not theirs:
+            continue
+        ids = sorted(set(answers) & set(theirs))
+        same = sum(answers[i]["response"] == theirs[i]["response"] for i in ids)
+        aligned = [sum(bool(a[i]["signals"]["aligned"]) for i in ids) for a in (answers, theirs)]
+        lines.append(f"Same kind ({one[1]}), two CPU models: the base model's greedy answers to the {len(ids)} "
+                     f"validation prompts (quantization {one[0]}) are word for word the same on the {one[2]} and "
+                     f"the {other[2]} for {same} of them ({within(one)} of the one, {within(other)} of the "
+                     f"other); aligned {aligned[0]} and {aligned[1]}.")
     return [""] + lines if lines else []
 
 
