@@ -69,7 +69,8 @@ checkout, as of 9b48b88, not the worktree's: an editable install maps `soft_ligh
 checkout it was made from. They differ from 8101e7c's only in pausing the sampler when training starts
 and in marking a checkpoint saved by a preemption during validation, and neither changes anything it
 generated or trained. run_grid.py now refuses such a mix, and the run's later steps imported 8101e7c's
-own. The other 18 runs finished before main's callbacks changed."""
+own. The 18 runs before it finished before main's callbacks changed; the runs since import their own
+checkout's (run_grid.py checks)."""
 
 
 READING = """\
