@@ -117,10 +117,15 @@ class Run:
         """The last round: where a collapse, if any, shows most."""
         return self.rounds[-1]
 
+    def steps_at(self, r: int) -> int | None:
+        """Optimizer steps the run had realised by the end of round `r` (its manifest's count, which
+        adds up over rounds): what the model a claim compares at a pick was trained with."""
+        return self.facts["manifests"][str(r)].get("training", {}).get("optimizer_steps")
+
     @property
     def steps(self) -> int | None:
-        """Optimizer steps the run realised (the last manifest's count): stated beside every claim."""
-        return self.facts["manifests"][str(self.last)].get("training", {}).get("optimizer_steps")
+        """Optimizer steps of the whole run (the last manifest's count)."""
+        return self.steps_at(self.last)
 
 
 def load(results: Path) -> dict[str, dict[int, Run]]:

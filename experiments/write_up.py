@@ -306,7 +306,8 @@ def measure(claim: Claim, runs: dict[str, dict[int, Run]]) -> dict | None:
             "sd": sd, "mde_05": detectable(sd, len(seeds), ALPHA), "mde_holm": detectable(sd, len(seeds), ALPHA / 5),
             "needed": seeds_needed(sd, mean) if len(seeds) >= 4 else None,  # PREREGISTRATION.md: from 4 seeds
             "mixed": mixed_model(marks_a, marks_b) if marks_a else "–",
-            "steps": ([a.steps for a, _ in pairs], [b.steps for _, b in pairs]),
+            "steps": ([a.steps_at(a.picked) for a, _ in pairs], [b.steps_at(b.picked) for _, b in pairs]),
+            "steps_run": ([a.steps for a, _ in pairs], [b.steps for _, b in pairs]),
             "other_cpu": [s for s in both if s not in seeds]}
 
 
@@ -339,7 +340,7 @@ def claims_table(runs) -> tuple[list[str], dict]:
     holm = {k: p for k, p in stats.holm(family).items() if measured.get(k)}
     lines = ["| claim | per-seed number | seeds | mean [95% CI, seeds then prompts] | sign-flip p | Holm p | verdict "
              "| mixed model (A vs B) | 80%-power difference, α .05 / Holm's .01 | seeds the observed size needs, α .05 "
-             "| optimizer steps A / B, mean (range) |", "|---" * 11 + "|"]
+             "| optimizer steps A / B at the picks, mean (range); whole runs |", "|---" * 11 + "|"]
     for c in CLAIMS:
         m = measured[c.key]
         if m is None:
@@ -350,7 +351,8 @@ def claims_table(runs) -> tuple[list[str], dict]:
             f"| {c.key}: {c.text} ({c.a} − {c.b}) | {c.unit} | {len(m['seeds'])}{_other_cpu(m)} | {m['mean']:+.3f} "
             f"[{m['ci95'][0]:+.3f}, {m['ci95'][1]:+.3f}] | {m['p']:.3g} | {f'{h:.3g}' if h is not None else '–'} | "
             f"{verdict(m, h)} | {m['mixed']} | {_f(m['mde_05'])} / {_f(m['mde_holm'])} | {m['needed'] or '–'} | "
-            f"{_steps(m['steps'][0])} / {_steps(m['steps'][1])} |")
+            f"{_steps(m['steps'][0])} / {_steps(m['steps'][1])}; {_steps(m['steps_run'][0])} / "
+            f"{_steps(m['steps_run'][1])} |")
     return lines, measured
 
 
@@ -385,14 +387,15 @@ def curve_table(runs) -> list[str]:
     """Val and test aligned per round, each run, with its pick marked."""
     width = max((len(r.rounds) for arm in runs.values() for r in arm.values()), default=0)
     lines = ["| run | " + " | ".join(f"round {i}" for i in range(width))
-             + " | pick | pick's aligned test answers repeating a sentence | steps | commit |",
+             + " | pick | pick's aligned test answers repeating a sentence | steps at the pick / run | commit |",
              "|---" * (width + 5) + "|"]
     for arm in PLANNED:
         for seed, run in sorted(runs.get(arm, {}).items()):
             cells = [f"{_f(run.rate('val', r))} / {_f(run.rate('test', r))}" + (" ←" if r == run.picked else "")
                      for r in run.rounds]
             lines.append(f"| {arm}-seed{seed} | " + " | ".join(cells + ["–"] * (width - len(cells)))
-                         + f" | {run.picked} | {_repeating(run)} | {run.steps or '–'} | {run.facts['commit'][:10]} |")
+                         + f" | {run.picked} | {_repeating(run)} | {run.steps_at(run.picked) or '–'} / "
+                         f"{run.steps or '–'} | {run.facts['commit'][:10]} |")
     return lines
 
 
@@ -726,8 +729,10 @@ def write_report(here: Path = HERE) -> None:
         "verdict. The interval resamples seeds, then test prompts within them. The mixed model is beside the "
         "verdict and does not decide it. The power columns use the seeds' own spread (t approximation; \"none\": "
         "n seeds cannot reach that α with the sign-flip test at all); the seeds the observed size needs appear "
-        "from 4 seeds of a pair, as preregistered. Steps are the runs' realised optimizer steps (from their manifests; "
-        "`data.train_batches: planned` makes every arm's equal to the planned 256).", ""] + table + [
+        "from 4 seeds of a pair, as preregistered. Steps are the realised optimizer steps (from the manifests) of "
+        "the models each claim compares, at their validation picks, and of the whole runs: `data.train_batches: "
+        "planned` makes every arm's whole run equal to the planned 256, and a pick before the last round has "
+        "trained fewer.", ""] + table + [
         "", "### Hand-graded check of the mark (exploratory; decides nothing)", "", AUDIT, ""] + audit_lines(
         runs, here / "audit") + [
         "", "### On the prompts with a reference (exploratory)", ""] + reference_lines(runs) + [
