@@ -312,13 +312,16 @@ def measure(claim: Claim, runs: dict[str, dict[int, Run]]) -> dict | None:
 
 
 def verdict(m: dict, holm_p: float | None) -> str:
-    n = len(m["seeds"])
+    """Holm decides; short of a rejection, a claim whose seeds cannot reach Holm's first step (the
+    sign-flip test drops seeds with no difference) has no verdict yet rather than "inside the noise"."""
+    n = sum(d != 0 for d in m["per_seed"])
     if holm_p is None:
         return "reported"
-    if smallest_p(n) > ALPHA / len(TESTED):
-        return f"no verdict yet: {n} seed(s), whose smallest sign-flip p ({smallest_p(n):.3g}) cannot pass Holm"
     if holm_p < ALPHA:
         return "**reproduced**" if m["mean"] > 0 else "**not reproduced (the other way)**"
+    if smallest_p(n) > ALPHA / len(TESTED):
+        of = f" of {len(m['seeds'])} with a difference" if n != len(m["seeds"]) else ""
+        return f"no verdict yet: {n} seed(s){of}, whose smallest sign-flip p ({smallest_p(n):.3g}) cannot pass Holm"
     return f"**inside the noise** (80% power needs a difference of {m['mde_05']:.2f})"
 
 
