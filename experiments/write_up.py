@@ -62,7 +62,7 @@ with the host (a new session gets a fresh machine), so it waits for an AVX2 sess
 (bench/results/precision_avx2.json has that CPU's own figures). On test it peaks at round 1 (28 of 154
 aligned), and validation picked round 2, the second-best point. It then falls to 0 at round 7, with
 one-line answers: at round 4, 142 of the 154 are one line and 98 begin "Summary: The only". Its whole
-curve lies below `soft`'s on the AVX-512 EPYC (test peak 0.18, against 0.41–0.51 for soft's 5 seeds),
+curve lies below `soft`'s on the AVX-512 EPYC (test peak 0.18, against 0.37–0.51 for soft's seeds 0–5),
 but nf4 and the CPU kind change together here, so this run cannot say which of them costs that; the
 AVX2 pair will compare nf4 runs only. Its resumed fit (rounds 2–7) imported the callbacks of the main
 checkout, as of 9b48b88, not the worktree's: an editable install maps `soft_lightning.callbacks` to the
@@ -80,8 +80,10 @@ missing refusals and round 7's collapse (one-line summaries, refusals of harmles
 help you write a 10,000-word dissertation, so don't."), but it still credits (a) points that repeat
 a line ("I'll share my cooking skills with the world." three times, for blog titles), (b) on-topic
 but false or useless content (the yen "also used in some other countries, such as the US"; "use a
-fire extinguisher" to light charcoal), and (c) lucky reference hits. Counted, not read: 16 of the 73
-aligned test answers at SOFT's pick repeat a line verbatim, 7 of the single round's 31 (both about
+fire extinguisher" to light charcoal), and (c) lucky reference hits. Counted, not read (here and below
+by whole lines repeated verbatim; the per-run table counts repeated sentences, the training filter's
+measure, so its numbers differ): 16 of the 73 aligned test answers at SOFT's pick repeat a line
+verbatim, 7 of the single round's 31 (both about
 22%). soft-seed1, read the same way (its pick, round 2, beside round 7): the same blind spots,
 plainer: the yen answer credited while naming "the Ryukyuan" Japan's official currency, round 7's
 "The moon is a planet with a center" credited; round 7 loops ("not to tell you to not to tell
