@@ -38,7 +38,7 @@ ARMS = {
     "single_round": ([HERE / "configs" / "single_round.yaml"], range(8)),
     "same_steps": ([HERE / "configs" / "same_steps.yaml"], range(8)),
     "soft_plus": ([ROOT / "configs" / "soft_plus.yaml"], range(8)),
-    "fixed_icl": ([ROOT / "configs" / "fixed_icl.yaml"], range(5)),
+    "fixed_icl": ([ROOT / "configs" / "fixed_icl.yaml"], range(8)),
     "soft_nf4": (["--model.quantization", "nf4"], range(8)),
     "single_round_nf4": ([HERE / "configs" / "single_round.yaml", "--model.quantization", "nf4"], range(8)),
 }

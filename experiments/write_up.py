@@ -32,7 +32,7 @@ from soft_lightning.rounds.filters import repeated_sentence_share  # noqa: E402
 from soft_lightning.signals import stats  # noqa: E402
 
 ALPHA, POWER, RESAMPLES = 0.05, 0.8, 10_000
-PLANNED = {"soft": 8, "single_round": 8, "same_steps": 8, "soft_plus": 8, "fixed_icl": 5, "soft_nf4": 8,
+PLANNED = {"soft": 8, "single_round": 8, "same_steps": 8, "soft_plus": 8, "fixed_icl": 8, "soft_nf4": 8,
            "single_round_nf4": 8}
 TESTED = ("C1", "C2a", "C2b", "C3", "C4a")  # Holm's family; the rest are reported
 EARLIER = """\
