@@ -686,7 +686,7 @@ def status_lines(runs) -> list[str]:
 
 
 def machine_lines(runs) -> list[str]:
-    """How far the CPU model moves greedy answers within one kind (PREREGISTRATION.md, 2026-12-06):
+    """How far the CPU model moves greedy answers within one kind (kinds: PREREGISTRATION.md, 2026-12-06):
     every run answers the validation prompts with the base model before round 0, so runs of one
     quantization on two CPU models of one kind compare without any extra run."""
     base: dict[tuple, list[dict]] = {}  # (quantization, kind, cpu) -> each such run's {id: record}
