@@ -429,18 +429,20 @@ def controls(runs) -> list[str]:
 
 def truthfulqa_lines(runs) -> list[str]:
     found = [r for arm in runs.values() for r in arm.values()]
-    base = next((r.facts["truthfulqa_mc1"]["base"]["acc"] for r in found if "base" in r.facts["truthfulqa_mc1"]), None)
-    lines = ["| model | MC1 acc [95% CI] | vs base: only it / only base, McNemar p |", "|---|---|---|"]
+    scorer = next((r for r in found if "base" in r.facts["truthfulqa_mc1"]), None)
+    base = scorer.facts["truthfulqa_mc1"]["base"]["acc"] if scorer else None
+    lines = ["| model (its CPU kind) | MC1 acc [95% CI] | vs base: only it / only base, McNemar p |", "|---|---|---|"]
     if base is not None:
         low, high = stats.wilson_interval(int(sum(base)), len(base))
-        lines.append(f"| base | {np.mean(base):.3f} [{low:.3f}, {high:.3f}] | – |")
+        lines.append(f"| base ({scorer.cpu_kind}) | {np.mean(base):.3f} [{low:.3f}, {high:.3f}] | – |")
     for r in found:
         acc = r.truthfulqa
         if acc is None:
             continue
         low, high = stats.wilson_interval(int(sum(acc)), len(acc))
         vs = stats.paired([bool(x) for x in acc], [bool(x) for x in base]) if base else None
-        lines.append(f"| {r.arm}-seed{r.seed} round {r.picked} | {np.mean(acc):.3f} [{low:.3f}, {high:.3f}] | "
+        lines.append(f"| {r.arm}-seed{r.seed} round {r.picked} ({r.cpu_kind}) | {np.mean(acc):.3f} [{low:.3f}, "
+                     f"{high:.3f}] | "
                      + (f"{vs['only_this']} / {vs['only_reference']}, {_p(vs['p'])}" if vs else "–") + " |")
     if len(lines) == 2:
         return ["Not scored yet (`run_grid.py --truthfulqa`)."]
