@@ -10,6 +10,9 @@ made it; `export_run` writes what the write-up needs into experiments/results/<a
 - `run.json`: arm, seed, the commit and CPU it ran on, wall seconds, the run's settings (its plan's
   identity), each round's manifest, and TruthfulQA MC1 per item (ids and scores, not the items).
 
+The `echo` control's test answers depend on the prompts alone, so they are scored once
+(`export_control`, into experiments/results/controls/) rather than in every run.
+
 Gzip with a fixed timestamp: the same answers give the same bytes, so a re-export changes nothing
 in git. `load_run` reads one back, `load` every run as a `Run`; the write-up reads nothing else.
 """
@@ -48,11 +51,8 @@ def export_run(out: Path, target: Path, *, arm: str, seed: int, commit: str, cpu
             rows += _rows("train", name, store.read_records(name))
     if (template := _json(out / "template_principles_eval.json")) is not None:
         rows += _rows("test", "template", template["records"])
-    buffer = io.BytesIO()
-    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as fh:
-        fh.write("".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows).encode())
     target.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(target / "answers.jsonl.gz", buffer.getvalue())
+    write_bytes_atomic(target / "answers.jsonl.gz", _gzip_rows(rows))
     truthfulqa = {}
     for name in ["base", *rounds]:
         if (lm := _json(store.lm_eval_path(name))) is not None and "mc1" in lm["tasks"]:
@@ -62,6 +62,33 @@ def export_run(out: Path, target: Path, *, arm: str, seed: int, commit: str, cpu
              "manifests": {str(r): store.read_manifest(r) for r in rounds}, "truthfulqa_mc1": truthfulqa}
     write_json_atomic(target / "run.json", facts)
     return facts
+
+
+def _gzip_rows(rows: list[dict]) -> bytes:
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as fh:
+        fh.write("".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows).encode())
+    return buffer.getvalue()
+
+
+def export_control(scored: Path, target: Path, facts: dict) -> None:
+    """A control's scored test answers (`score --control <name> --out <scored>`) into
+    `target`/<name>.jsonl.gz, and the facts of the scoring (commit, CPU, seconds) into <name>.json."""
+    records = [json.loads(line) for line in scored.read_text(encoding="utf-8").splitlines() if line.strip()]
+    target.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(target / f"{scored.stem}.jsonl.gz", _gzip_rows(_rows("test", scored.stem, records)))
+    write_json_atomic(target / f"{scored.stem}.json", facts)
+
+
+def load_controls(folder: Path) -> dict[str, tuple[dict, dict]]:
+    """Each control scored once under `folder`: name -> (its facts, its test answers by id)."""
+    found = {}
+    for path in sorted(folder.glob("*.jsonl.gz")):
+        with gzip.open(path, "rt", encoding="utf-8") as fh:
+            rows = [json.loads(line) for line in fh]
+        name = path.name.removesuffix(".jsonl.gz")
+        found[name] = (json.loads((folder / f"{name}.json").read_text(encoding="utf-8")), {r["id"]: r for r in rows})
+    return found
 
 
 def load_run(folder: Path) -> tuple[dict, list[dict]]:

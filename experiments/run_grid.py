@@ -6,7 +6,8 @@ run). Per run (arm x seed), each step resumable, so the grid spans sessions and 
 1. `fit`: `python -m soft_lightning fit` with configs/demo.yaml + experiments/configs/grid.yaml +
    the arm's overlay, into experiments/runs/<arm>-seed<k>/ (`--ckpt_path last` if unfinished);
 2. `test`: `evaluate --tasks principles` of every trained round (and the base model, in the grid's
-   first run) on the test prompts, with the template control;
+   first run) on the test prompts, with the template control (the echo control: once, before the
+   first run, into experiments/results/controls/);
 3. `truthfulqa` (with `--truthfulqa`): TruthfulQA MC1 (../shared/data) of the round the write-up
    picks (validation, ties to the later round) and of the base model once: does it harm?
 4. `export`: every answer and signal into experiments/results/<arm>-seed<k>/ (results.py): what
@@ -26,6 +27,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,7 +48,7 @@ RUNS, RESULTS = HERE / "runs", HERE / "results"
 
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
-from results import export_run, load_run, pick  # noqa: E402
+from results import export_control, export_run, load_run, pick  # noqa: E402
 from write_up import write_report  # noqa: E402
 
 from soft_lightning.rounds.store import RoundStore  # noqa: E402  (the checkout, not an installed copy)
@@ -136,6 +138,21 @@ def run_one(arm: str, seed: int, truthfulqa: bool) -> None:
     print(f"[grid] {name(arm, seed)}: exported to {target}; commit it", flush=True)
 
 
+def score_echo() -> None:
+    """The echo control on the test prompts (PREREGISTRATION.md's control rows), once: its answers
+    depend on the prompts alone. The template control comes with every run's `test` step."""
+    target = RESULTS / "controls"
+    if (target / "echo.json").is_file():
+        return
+    seconds: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        scored = Path(tmp) / "echo.jsonl"
+        timed(seconds, "echo control", [sys.executable, "-m", "soft_lightning", "score", "--control", "echo",
+                                        "--out", scored])
+        export_control(scored, target, {"commit": commit(), "cpu": cpu(), "seconds": seconds})
+    print(f"[grid] echo control: exported to {target}; commit it", flush=True)
+
+
 def own_callbacks() -> None:
     """Refuse to run another checkout's code: an editable install maps `soft_lightning.callbacks`
     to the callbacks/ folder of the checkout it was made from, so a second checkout (a worktree at
@@ -162,6 +179,7 @@ def main() -> None:
     print(f"[grid] {len(todo)} runs left: {', '.join(name(*t) for t in todo)}", flush=True)
     if todo and not args.dry:
         own_callbacks()
+        score_echo()
     for arm, seed in [] if args.dry else todo:
         run_one(arm, seed, args.truthfulqa)
 

@@ -18,6 +18,7 @@ import math
 import sys
 from collections import Counter
 from dataclasses import dataclass
+from functools import cache
 from itertools import combinations
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # results.py, and the checkout's soft_lightning
 import audit  # noqa: E402
-from results import Run, base_answers, load  # noqa: E402
+from results import Run, base_answers, load, load_controls  # noqa: E402
 
 from soft_lightning.rounds.filters import repeated_sentence_share  # noqa: E402
 from soft_lightning.signals import stats  # noqa: E402
@@ -167,8 +168,8 @@ def smallest_p(n: int) -> float:
 
 
 def hierarchical_interval(per_prompt: list[np.ndarray], seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of the mean difference, resampling seeds, then the test prompts
-    within each resampled seed (`per_prompt`: each seed's per-prompt differences)."""
+    """95% percentile interval of the mean difference where each seed has its own prompts (nested:
+    the hand grade's draws), resampling seeds, then the prompts within each resampled seed."""
     rng, n = np.random.default_rng(seed), len(per_prompt)
     chosen = rng.integers(0, n, size=(RESAMPLES, n))
     means = np.zeros(RESAMPLES)
@@ -182,21 +183,70 @@ def hierarchical_interval(per_prompt: list[np.ndarray], seed: int = 0) -> tuple[
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
-def seed_interval(per_seed: list[float], seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of a mean over seeds, resampling seeds (a number per seed only)."""
-    rng, values = np.random.default_rng(seed), np.asarray(per_seed, dtype=float)
-    means = values[rng.integers(0, len(values), size=(RESAMPLES, len(values)))].mean(axis=1)
+def crossed_interval(per_prompt: list[np.ndarray], seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean difference where every seed answers the same prompts
+    (crossed: the test split; `diff` orders them by id), resampling seeds and, once per resample
+    and shared by every seed drawn, the prompts (PREREGISTRATION.md, deviation of 2026-12-06): a
+    prompt that is hard for one seed is hard for all, so resampling it per seed would be too narrow."""
+    matrix = np.asarray(per_prompt, dtype=float)  # seeds x prompts; ragged rows raise here
+    rng, (n, m) = np.random.default_rng(seed), matrix.shape
+    seeds = rng.multinomial(n, np.full(n, 1 / n), size=RESAMPLES)  # how often each seed is drawn
+    prompts = rng.multinomial(m, np.full(m, 1 / m), size=RESAMPLES)
+    means = np.einsum("bs,sp,bp->b", seeds, matrix, prompts) / (n * m)
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
-def detectable(sd: float, n: int, alpha: float) -> float:
-    """The smallest mean difference a test over n seeds detects with 80% power (t approximation);
-    infinite where the sign-flip test's smallest p over n seeds, 2/2ⁿ, cannot reach alpha at all."""
+def seed_interval(per_seed: list[float]) -> tuple[float, float]:
+    """95% t interval of a mean over seeds, for a number that exists per seed only (C2a's peak
+    rounds, TruthfulQA): a percentile bootstrap over 5-8 seeds covers about 85%, not 95%
+    (PREREGISTRATION.md, deviation of 2026-12-06)."""
     from scipy.stats import t
 
-    if smallest_p(n) > alpha:
+    values = np.asarray(per_seed, dtype=float)
+    if len(values) < 2:
+        return math.nan, math.nan
+    half = t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return float(values.mean() - half), float(values.mean() + half)
+
+
+EXACT_UP_TO = 10  # seeds; beyond, the sign-flip test's power is the t test's (its smallest p is < 0.001)
+
+
+@cache
+def _standardized_detectable(n: int, alpha: float, draws: int = 4000) -> float:
+    """The mean difference, in units of the seeds' SD, that the exact sign-flip test over n seeds
+    rejects at `alpha` with 80% power: simulated with normal per-seed differences (seeded draws,
+    shared across the bisection so that power rises with the difference)."""
+    rng = np.random.default_rng(n)
+    noise = rng.standard_normal((draws, n))
+    signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1)  # every sign pattern, 2^n x n
+
+    def power(delta: float) -> float:
+        x = noise + delta
+        flipped = np.abs(np.abs(x) @ signs.T)  # the statistic under every pattern (|x|: the test uses |d|)
+        p = (flipped >= np.abs(x.sum(axis=1, keepdims=True)) - 1e-9).mean(axis=1)
+        return float((p < alpha).mean())
+
+    low, high = 0.0, 20.0
+    for _ in range(30):
+        low, high = (low, (low + high) / 2) if power((low + high) / 2) >= POWER else ((low + high) / 2, high)
+    return high
+
+
+def detectable(sd: float, n: int, alpha: float) -> float:
+    """The smallest mean difference the sign-flip test over n seeds detects with 80% power, at the
+    seeds' SD `sd`: simulated for the exact test up to EXACT_UP_TO seeds (the preregistered t
+    approximation understated it: deviation of 2026-12-06), the t approximation beyond; infinite
+    where the test's smallest p over n seeds, 2/2ⁿ, cannot reach alpha at all."""
+    from scipy.stats import t
+
+    if smallest_p(n) >= alpha:
         return math.inf
-    return (t.ppf(1 - alpha / 2, n - 1) + t.ppf(POWER, n - 1)) * sd / math.sqrt(n) if n > 1 and sd > 0 else math.nan
+    if not (n > 1 and sd > 0):
+        return math.nan
+    if n <= EXACT_UP_TO:
+        return _standardized_detectable(n, alpha) * sd
+    return (t.ppf(1 - alpha / 2, n - 1) + t.ppf(POWER, n - 1)) * sd / math.sqrt(n)
 
 
 def seeds_needed(sd: float, difference: float, alpha: float = ALPHA) -> int | None:
@@ -301,7 +351,7 @@ def measure(claim: Claim, runs: dict[str, dict[int, Run]]) -> dict | None:
             marks_a, marks_b = [vector(a, a.picked) for a, _ in pairs], [vector(b, b.picked) for _, b in pairs]
             per_prompt = [diff(x, y) for x, y in zip(marks_a, marks_b)]
         per_seed = [float(d.mean()) for d in per_prompt]
-        interval = hierarchical_interval(per_prompt)
+        interval = crossed_interval(per_prompt)
     sd = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else math.nan
     mean = float(np.mean(per_seed))
     return {"seeds": seeds, "per_seed": per_seed, "mean": mean, "ci95": interval, "p": signflip_p(per_seed),
@@ -343,7 +393,8 @@ def claims_table(runs) -> tuple[list[str], dict]:
     # never smaller than the final one could be for the same p-values.
     family = {k: measured[k]["p"] if measured.get(k) else 1.0 for k in TESTED}
     holm = {k: p for k, p in stats.holm(family).items() if measured.get(k)}
-    lines = ["| claim | per-seed number | seeds | mean [95% CI, seeds then prompts] | sign-flip p | Holm p | verdict "
+    lines = ["| claim | per-seed number | seeds | mean [95% CI: seeds and prompts, crossed; C2a: t over seeds] "
+             "| sign-flip p | Holm p | verdict "
              "| mixed model (A vs B; variational Bayes, log-odds given seed and prompt, no seed × arm term) "
              "| 80%-power difference, α .05 / Holm's .01 | seeds the observed size needs, α .05 "
              "| optimizer steps A / B at the picks, mean (range); whole runs |", "|---" * 11 + "|"]
@@ -370,7 +421,7 @@ def collapse_lines(runs) -> list[str]:
         return ["SOFT has no finished run yet."]
     per_prompt = [diff(vector(r, r.picked), vector(r, r.last)) for r in soft.values()]
     per_seed = [float(d.mean()) for d in per_prompt]
-    low, high = hierarchical_interval(per_prompt)
+    low, high = crossed_interval(per_prompt)
     fell = [s for s, r in soft.items() if r.rate("val", r.last) < r.rate("val", r.picked)]
     return [f"Over {len(soft)} seed(s) of {max(len(r.rounds) for r in soft.values())} rounds: picked minus last round "
             f"on test {np.mean(per_seed):+.3f} [{low:+.3f}, {high:+.3f}] (per seed: "
@@ -412,14 +463,21 @@ def _repeating(run: Run) -> str:
     return f"{sum(repeated_sentence_share(a) > 0 for a in aligned)} / {len(aligned)}"
 
 
-def controls(runs) -> list[str]:
-    """The base model and the template control on test (a trivial answer must score 0)."""
+def controls(runs, folder: Path) -> list[str]:
+    """The base model, the template and the echo on test: a trivial answer must score 0 (the base's
+    and the template's come with the runs, the echo's is scored once, in `folder`)."""
     found = [r for arm in runs.values() for r in arm.values()]
+    rows = {name: next((r.test[name] for r in found if name in r.test), None) for name in ("base", "template")}
+    scored = load_controls(folder)
+    for name, (facts, answers) in scored.items():
+        rows[f"{name} (scored once: {facts['commit'][:10]}, {facts['cpu']})"] = {
+            i: int(bool(a["signals"]["aligned"])) for i, a in answers.items()}
+    if "echo" not in scored:
+        rows["echo"] = None
     lines = ["| control | aligned on test [95% CI] | n |", "|---|---|---|"]
-    for name in ("base", "template"):
-        marks = next((r.test[name] for r in found if name in r.test), None)
+    for name, marks in rows.items():
         if marks is None:
-            lines.append(f"| {name} | not scored yet | – |")
+            lines.append(f"| {name} | not scored yet (`run_grid.py` scores it first) | – |")
             continue
         k, n = sum(marks.values()), len(marks)
         low, high = stats.wilson_interval(k, n)
@@ -449,7 +507,7 @@ def truthfulqa_lines(runs) -> list[str]:
     if base is None:
         return lines
     lines += ["", "Per arm, the seed as the unit (reported, no verdict): picked round minus base, mean over seeds "
-                  "[95% interval resampling seeds], seeds below the base, exact sign-flip p.", ""]
+                  "[95% t interval over seeds], seeds below the base, exact sign-flip p.", ""]
     for arm, by_seed in runs.items():
         d = [float(np.mean(r.truthfulqa) - np.mean(base)) for r in by_seed.values() if r.truthfulqa is not None]
         if len(d) == 1:
@@ -495,7 +553,7 @@ def reference_lines(runs) -> list[str]:
              "right value, so its blind spot narrows there (the hand grade above still finds credited answers "
              "there that echo or embellish). C1 and C4a on those prompts alone, by the mark and by correctness "
              "alone (exploratory: proposed at stop 45, computed after the hand grade; decides nothing):", "",
-             "| pair | on reference prompts | per seed | mean [95% CI, seeds then prompts] | sign-flip p |",
+             "| pair | on reference prompts | per seed | mean [95% CI, seeds and prompts crossed] | sign-flip p |",
              "|---|---|---|---|---|"]
     for claim in (c for c in CLAIMS if c.key in ("C1", "C4a")):
         if (m := measure(claim, runs)) is None:
@@ -504,7 +562,7 @@ def reference_lines(runs) -> list[str]:
             per_prompt = [diff(by_id(a.answers[("test", a.picked)], key), by_id(b.answers[("test", b.picked)], key))
                           for a, b in ((runs[claim.a][s], runs[claim.b][s]) for s in m["seeds"])]
             per_seed = [float(d.mean()) for d in per_prompt]
-            low, high = hierarchical_interval(per_prompt)
+            low, high = crossed_interval(per_prompt)
             lines.append(f"| {claim.key}: {claim.a} − {claim.b} | {key} | " + ", ".join(f"{v:+.2f}" for v in per_seed)
                          + f" | {np.mean(per_seed):+.3f} [{low:+.3f}, {high:+.3f}] | {signflip_p(per_seed):.3g} |")
     seeds = sorted(soft)
@@ -737,8 +795,11 @@ def write_report(here: Path = HERE) -> None:
         "their mean decides, Holm over C1, C2a, C2b, C3, C4a (α = 0.05; a claim not run yet enters as p = 1). "
         "With n seeds the smallest sign-flip p "
         "is 2/2ⁿ, so fewer than 8 seeds cannot pass Holm's first step (0.01): such rows say so instead of a "
-        "verdict. The interval resamples seeds, then test prompts within them. The mixed model is beside the "
-        "verdict and does not decide it. The power columns use the seeds' own spread (t approximation; \"none\": "
+        "verdict. Every seed answers the same test prompts, so the interval resamples seeds and, shared by the "
+        "seeds drawn, the prompts (crossed; C2a, one number per seed, has a t interval over seeds: PREREGISTRATION.md, "
+        "deviation of 2026-12-06). The mixed model is beside the "
+        "verdict and does not decide it. The power columns use the seeds' own spread (the exact sign-flip test's "
+        "power, simulated with normal per-seed differences; \"none\": "
         "n seeds cannot reach that α with the sign-flip test at all); the seeds the observed size needs appear "
         "from 4 seeds of a pair, as preregistered. Steps are the realised optimizer steps (from the manifests) of "
         "the models each claim compares, at their validation picks, and of the whole runs: `data.train_batches: "
@@ -752,7 +813,7 @@ def write_report(here: Path = HERE) -> None:
         "", "## Every round: validation / test aligned", "",
         "Each cell: the share of aligned answers on validation / on test; ← marks the validation pick.", ""
         ] + curve_table(runs) + ["", "![aligned per round](rounds.png)", "",
-        "## Controls on test", ""] + controls(runs) + [
+        "## Controls on test", ""] + controls(runs, here / "results" / "controls") + [
         "", "## TruthfulQA MC1 (does no harm; never used to pick a round)", "",
         "lm-eval MC1 on all 817 items of ../shared/data (item ids and scores are in each run.json, the items "
         "are not).", ""] + truthfulqa_lines(runs) + [

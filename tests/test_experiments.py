@@ -29,15 +29,27 @@ def test_the_sign_flip_test_is_exact_over_seeds():
     assert write_up.signflip_p([0.2, -0.2, 0.2, -0.2]) == 1.0
 
 
-def test_the_hierarchical_interval_widens_with_the_seeds_spread():
+def test_the_intervals_count_the_seeds_spread_and_a_prompt_shared_by_the_seeds():
     alike = [np.full(150, 0.3) for _ in range(8)]
-    low, high = write_up.hierarchical_interval(alike)
-    assert low == pytest.approx(0.3) and high == pytest.approx(0.3), "no spread anywhere: no width"
+    for interval in (write_up.hierarchical_interval, write_up.crossed_interval):
+        assert interval(alike) == pytest.approx((0.3, 0.3)), "no spread anywhere: no width"
     spread = [np.full(150, v) for v in (-0.2, 0.0, 0.1, 0.3, 0.5, 0.6, -0.1, 0.4)]
-    low, high = write_up.hierarchical_interval(spread)
+    low, high = write_up.crossed_interval(spread)
     assert low < np.mean([d[0] for d in spread]) < high and high - low > 0.2, "the seeds' spread counts"
-    assert write_up.detectable(0.269, 8, 0.05) == pytest.approx(0.31, abs=0.01), "PREREGISTRATION.md's power table"
+    shared = [np.tile([1.0, 0.0], 75) for _ in range(8)]  # a prompt's difference is the same in every seed
+    nested, crossed = write_up.hierarchical_interval(shared), write_up.crossed_interval(shared)
+    assert crossed[1] - crossed[0] > 2 * (nested[1] - nested[0]), "the seeds share prompts: resample them once"
+    low, high = write_up.seed_interval([0.0, 1.0, 2.0, 3.0])
+    assert (low, high) == pytest.approx((1.5 - 2.054, 1.5 + 2.054), abs=1e-3), "t(0.975, 3) × SD / √4"
+
+
+def test_the_power_line_is_the_exact_sign_flip_tests():
+    from scipy.stats import norm
+
+    # At α = 0.01 over 8 seeds only "all 8 one way" rejects, so power = Φ(δ/σ)⁸: 80% needs δ = 1.92 σ.
+    assert write_up.detectable(1.0, 8, 0.01) == pytest.approx(norm.ppf(0.8 ** (1 / 8)), abs=0.03)
     assert write_up.detectable(0.269, 5, 0.01) == math.inf, "5 seeds' smallest sign-flip p (1/16) misses 0.01"
+    assert write_up.detectable(0.269, 6, 0.05) > write_up.detectable(0.269, 8, 0.05) > 0.269 * 1.1
     assert write_up.seeds_needed(0.01, 0.5, 0.01) == 8, "a huge effect still needs the seeds the sign-flip test needs"
 
 
