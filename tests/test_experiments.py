@@ -49,7 +49,9 @@ def test_the_power_line_is_the_exact_sign_flip_tests():
     # At α = 0.01 over 8 seeds only "all 8 one way" rejects, so power = Φ(δ/σ)⁸: 80% needs δ = 1.92 σ.
     assert write_up.detectable(1.0, 8, 0.01) == pytest.approx(norm.ppf(0.8 ** (1 / 8)), abs=0.03)
     assert write_up.detectable(0.269, 5, 0.01) == math.inf, "5 seeds' smallest sign-flip p (1/16) misses 0.01"
-    assert write_up.detectable(0.269, 6, 0.05) > write_up.detectable(0.269, 8, 0.05) > 0.269 * 1.1
+    for alpha in (0.05, 0.01):  # falling with the seeds, across the switch from the simulation to the t line
+        needs = [write_up.detectable(1.0, n, alpha) for n in range(6, write_up.EXACT_UP_TO + 3)]
+        assert all(a > b for a, b in zip(needs, needs[1:]) if a != math.inf), (alpha, needs)
     assert write_up.seeds_needed(0.01, 0.5, 0.01) == 8, "a huge effect still needs the seeds the sign-flip test needs"
 
 
@@ -67,6 +69,16 @@ def test_the_write_up_is_rebuilt_from_the_committed_results_alone(tmp_path):
     write_up.write_report(tmp_path)
     assert (tmp_path / "README.md").read_text() == (ROOT / "experiments" / "README.md").read_text(), \
         "experiments/README.md is stale: run python experiments/write_up.py"
+
+
+@pytest.mark.skipif(not any((ROOT / "experiments" / "results").rglob("run.json")), reason="no committed results")
+def test_every_committed_run_and_control_answers_the_same_test_prompts():
+    """The crossed interval pairs prompts across seeds by position, so every test round holds one id set."""
+    runs = write_up.load(ROOT / "experiments" / "results")
+    ids = {frozenset(marks) for arm in runs.values() for run in arm.values() for marks in run.test.values()}
+    ids |= {frozenset(answers) for _, answers in write_up.load_controls(ROOT / "experiments" / "results" /
+                                                                         "controls").values()}
+    assert len(ids) == 1 and len(next(iter(ids))) == 154, sorted(map(len, ids))
 
 
 @pytest.mark.skipif(not (AUDIT / "grades.jsonl").is_file(), reason="no committed hand grades")
@@ -95,7 +107,7 @@ def test_a_finished_run_exports_and_the_write_up_reads_it_back(tiny_model, tmp_p
     marks, and the write-up's rates are the evaluate command's."""
     import json
 
-    from results import export_run, load_run
+    from results import export_control, export_run, load_controls, load_run
 
     from tests.helpers.cli import ok_here, run_cli, tiny_run_args
 
@@ -111,7 +123,17 @@ def test_a_finished_run_exports_and_the_write_up_reads_it_back(tiny_model, tmp_p
     splits = {(row["split"], row["round"]) for row in rows}
     assert {("train", 0), ("train", 1), ("val", "base"), ("val", 0), ("val", 1), ("test", "base"), ("test", 1),
             ("test", "template")} <= splits
+    prompts = tmp_path / "prompts.jsonl"  # the echo control, scored once, comes back as its own row
+    prompts.write_text("".join(json.dumps({"id": f"t{i}", "prompt": p}) + "\n" for i, p in
+                               enumerate(("Name a colour.", "Add 2 and 3.", "Say hello."))))
+    ok_here("score", "--control", "echo", "--prompts", str(prompts), "--safety", "null", "--model", tiny_model,
+            "--dtype", "float32", "--out", str(tmp_path / "echo.jsonl"))
+    export_control(tmp_path / "echo.jsonl", tmp_path / "results" / "controls", {"commit": "c0ffee", "cpu": "this CPU"})
+    facts_echo, echoed = load_controls(tmp_path / "results" / "controls")["echo"]
+    assert facts_echo["commit"] == "c0ffee" and sorted(echoed) == ["t0", "t1", "t2"]
+    assert echoed["t1"]["response"].startswith("Summary: Add 2 and 3.")
     write_up.write_report(tmp_path)
+    assert "| echo (scored once: c0ffee, this CPU) |" in (tmp_path / "README.md").read_text()
     run = write_up.load(tmp_path / "results")["soft"][0]
     tested = json.loads((out / "round_1" / "principles_eval.json").read_text())
     assert run.rate("test", 1) == pytest.approx(tested["quality"]["aligned"]["rate"])
