@@ -7,8 +7,9 @@ run's facts), never a round store, so a fresh clone rebuilds the write-up:
 
 The tests are experiments/PREREGISTRATION.md's, fixed before the runs: the seed is the unit; per
 claim one number per seed (arms paired by seed), an exact two-sided sign-flip test of their mean,
-Holm over C1, C2a, C2b, C3 and C4a; a hierarchical bootstrap interval (seeds, then test prompts);
-a logistic mixed model beside it (random intercepts for seed and prompt), which does not decide.
+Holm over C1, C2a, C2b, C3 and C4a; a bootstrap interval over seeds and the test prompts they
+share (crossed; deviation of 2026-12-06); a logistic mixed model beside it (random intercepts for
+seed and prompt), which does not decide.
 """
 
 from __future__ import annotations
