@@ -250,7 +250,7 @@ def detectable(sd: float, n: int, alpha: float) -> float:
         return math.nan
     if n <= EXACT_UP_TO:
         return _standardized_detectable(n, alpha) * sd
-    return (t.ppf(1 - alpha / 2, n - 1) + t.ppf(POWER, n - 1)) * sd / math.sqrt(n)
+    return float((t.ppf(1 - alpha / 2, n - 1) + t.ppf(POWER, n - 1)) * sd / math.sqrt(n))
 
 
 def seeds_needed(sd: float, difference: float, alpha: float = ALPHA) -> int | None:
