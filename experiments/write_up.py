@@ -367,7 +367,8 @@ def measure(claim: Claim, runs: dict[str, dict[int, Run]]) -> dict | None:
     sd = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else math.nan
     mean = float(np.mean(per_seed))
     return {"seeds": seeds, "per_seed": per_seed, "mean": mean, "ci95": interval, "p": signflip_p(per_seed),
-            "sd": sd, "mde_05": detectable(sd, len(seeds), ALPHA), "mde_holm": detectable(sd, len(seeds), ALPHA / 5),
+            "sd": sd, "mde_05": detectable(sd, len(seeds), ALPHA),
+            "mde_holm": detectable(sd, len(seeds), ALPHA / len(TESTED)),
             "needed": [seeds_needed(sd, mean, a) if len(seeds) >= 4 else None  # PREREGISTRATION.md: from 4 seeds
                        for a in (ALPHA, ALPHA / len(TESTED))],
             "mixed": mixed_model(marks_a, marks_b) if marks_a else "–",
