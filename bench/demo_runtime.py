@@ -24,12 +24,15 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 
-def run_demo(tree: Path, extra: list[str]) -> dict:
+def run_demo(tree: Path, extra: list[str], core: int | None = None) -> dict:
+    """The demo's wall time and per-round timings; with `core`, on that core alone (one torch thread)."""
     out = Path(tempfile.mkdtemp(prefix="soft-demo-"))
+    pinned = ["taskset", "-c", str(core)] if core is not None else []
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "soft_lightning", "fit", "--config", "configs/demo.yaml",
+    proc = subprocess.run([*pinned, sys.executable, "-m", "soft_lightning", "fit", "--config", "configs/demo.yaml",
                            "--bootstrap.out_dir", str(out), *extra], cwd=tree, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          env={**os.environ, "PYTHONUNBUFFERED": "1",
+                               **({"OMP_NUM_THREADS": "1"} if core is not None else {})})
     wall = time.perf_counter() - t0
     if proc.returncode:
         raise SystemExit(f"the demo failed in {tree}:\n{proc.stderr[-3000:]}")

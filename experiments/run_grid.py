@@ -13,7 +13,12 @@ run). Per run (arm x seed), each step resumable, so the grid spans sessions and 
 4. `export`: every answer and signal into experiments/results/<arm>-seed<k>/ (results.py): what
    git keeps and the write-up reads. Commit that folder as soon as it is written.
 
-Runs go seed by seed through the arms in ARMS's order, claims 1 and 4 first.
+Runs go seed by seed through the arms in ARMS's order, claims 1 and 4 first. Runs are independent: on
+a small machine, one grid process per core, each pinned with disjoint runs, does more runs an hour
+than one on all cores (bench/grid_pairing.py measures it; a run's `cpu` records its pinning):
+
+    OMP_NUM_THREADS=1 taskset -c 0 python experiments/run_grid.py --arms soft --seeds 6 7 &
+    OMP_NUM_THREADS=1 taskset -c 1 python experiments/run_grid.py --arms same_steps --seeds 6 7 &
 
     python experiments/run_grid.py [--arms soft ...] [--seeds 0 1 ...] [--truthfulqa] [--dry]
     python experiments/run_grid.py --report-only   (experiments/README.md from experiments/results/ alone;
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -64,12 +70,17 @@ def finished(out: Path) -> bool:
 
 
 def cpu() -> str:
-    """The CPU the figures were measured on: machines differ, and bf16 speed with them."""
+    """The CPU the figures were measured on: machines differ, and bf16 speed with them. A run pinned to
+    fewer cores than the machine has (bench/grid_pairing.py) says so: its threads change its numbers
+    too, and its wall hours are not a whole machine's."""
     import torch
 
     names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
              if line.startswith("model name")] if Path("/proc/cpuinfo").is_file() else []
-    return f"{names[0] if names else 'an unnamed CPU'} (torch's {torch.backends.cpu.get_cpu_capability()} kernels)"
+    used, cores = len(os.sched_getaffinity(0)), os.cpu_count()
+    pinned = f"; pinned to {used} of {cores} cores, torch threads {torch.get_num_threads()}" if used < cores else ""
+    kernels = torch.backends.cpu.get_cpu_capability()
+    return f"{names[0] if names else 'an unnamed CPU'} (torch's {kernels} kernels{pinned})"
 
 
 def commit() -> str:

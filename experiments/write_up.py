@@ -760,15 +760,15 @@ def status_lines(runs) -> list[str]:
                      f"{sum(map(hours, done)):.1f} | {'' if own else '≈'}{left:.1f} |")
     on = "; ".join(f"{n} on {cpu}" for cpu, n in cpus.most_common())
     lines += ["", f"{len(finished)} runs finished, {sum(map(hours, finished)):.1f} wall hours (fit, every round on "
-              f"test, TruthfulQA; 2 cores each: {on or '–'}); about {total_left:.0f} wall hours left at the pace of "
-              f"the {main_cpu}.", "", SLOWER_CPU] + machine_lines(runs)
+              f"test, TruthfulQA; a machine's 2 cores unless it says pinned: {on or '–'}); about {total_left:.0f} wall "
+              f"hours left at the pace of the {main_cpu}.", "", SLOWER_CPU] + machine_lines(runs)
     return lines
 
 
 def machine_lines(runs) -> list[str]:
     """How far the CPU model moves greedy answers within one kind (kinds: PREREGISTRATION.md, 2026-12-06):
     every run answers the validation prompts with the base model before round 0, so runs of one
-    quantization on two CPU models of one kind compare without any extra run."""
+    quantization on two CPU models (or pinnings) of one kind compare without any extra run."""
     base: dict[tuple, list[dict]] = {}  # (quantization, kind, cpu) -> each such run's {id: record}
     for arm in runs.values():
         for run in arm.values():
@@ -789,7 +789,8 @@ def machine_lines(runs) -> list[str]:
         ids = sorted(set(answers) & set(theirs))
         same = sum(answers[i]["response"] == theirs[i]["response"] for i in ids)
         aligned = [sum(bool(a[i]["signals"]["aligned"]) for i in ids) for a in (answers, theirs)]
-        lines.append(f"Same kind ({one[1]}), two CPU models: the base model's greedy answers to the {len(ids)} "
+        lines.append(f"Same kind ({one[1]}), two set-ups (CPU model or pinning): the base model's greedy answers "
+                     f"to the {len(ids)} "
                      f"validation prompts (quantization {one[0]}) are word for word the same on the {one[2]} and "
                      f"the {other[2]} for {same} of them ({within(one)} of the one, {within(other)} of the "
                      f"other); aligned {aligned[0]} and {aligned[1]}.")

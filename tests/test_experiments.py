@@ -2,8 +2,11 @@
 results alone (what a fresh clone can check)."""
 
 import math
+import os
 import shutil
+import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ from tests.helpers.cli import ROOT
 sys.path[:0] = [str(ROOT / "experiments")]
 import audit  # noqa: E402
 import write_up  # noqa: E402
-from results import pick  # noqa: E402
+from results import Run, pick  # noqa: E402
 
 AUDIT = ROOT / "experiments" / "audit"
 
@@ -99,6 +102,19 @@ def test_the_hand_graded_sample_is_the_preregistered_draw_blind_and_graded_once_
         audit.graded(tmp_path)
     with pytest.raises(SystemExit, match="drawing it again would unblind it"):
         audit.write_sheet({}, tmp_path)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 or not shutil.which("taskset"), reason="needs 2 cores and taskset")
+def test_a_run_pinned_to_one_core_records_its_pinning_and_keeps_its_cpu_kind():
+    """One grid process per core (bench/grid_pairing.py): the run's `cpu` says so, and the claims still
+    pair its seeds by the kernels it ran with."""
+    code = "import run_grid; print(run_grid.cpu())"
+    alone, pinned = (subprocess.run([*prefix, sys.executable, "-c", code], cwd=ROOT / "experiments", text=True,
+                                    capture_output=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+                                    ).stdout.strip() for prefix in ([], ["taskset", "-c", "0"]))
+    assert "pinned" not in alone and pinned.endswith(f"; pinned to 1 of {os.cpu_count()} cores, torch threads 1)")
+    kinds = {Run.cpu_kind.fget(SimpleNamespace(facts={"cpu": cpu})) for cpu in (alone, pinned)}
+    assert len(kinds) == 1 and kinds <= {"AVX512", "AVX2", "DEFAULT"}, kinds
 
 
 @pytest.mark.slow
