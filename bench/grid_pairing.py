@@ -7,7 +7,7 @@ Runs `configs/demo.yaml` (real vLLM generation, training and validation) once al
 core at the same time, and prints the wall times and throughput ratio (runs per hour, pinned over
 alone); writes bench/results/grid_pairing.json. Torch's result depends on its thread count, so the
 pinned runs' answers differ from the alone run's (a different sample, as on another CPU model). Two
-processes left to share all cores, with no pinning, are several times slower (measured on the grid).
+processes left to share all cores, with no pinning, were several times slower when tried on the grid.
 Run it on a quiet machine.
 """
 

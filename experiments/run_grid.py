@@ -15,7 +15,8 @@ run). Per run (arm x seed), each step resumable, so the grid spans sessions and 
 
 Runs go seed by seed through the arms in ARMS's order, claims 1 and 4 first. Runs are independent: on
 a small machine, one grid process per core, each pinned with disjoint runs, does more runs an hour
-than one on all cores (bench/grid_pairing.py measures it; a run's `cpu` records its pinning):
+than one on all cores (bench/grid_pairing.py measures it). A run's `cpu`, read at export, records
+its pinning: resume a run pinned as it began.
 
     OMP_NUM_THREADS=1 taskset -c 0 python experiments/run_grid.py --arms soft --seeds 6 7 &
     OMP_NUM_THREADS=1 taskset -c 1 python experiments/run_grid.py --arms same_steps --seeds 6 7 &
