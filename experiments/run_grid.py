@@ -59,6 +59,7 @@ from results import export_control, export_run, load_run, pick  # noqa: E402
 from write_up import write_report  # noqa: E402
 
 from soft_lightning.rounds.store import RoundStore  # noqa: E402  (the checkout, not an installed copy)
+from soft_lightning.utils.files import write_json_atomic  # noqa: E402
 
 
 def name(arm: str, seed: int) -> str:
@@ -92,12 +93,32 @@ def commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
-def timed(seconds: dict, step: str, cmd: list[str]) -> None:
-    """Run `cmd` in the checkout, adding its wall seconds to `seconds[step]`."""
+def timed(seconds: dict, step: str, cmd: list[str], state: Path | None = None, every: float = 60) -> None:
+    """Run `cmd` in the checkout, adding its wall seconds to `seconds[step]`. With `state`, the sums
+    are saved there every `every` seconds, so a step killed with its session (and resumed in the
+    next) still counts the time it ran, less `every` at most."""
     print(f"[grid] {step}: {' '.join(str(c) for c in cmd[2:5])} ...", flush=True)
-    t0 = time.perf_counter()
-    subprocess.run([str(c) for c in cmd], cwd=ROOT, check=True)
-    seconds[step] = round(seconds.get(step, 0) + time.perf_counter() - t0, 1)
+    t0, before = time.perf_counter(), seconds.get(step, 0)
+
+    def save() -> None:
+        seconds[step] = round(before + time.perf_counter() - t0, 1)
+        if state is not None:
+            write_json_atomic(state, seconds)
+
+    proc = subprocess.Popen([str(c) for c in cmd], cwd=ROOT)
+    try:
+        while True:
+            try:
+                returncode = proc.wait(timeout=every)
+                break
+            except subprocess.TimeoutExpired:
+                save()
+    except BaseException:
+        proc.kill()
+        raise
+    save()
+    if returncode:
+        raise subprocess.CalledProcessError(returncode, cmd)
     print(f"[grid] {step}: done in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
@@ -128,24 +149,22 @@ def run_one(arm: str, seed: int, truthfulqa: bool) -> None:
         timed(seconds, "fit", [sys.executable, "-m", "soft_lightning", "fit", *configs,
                                *[e for e in extra if not isinstance(e, Path)], "--seed_everything", seed,
                                "--bootstrap.seed", seed, "--bootstrap.out_dir", out,
-                               *(["--ckpt_path", "last"] if (out / "plan.json").is_file() else [])])
-        state.write_text(json.dumps(seconds))
+                               *(["--ckpt_path", "last"] if (out / "plan.json").is_file() else [])], state)
     store = RoundStore(out)
     untested = [str(r) for r in store.finished_rounds() if not store.principles_eval_path(r).is_file()]
     if not base_tested():
         untested.insert(0, "base")
     if untested:
         timed(seconds, "test", [sys.executable, "-m", "soft_lightning", "evaluate", out, "--tasks", "principles",
-                                "--rounds", ",".join(untested)])
-        state.write_text(json.dumps(seconds))
+                                "--rounds", ",".join(untested)], state)
     if truthfulqa and TRUTHFULQA.is_file():
         picked = pick({r: store.read_zero_shot(r)["quality"]["aligned"]["rate"] for r in store.finished_rounds()})
         wanted = [r for r in ([] if base_truthfulqa_scored() else ["base"]) + [str(picked)]
                   if not store.lm_eval_path(r).is_file()]
         if wanted:
             timed(seconds, "truthfulqa", [sys.executable, "-m", "soft_lightning", "evaluate", out, "--tasks", "mc1",
-                                          "--data", TRUTHFULQA, "--batch_size", "32", "--rounds", ",".join(wanted)])
-            state.write_text(json.dumps(seconds))
+                                          "--data", TRUTHFULQA, "--batch_size", "32", "--rounds", ",".join(wanted)],
+                  state)
     export_run(out, target, arm=arm, seed=seed, commit=commit(), cpu=cpu(), seconds=seconds)
     print(f"[grid] {name(arm, seed)}: exported to {target}; commit it", flush=True)
 

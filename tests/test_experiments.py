@@ -15,6 +15,7 @@ from tests.helpers.cli import ROOT
 
 sys.path[:0] = [str(ROOT / "experiments")]
 import audit  # noqa: E402
+import run_grid  # noqa: E402
 import write_up  # noqa: E402
 from results import Run, pick  # noqa: E402
 
@@ -115,6 +116,34 @@ def test_a_run_pinned_to_one_core_records_its_pinning_and_keeps_its_cpu_kind():
     assert "pinned" not in alone and pinned.endswith(f"; pinned to 1 of {os.cpu_count()} cores, torch threads 1)")
     kinds = {Run.cpu_kind.fget(SimpleNamespace(facts={"cpu": cpu})) for cpu in (alone, pinned)}
     assert len(kinds) == 1 and kinds <= {"AVX512", "AVX2", "DEFAULT"}, kinds
+
+
+def test_a_step_killed_with_its_session_keeps_the_seconds_it_ran(tmp_path):
+    """A session's end kills the grid and its step at once: the step's seconds so far are on disk,
+    and the resumed step adds to them."""
+    import json
+    import signal
+    import time
+
+    state = tmp_path / "grid_seconds.json"
+    code = (f"import run_grid, sys; run_grid.timed({{'test': 5.0}}, 'fit', [sys.executable, '-c', "
+            f"'import time; time.sleep(60)'], run_grid.Path({str(state)!r}), every=0.2)")
+    grid = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT / "experiments", start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (state.is_file() and json.loads(state.read_text()).get("fit", 0) >= 1.0):
+            assert grid.poll() is None and time.monotonic() < deadline, "the step's seconds never reached the disk"
+            time.sleep(0.1)
+    finally:
+        os.killpg(grid.pid, signal.SIGKILL)
+        grid.wait(timeout=30)
+    seconds = json.loads(state.read_text())
+    assert seconds["test"] == 5.0 and seconds["fit"] >= 1.0
+    before = seconds["fit"]
+    run_grid.timed(seconds, "fit", [sys.executable, "-c", "pass"], state)
+    assert json.loads(state.read_text()) == seconds and seconds["fit"] > before
+    with pytest.raises(subprocess.CalledProcessError):
+        run_grid.timed(seconds, "fit", [sys.executable, "-c", "raise SystemExit(3)"], state)
 
 
 @pytest.mark.slow
