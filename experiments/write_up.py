@@ -197,8 +197,8 @@ def signflip_p(per_seed: list[float]) -> float:
 
 
 def smallest_p(n: int) -> float:
-    """The smallest p the sign-flip test can give over n seeds: both all-same-sign patterns, 2/2ⁿ."""
-    return 2 / 2**n
+    """The smallest p the sign-flip test can give over n seeds: both all-same-sign patterns, 2/2ⁿ (1 at most)."""
+    return min(1.0, 2 / 2**n)
 
 
 def hierarchical_interval(per_prompt: list[np.ndarray], seed: int = 0) -> tuple[float, float]:

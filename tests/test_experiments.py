@@ -31,6 +31,7 @@ def test_the_sign_flip_test_is_exact_over_seeds():
     assert write_up.signflip_p([0.1] * 8) == pytest.approx(2 / 256), "all 8 seeds one way: the smallest p"
     assert write_up.signflip_p([0.1] * 5) == pytest.approx(2 / 32)
     assert write_up.signflip_p([0.2, -0.2, 0.2, -0.2]) == 1.0
+    assert [write_up.smallest_p(n) for n in (0, 1, 8)] == [1.0, 1.0, pytest.approx(2 / 256)], "a p, never above 1"
 
 
 def test_the_intervals_count_the_seeds_spread_and_a_prompt_shared_by_the_seeds():
