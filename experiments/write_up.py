@@ -759,8 +759,8 @@ def _seeds_by_cpu(arm: dict[int, Run]) -> str:
 
 def status_lines(runs) -> list[str]:
     """Seeds finished per arm, their wall hours, and the hours the rest would take at the pace
-    of the CPU most runs used, where the grid goes on (an arm with no run there: at SOFT's pace
-    there, or any run's before SOFT has one; marked ≈)."""
+    of the CPU most runs used, where the grid goes on (an arm with no run there: at the pace of
+    the arm it varies, the single round or SOFT, or any run's before that has one; marked ≈)."""
     def hours(run: Run) -> float:
         return sum(run.facts["seconds"].values()) / 3600
 
@@ -771,14 +771,14 @@ def status_lines(runs) -> list[str]:
     def paced(arm_runs) -> list[float]:
         return [hours(r) for r in arm_runs if r.facts["cpu"] == main_cpu]
 
-    soft = paced(runs.get("soft", {}).values())
     lines = ["| arm | seeds finished | planned | wall hours of its runs | hours left at that pace |",
              "|---|---|---|---|---|"]
     total_left = 0.0
     for arm, planned in PLANNED.items():
         done = list(runs.get(arm, {}).values())
         own = paced(done)
-        pace = np.mean(own or soft or [hours(r) for r in finished] or [math.nan])
+        like = paced(runs.get("single_round" if arm.startswith("single_round") else "soft", {}).values())
+        pace = np.mean(own or like or [hours(r) for r in finished] or [math.nan])
         left = (planned - len(done)) * pace
         total_left += left
         lines.append(f"| {arm} | {_seeds_by_cpu(runs.get(arm, {})) or '–'} | {planned} | "

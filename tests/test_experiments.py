@@ -86,6 +86,19 @@ def test_every_committed_run_and_control_answers_the_same_test_prompts():
     assert len(ids) == 1 and len(next(iter(ids))) == 154, sorted(map(len, ids))
 
 
+@pytest.mark.skipif(not any((ROOT / "experiments" / "results" / "single_round-seed0").glob("run.json")),
+                    reason="no committed single-round run")
+def test_an_arm_with_no_run_yet_is_paced_like_the_arm_it_varies():
+    """A single round in nf4 is estimated at the single round's hours, not SOFT's eight rounds."""
+    runs = write_up.load(ROOT / "experiments" / "results")
+    runs = {arm: runs[arm] for arm in ("soft", "single_round")}
+    rows = {line.split(" | ")[0].strip("| "): line for line in write_up.status_lines(runs) if line.startswith("| ")}
+    single = [r for r in runs["single_round"].values() if r.facts["cpu"] == runs["soft"][0].facts["cpu"]]
+    pace = sum(sum(r.facts["seconds"].values()) for r in single) / len(single) / 3600
+    assert rows["single_round_nf4"].endswith(f"| ≈{8 * pace:.1f} |"), rows["single_round_nf4"]
+    assert not rows["soft_plus"].endswith(f"| ≈{8 * pace:.1f} |")
+
+
 @pytest.mark.skipif(not (AUDIT / "grades.jsonl").is_file(), reason="no committed hand grades")
 def test_the_hand_graded_sample_is_the_preregistered_draw_blind_and_graded_once_each(tmp_path):
     import json
