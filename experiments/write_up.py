@@ -30,8 +30,10 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]  # results.py, and the checkout's s
 import audit  # noqa: E402
 from results import Run, base_answers, load, load_controls  # noqa: E402
 
-from soft_lightning.rounds.filters import repeated_sentence_share  # noqa: E402
+from soft_lightning.rounds.filters import ngrams, repeated_sentence_share, words  # noqa: E402
+from soft_lightning.rounds.icl import load_icl_pool  # noqa: E402
 from soft_lightning.signals import stats  # noqa: E402
+from soft_lightning.signals.relevance import UNINFORMATIVE  # noqa: E402
 
 ALPHA, POWER, RESAMPLES = 0.05, 0.8, 10_000
 PLANNED = {"soft": 8, "single_round": 8, "same_steps": 8, "soft_plus": 8, "fixed_icl": 8, "soft_nf4": 8,
@@ -507,6 +509,44 @@ def fixed_draws(runs) -> list[str]:
             + f" ({len(set(draws.values()))} distinct draws)."]
 
 
+def most_copied(records: list[dict], examples: list[str]) -> tuple[float, str]:
+    """The share of answers holding the most frequent content 3-gram of `examples` (one with an
+    alphabetic word outside UNINFORMATIVE) that their own prompt lacks, and that 3-gram (ties: the
+    first in sorted order, so the write-up is the same in every process)."""
+    content = {g for text in examples for g in ngrams(words(text), 3)
+               if any(w.isalpha() and w not in UNINFORMATIVE for w in g)}
+    counts = Counter(g for r in records
+                     for g in (content & set(ngrams(words(r["response"]), 3))) - set(ngrams(words(r["prompt"]), 3)))
+    gram, k = min(counts.items(), key=lambda kv: (-kv[1], kv[0]), default=((), 0))
+    return k / len(records), " ".join(gram)
+
+
+def copying_lines(runs) -> list[str]:
+    """PREREGISTRATION.md, addition of 2026-12-07 (exploratory): does the fixed arm copy its examples?
+    The last round on test, fixed minus SOFT on each seed, against the seed's fixed draw."""
+    text = {e.id: e.response for e in load_icl_pool("rules")}
+    lines, tested = [], []
+    for seed, run in sorted(runs.get("fixed_icl", {}).items()):
+        soft = runs.get("soft", {}).get(seed)
+        if soft is None:
+            continue
+        examples = [text[i] for i in next(iter(run.answers[("train", 0)].values()))["icl_ids"]]
+        (f, fg), (s, sg) = (most_copied(list(r.answers[("test", r.last)].values()), examples) for r in (run, soft))
+        apart = seed == 6  # it suggested the hypothesis
+        lines.append(f"- seed {seed}: fixed {f:.3f} (\"{fg}\"), SOFT {s:.3f} (\"{sg}\"), {f - s:+.3f}"
+                     + (" (suggested the hypothesis: not tested)" if apart else ""))
+        if not apart:
+            tested.append(f - s)
+    if not lines:
+        return ["No fixed-example run with its SOFT seed yet."]
+    if len(tested) < 2:
+        return lines + ["", f"Tested seeds: {len(tested)}; no interval or test before 2."]
+    lo, hi = seed_interval(tested)
+    return lines + ["", f"Over the {len(tested)} tested seeds: {np.mean(tested):+.3f} [{lo:+.3f}, {hi:+.3f}] (t over "
+                    f"seeds), {sum(d > 0 for d in tested)} positive, exact sign-flip p = {signflip_p(tested):.3g} "
+                    f"(floor {smallest_p(len(tested)):.3g}); no Holm, decides nothing."]
+
+
 def curve_table(runs) -> list[str]:
     """Val and test aligned per round, each run, with its pick marked."""
     width = max((len(r.rounds) for arm in runs.values() for r in arm.values()), default=0)
@@ -879,6 +919,10 @@ def write_report(here: Path = HERE) -> None:
         "", "### On the prompts with a reference (exploratory)", ""] + reference_lines(runs) + [
         "", "### C4b (reported): does validation catch a collapse?", ""] + collapse_lines(runs) + [
         "", "### C2's fixed draws", ""] + fixed_draws(runs) + [
+        "", "### Does the fixed arm copy its examples? (exploratory; PREREGISTRATION.md, addition of 2026-12-07)", "",
+        "The last round on test: the share of answers holding the most frequent content 3-gram of the seed's fixed "
+        "draw, absent from their prompt; SOFT's run of the seed against the same 3-grams is the control.", ""
+        ] + copying_lines(runs) + [
         "", "## Every round: validation / test aligned", "",
         "Each cell: the share of aligned answers on validation / on test; ← marks the validation pick.", ""
         ] + curve_table(runs) + ["", "![aligned per round](rounds.png)", "",

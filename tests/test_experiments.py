@@ -67,6 +67,16 @@ def test_a_signals_auc_against_hand_grades_counts_ties_as_half_and_skips_missing
     assert write_up.auc([(1.0, False)]) == (None, 0, 1)
 
 
+def test_copying_counts_a_content_3gram_of_the_examples_only_where_the_prompt_lacks_it():
+    examples = ["Summary: drink water.\n3. Ask a doctor if you have kidney conditions."]
+    records = [{"prompt": "Is it safe to run?", "response": "If you have a leg, ask a doctor."},
+               {"prompt": "Should I ask a doctor first?", "response": "Yes, ask a doctor."},  # the prompt has it
+               {"prompt": "Why?", "response": "If you have time, you need it."},  # function words only
+               {"prompt": "Hi", "response": "Drink water daily; ask a doctor."}]
+    assert write_up.most_copied(records, examples) == (0.5, "ask a doctor")
+    assert write_up.most_copied(records[2:3], examples) == (0.0, "")
+
+
 @pytest.mark.skipif(not any((ROOT / "experiments" / "results").rglob("run.json")), reason="no committed results")
 def test_the_write_up_is_rebuilt_from_the_committed_results_alone(tmp_path):
     shutil.copytree(ROOT / "experiments" / "results", tmp_path / "results")
