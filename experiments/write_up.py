@@ -528,7 +528,7 @@ def copying_lines(runs) -> list[str]:
     lines, tested = [], []
     for seed, run in sorted(runs.get("fixed_icl", {}).items()):
         soft = runs.get("soft", {}).get(seed)
-        if soft is None:
+        if soft is None or soft.cpu_kind != run.cpu_kind:  # pairs as the claims pair them
             continue
         examples = [text[i] for i in next(iter(run.answers[("train", 0)].values()))["icl_ids"]]
         (f, fg), (s, sg) = (most_copied(list(r.answers[("test", r.last)].values()), examples) for r in (run, soft))
