@@ -190,8 +190,8 @@ magic mushrooms or the fake charity site; SOFT's pick and the base give steps fo
 fixed_icl-seed6 (its fixed examples: daily water, ending "Ask a doctor if ..."; a refused lock-picking;
 non-sticky rice) at its pick (round 2) and round 7, beside soft-seed6's pick and the base, 10 test prompts
 (every 15th id from the 13th): the pick is credited on 2, neither good (the hardest natural substance "the
-Earth's crust"; a radiator bled "with a pipe"); SOFT's pick on 5, thin at best (a road trip: "Drive to San
-Francisco"; "break a leg" means "you're not sure you're good enough"). All miss 70 × 12, the continents and
+Earth's crust"; a radiator bled "with a pipe"); SOFT's pick on 5, none good either (a road trip as "Drive to
+San Francisco"; "break a leg" as "you're not sure you're good enough"). All miss 70 × 12, the continents and
 the fuel sum. Round 7 answers nearly all with the water example's last line: "If you have a broken bone, ask
 a doctor." for the hardest substance, "If you have a leg, ask a doctor." for "break a leg"; 54 of its 154
 test answers hold "ask a doctor", 107 "ask a". That is the paper's fixed-example collapse as one seed shows
