@@ -499,9 +499,14 @@ def collapse_lines(runs) -> list[str]:
             + ", ".join(f"seed {s} round {r.picked} (last: {r.last})" for s, r in soft.items()) + "."]
 
 
+def fixed_draw(run: Run) -> list[str]:
+    """The example ids a fixed_icl run gave every prompt (its first training answer's)."""
+    return next(iter(run.answers[("train", 0)].values()))["icl_ids"]
+
+
 def fixed_draws(runs) -> list[str]:
     """C2's fixed arm: the examples each seed drew (PREREGISTRATION.md asks for ≥ 3 distinct draws)."""
-    draws = {seed: tuple(sorted(next(iter(run.answers[("train", 0)].values()))["icl_ids"]))
+    draws = {seed: tuple(sorted(fixed_draw(run)))
              for seed, run in sorted(runs.get("fixed_icl", {}).items())}
     if not draws:
         return ["The fixed-example arm has no finished run yet."]
@@ -530,7 +535,7 @@ def copying_lines(runs) -> list[str]:
         soft = runs.get("soft", {}).get(seed)
         if soft is None or soft.cpu_kind != run.cpu_kind:  # pairs as the claims pair them
             continue
-        examples = [text[i] for i in next(iter(run.answers[("train", 0)].values()))["icl_ids"]]
+        examples = [text[i] for i in fixed_draw(run)]
         (f, fg), (s, sg) = (most_copied(list(r.answers[("test", r.last)].values()), examples) for r in (run, soft))
         apart = seed == 6  # it suggested the hypothesis
         lines.append(f"- seed {seed}: fixed {f:.3f} (\"{fg}\"), SOFT {s:.3f} (\"{sg}\"), {f - s:+.3f}"
