@@ -164,7 +164,7 @@ def test_a_step_killed_with_its_session_keeps_the_seconds_it_ran(tmp_path):
     seconds = json.loads(state.read_text())
     assert seconds["test"] == 5.0 and seconds["fit"] >= 1.0
     before = seconds["fit"]
-    run_grid.timed(seconds, "fit", [sys.executable, "-c", "pass"], state)
+    run_grid.timed(seconds, "fit", [sys.executable, "-c", "import time; time.sleep(0.3)"], state)  # > 0.1 s rounding
     assert json.loads(state.read_text()) == seconds and seconds["fit"] > before
     with pytest.raises(subprocess.CalledProcessError):
         run_grid.timed(seconds, "fit", [sys.executable, "-c", "raise SystemExit(3)"], state)
