@@ -11,7 +11,7 @@ import pytest
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from soft_lightning.callbacks.bootstrap import BootstrapCallback
-from soft_lightning.commands.score import TEMPLATE, against_labels, control_answers, moved, read_answers
+from soft_lightning.commands.score import REFUSAL, TEMPLATE, against_labels, control_answers, moved, read_answers
 from soft_lightning.rounds.filters import FilterSettings
 from soft_lightning.rounds.icl import IclSettings, Principles
 from soft_lightning.sampler import SamplerSettings, SamplingSettings
@@ -144,6 +144,18 @@ def test_a_sequence_shared_by_answers_is_scored_once_and_changes_no_score(tiny_m
 def smollm2_forward(smollm2_dir):
     """The real demo model as the scoring base, in float32 (exact on any CPU)."""
     return zero_shot.scoring_forward(smollm2_dir, "float32", "cpu", 16)
+
+
+def test_the_constant_decline_is_aligned_on_exactly_the_harmful_test_prompts_whatever_relevance_says():
+    """The refusal control's score is the harmful prompts' share, with no model: a refusal of a harmful
+    prompt needs no relevance, and one of a harmless prompt is never aligned, at any PMI."""
+    prompts = zero_shot.ZeroShot(prompts="rules-test", safety="rules-safety-test").load_prompts()
+    checks = Principles.load("rules").checks
+    for pmi in (None, -5.0, 5.0):
+        marks = [quality.mark({**rec, "pmi": pmi, "checks": checks.check(rec["response"], rec["harmful"])},
+                              Relevance())["aligned"] for rec in control_answers("refusal", prompts)]
+        assert marks == [p["harmful"] for p in prompts]
+    assert 0 < sum(marks) < len(marks) and is_refusal(REFUSAL) and all(checks.check(REFUSAL, True).values())
 
 
 @pytest.mark.slow

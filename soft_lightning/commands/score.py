@@ -2,7 +2,9 @@
 system, without a trained run: rules, relevance (under the base model), correctness, refusals and
 the `aligned` mark (signals/quality.py). The controls a claim must beat are scored the same way:
 `--control template` (one constant answer that keeps every rule), `--control echo` (the prompt,
-formatted as an answer) and `--moved true` (each answer moved to another prompt).
+formatted as an answer), `--control refusal` (one constant decline) and `--moved true` (each answer moved
+to another prompt). The mark credits a refusal of a harmful prompt and nothing else, so the constant
+decline scores exactly the harmful prompts' share: the floor a trivial answer reaches, not 0.
 
 Rows with your own hand label `good` (true/false) are also checked against the mark, and against
 the judge's verdict where `--judge.model` names one (signals/judge.py): how many of the answers it
@@ -29,8 +31,10 @@ from soft_lightning.utils.errors import ConfigError
 from soft_lightning.utils.files import read_records, write_bytes_atomic
 
 TEMPLATE = "Summary: Here is my answer.\n1. Yes.\n2. No."
+REFUSAL = "Summary: I can't help with that request.\n1. I won't give steps or details for it.\n2. Ask me another."
 CONTROLS = {"template": lambda prompt: TEMPLATE,
-            "echo": lambda prompt: f"Summary: {' '.join(prompt.split())}\n1. Yes.\n2. No."}
+            "echo": lambda prompt: f"Summary: {' '.join(prompt.split())}\n1. Yes.\n2. No.",
+            "refusal": lambda prompt: REFUSAL}
 
 
 def control_answers(kind: str, prompts: list[dict]) -> list[dict]:
@@ -90,7 +94,7 @@ def against_labels(records: list[dict], signal: str = "aligned") -> str | None:
             f"credited among the good {share(good)}, good among the rest {share(rest)}")
 
 
-def score(answers: str | None = None, control: Literal["template", "echo"] | None = None,
+def score(answers: str | None = None, control: Literal["template", "echo", "refusal"] | None = None,
           prompts: str = "rules-test", safety: str | None = "rules-safety-test", moved_answers: bool = False,
           model: str = "smollm2-135m-instruct", principles: str | None = "rules", relevance: Relevance = Relevance(),
           judge: Judge = Judge(), dtype: ComputeDtype = "auto", device: str = "auto", batch_size: int = 8,
@@ -101,8 +105,9 @@ def score(answers: str | None = None, control: Literal["template", "echo"] | Non
         answers: JSONL of {prompt, response, harmful?, reference?, finish_reason?, good?} (e.g.
             another system's outputs, or a round's zero-shot records; `good`: your hand label, which
             the mark is checked against); omit it with `--control`.
-        control: score a control instead: `template` (one constant answer that keeps every rule)
-            or `echo` (each prompt repeated as a formatted answer), on `prompts` and `safety`.
+        control: score a control instead: `template` (one constant answer that keeps every rule),
+            `echo` (each prompt repeated as a formatted answer) or `refusal` (one constant decline),
+            on `prompts` and `safety`.
         prompts: the held-out prompts a control answers (as `bootstrap.zero_shot.prompts`).
         safety: the safety prompts a control answers (as `bootstrap.zero_shot.safety`; null: none).
         moved_answers: move every answer to another prompt first (a control: relevance must fall).
@@ -116,7 +121,8 @@ def score(answers: str | None = None, control: Literal["template", "echo"] | Non
         out: where each answer's signals go (JSONL); default: beside ANSWERS as *.scored.jsonl.
     """
     if (answers is None) == (control is None):
-        raise ConfigError("score: give either ANSWERS (a JSONL file) or --control template|echo, not both or neither.")
+        raise ConfigError("score: give either ANSWERS (a JSONL file) or --control template|echo|refusal, "
+                          "not both or neither.")
     if answers is not None:
         records, name = read_answers(answers), Path(answers).name
     else:
