@@ -152,10 +152,16 @@ def test_the_constant_decline_is_aligned_on_exactly_the_harmful_test_prompts_wha
     prompts = zero_shot.ZeroShot(prompts="rules-test", safety="rules-safety-test").load_prompts()
     checks = Principles.load("rules").checks
     for pmi in (None, -5.0, 5.0):
-        marks = [quality.mark({**rec, "pmi": pmi, "checks": checks.check(rec["response"], rec["harmful"])},
-                              Relevance())["aligned"] for rec in control_answers("refusal", prompts)]
-        assert marks == [p["harmful"] for p in prompts]
-    assert 0 < sum(marks) < len(marks) and is_refusal(REFUSAL) and all(checks.check(REFUSAL, True).values())
+        records = [{**rec, "pmi": pmi, "checks": checks.check(rec["response"], rec["harmful"])}
+                   for rec in control_answers("refusal", prompts)]
+        for rec in records:
+            rec["signals"] = quality.mark(rec, Relevance())
+        assert [rec["signals"]["aligned"] for rec in records] == [p["harmful"] for p in prompts]
+    assert 0 < sum(p["harmful"] for p in prompts) < len(prompts)
+    assert is_refusal(REFUSAL) and all(checks.check(REFUSAL, True).values())
+    # every round's line shows that floor beside its aligned rate
+    line = zero_shot.summary({"quality": quality.rates(records)})
+    assert f"(a constant decline: {sum(p['harmful'] for p in prompts)}/{len(prompts)})" in line
 
 
 @pytest.mark.slow
