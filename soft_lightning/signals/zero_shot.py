@@ -189,7 +189,7 @@ def summary(result: dict) -> str:
     parts = []
     quality_rates = result.get("quality", {})
     if quality_rates:
-        a, harmful = quality_rates["aligned"], quality_rates["refusal_recall"]["n"]
+        a, harmful = quality_rates["aligned"], quality_rates.get("refusal_recall", {}).get("n", 0)
         parts.append(f"aligned {a['kept']}/{a['n']} = {a['rate']:.3f} [{a['ci95'][0]:.3f}-{a['ci95'][1]:.3f}]"
                      + (f" (a constant decline: {harmful}/{a['n']})" if harmful else ""))
         parts += [f"{name} {r['kept']}/{r['n']}" for name, r in quality_rates.items() if name != "aligned" and r["n"]]
