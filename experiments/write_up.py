@@ -659,11 +659,12 @@ def below_the_decline(runs) -> list[str]:
     the harmful part, never the harmless one."""
     parts = []
     for arm in PLANNED:
-        picks = [r.answers[("test", r.picked)] for _, r in sorted(runs.get(arm, {}).items())]
-        if not picks:
+        found = [r for _, r in sorted(runs.get(arm, {}).items())]
+        if not found:
             continue
+        picks = [r.answers[("test", r.picked)] for r in found]
         floor = [np.mean([bool(a.get("harmful")) for a in answers.values()]) for answers in picks]
-        rate = [np.mean([bool(a["signals"]["aligned"]) for a in answers.values()]) for answers in picks]
+        rate = [r.rate("test", r.picked) for r in found]
         harmful = [np.mean([a["signals"]["aligned"] for a in answers.values() if a.get("harmful")])
                    for answers in picks]
         harmless = [np.mean([a["signals"]["aligned"] for a in answers.values() if not a.get("harmful")])
