@@ -254,10 +254,11 @@ class BootstrapCallback(L.Callback):
 
     def on_fit_end(self, trainer, pl_module):
         store = self.run.store
-        base = store.read_zero_shot("base")
-        rank_zero_info("[soft] per-round summary (train_s includes validation)\n"
-                       + table.format_table(table.rows(store), store.best_round())
+        base, rows, best = store.read_zero_shot("base"), table.rows(store), store.best_round()
+        rank_zero_info("[soft] per-round summary (train_s includes validation)\n" + table.format_table(rows, best)
                        + (f"\nbase model zero-shot: {zero_shot.summary(base)}" if base else ""))
+        if warning := table.below_decline(rows, best):
+            rank_zero_info(f"[soft] warning: the best {warning}.")
         rank_zero_info(f"[soft] the run is in {store.root} (rounds.csv, rounds.png, best/); "
                        f"`python -m soft_lightning report {store.root}` writes {store.root / 'report.html'}")
 

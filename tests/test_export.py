@@ -50,6 +50,8 @@ def test_export_loads_in_transformers_and_computes_base_plus_adapter(exported, t
     assert (plain - reference).abs().max() > 10 * BF16_LOGPROB_TOLERANCE, "the adapter should matter"
     card = (folder / "README.md").read_text()
     assert "| round | kept |" in card and "SOFT round 0" in card and "```yaml" in card
+    warned = "[soft] warning: the best round 0 is aligned on" in out.with_name("cli.stderr").read_text()
+    assert ("> **Warning:** round 0 is aligned on" in card) == warned, "the card warns where the run did"
     assert json.loads((folder / "soft_export.json").read_text())["round"] == 0
     assert (folder / "adapter" / "adapter_model.safetensors").is_file()
 

@@ -55,6 +55,9 @@ def test_report_shows_the_run_s_zero_shot_answers_with_their_marks_and_generates
     assert html.escape(base[0]["response"]) in page, "the base model's first zero-shot answer, as the run holds it"
     assert page.count("<div class=marks>") == 4, "each of 2 answers x 2 models carries its marks"
     assert page.count("✓ judged") + page.count("✗ judged") == 4, "and the verdict of the run's judge"
+    warned = "[soft] warning: the best round 0 is aligned on" in (out.with_name("cli.stderr")).read_text()
+    assert ("<p class=warning>Warning: the best round 0 is aligned on" in page) == warned, \
+        "the page warns where the run did: its best round no better, by the mark, than a constant decline"
 
 
 @pytest.mark.slow

@@ -47,6 +47,23 @@ def test_store_layout_and_disjoint_rounds(finished_run):
     assert "per-round summary" in result.stderr + result.stdout
 
 
+def test_the_round_table_holds_the_constant_decline_s_floor_and_the_run_warns_at_or_below_it(finished_run):
+    """`val/decline` is the harmful share of the validation prompts (what refusing every prompt is
+    aligned on); the run warns exactly when its best round's aligned share is no higher."""
+    import csv
+
+    _, out, result = finished_run
+    store = RoundStore(out)
+    rows = list(csv.DictReader((out / "rounds.csv").open()))
+    for row in rows:
+        records = store.read_zero_shot(int(row["round"]))["records"]
+        assert sum(bool(rec.get("harmful")) for rec in records) > 0, "the tiny run's validation has no harmful prompt"
+        assert float(row["val/decline"]) == sum(bool(rec.get("harmful")) for rec in records) / len(records)
+    best = next(row for row in rows if int(row["round"]) == store.best_round())
+    warned = f"[soft] warning: the best round {best['round']} is aligned on" in result.stderr + result.stdout
+    assert warned == (float(best["val/aligned"]) <= float(best["val/decline"]) + 1e-6)
+
+
 def test_manifest_records_the_dtype_actually_used(finished_run):
     """The demo config's `compute_dtype: auto`, resolved for this CPU, is what trained and sampled."""
     sampler, out, result = finished_run

@@ -120,8 +120,10 @@ def model_card(store: RoundStore, identity: dict, r: int, best: int | None, base
              "the 4-bit (nf4) base, is in `adapter/` as it was saved.", "",
              "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
              "model = AutoModelForCausalLM.from_pretrained(PATH)",
-             "tokenizer = AutoTokenizer.from_pretrained(PATH)  # with the base's chat template", "```", "",
-             "## Rounds", ""]
+             "tokenizer = AutoTokenizer.from_pretrained(PATH)  # with the base's chat template", "```", ""]
+    if warning := table.below_decline(rows, r):
+        lines += [f"> **Warning:** {warning}.", ""]
+    lines += ["## Rounds", ""]
     if rows:
         lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         lines += ["| " + " | ".join(table.cell(row.get(c)) for c in columns) + " |" for row in rows]

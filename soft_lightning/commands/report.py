@@ -37,6 +37,7 @@ th{background:#f3f3f3}.num{text-align:right;font-variant-numeric:tabular-nums}.b
 .answers td{white-space:pre-wrap;max-width:28em;font-size:13px}.prompt{font-weight:600;background:#fafafa}
 .dropped{color:#a33}.written{color:#36a}details{margin:.3em 0}summary{cursor:pointer}code{font-size:12px;color:#555}
 .marks{font-size:12px;color:#555;margin-top:.4em;white-space:normal}
+.warning{background:#fdf0e6;border-left:4px solid #c60;padding:.4em .8em}
 """
 
 
@@ -93,8 +94,10 @@ def write_report(store: RoundStore, plan: RunPlan, answers: dict[int | str, list
              f"</title><style>{STYLE}</style></head><body>",
              f"<h1>SOFT run <code>{html.escape(str(store.root))}</code></h1>",
              f"<p>Model <code>{html.escape(plan.setting('model.model_name_or_path'))}</code>; {len(rows)} trained "
-             f"round(s); best round: {best if best is not None else '–'}.</p>", "<h2>Rounds</h2>",
-             _round_table(rows, best)]
+             f"round(s); best round: {best if best is not None else '–'}.</p>"]
+    if warning := table.below_decline(rows, best):
+        parts.append(f"<p class=warning>Warning: the best {html.escape(warning)}.</p>")
+    parts += ["<h2>Rounds</h2>", _round_table(rows, best)]
     plot = store.root / "rounds.png"
     if plot.is_file():
         data = base64.b64encode(plot.read_bytes()).decode()

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from soft_lightning.rounds.store import RoundStore
-from soft_lightning.signals import stats
+from soft_lightning.signals import quality, stats
 from soft_lightning.utils.files import write_bytes_atomic
 
 TABLE_COLUMNS = ["round", "prompts_written", "pool_size", "kept", "tokens_generated", "generation_s", "train_s",
@@ -132,17 +132,20 @@ def rows(store: RoundStore, found: dict[int, dict] | None = None, compare: bool 
 
 def zero_shot_fields(store: RoundStore, r: int | str) -> dict:
     """Round r's zero-shot signals beyond the logged rates: the intervals of aligned and of the
-    rules, the per-rule rates; and `eval/*` from `evaluate --tasks principles`."""
+    rules, the per-rule rates, `val/decline` (the aligned share of a constant decline on the same
+    prompts); and `eval/*` from `evaluate --tasks principles`."""
     result = store.read_zero_shot(r) or {}
     fields = adherence_fields("val/adherence", result.get("adherence"))
     aligned = result.get("quality", {}).get("aligned")
     if aligned and aligned["n"]:
         fields.update({"val/aligned_low": aligned["ci95"][0], "val/aligned_high": aligned["ci95"][1]})
+        if harmful := quality.decline_floor(result):
+            fields["val/decline"] = harmful / aligned["n"]
     fields.pop("val/adherence", None)
     path = store.principles_eval_path(r)
     evaluated = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    quality = {f"eval/{name}": q["rate"] for name, q in evaluated.get("quality", {}).items()}
-    return {**fields, **adherence_fields("eval/adherence", evaluated.get("adherence")), **quality}
+    evaluated_rates = {f"eval/{name}": q["rate"] for name, q in evaluated.get("quality", {}).items()}
+    return {**fields, **adherence_fields("eval/adherence", evaluated.get("adherence")), **evaluated_rates}
 
 
 def best_monitor(store: RoundStore) -> str | None:
@@ -201,6 +204,19 @@ def compare_with_best(store: RoundStore, found: dict[int, dict], rows: list[dict
                         "vs_best_p": test["p"]})
 
 
+def below_decline(rows: list[dict], r: int | None) -> str | None:
+    """A warning where round r's validation answers are aligned no more often than a constant
+    decline's would be: by the mark, that round is no better than refusing every prompt (which
+    round is best stays the monitor's call, not this check's)."""
+    row = next((row for row in rows if row["round"] == r), {})
+    aligned, floor = row.get("val/aligned"), row.get("val/decline")
+    if aligned is None or floor is None or aligned > floor + 1e-6:  # (val/aligned was logged as float32)
+        return None
+    return (f"round {r} is aligned on {aligned:.3f} of its validation answers, no more than a constant decline "
+            f"({floor:.3f}: refusing every prompt is aligned on the harmful ones); by the mark it is no better than "
+            "a model that refuses everything: read its answers (`report`) before using it")
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
     columns = list(dict.fromkeys(k for row in rows for k in row))
     buf = io.StringIO()
@@ -211,8 +227,9 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 def write_plot(rows: list[dict], path: Path, metric: str | None, best_round: int | None) -> None:
-    """Validation metric, entropy and diversity per round; the best round marked. Skipped where
-    matplotlib is not installed (a bare GPU image): rounds.csv holds the same numbers."""
+    """Validation metric, entropy and diversity per round; the best round marked, and aligned's
+    floor (a constant decline's share). Skipped where matplotlib is not installed (a bare GPU
+    image): rounds.csv holds the same numbers."""
     try:
         import matplotlib
     except ImportError:
@@ -228,8 +245,12 @@ def write_plot(rows: list[dict], path: Path, metric: str | None, best_round: int
     rounds = [row["round"] for row in rows]
     for ax, name in zip(axes[0], panels):
         ax.plot(rounds, [row.get(name) if row.get(name) is not None else float("nan") for row in rows], marker="o")
+        floor = rows[-1].get("val/decline") if name == "val/aligned" else None
+        if floor is not None:
+            ax.axhline(floor, color="tab:red", linestyle=":", label="a constant decline")
         if best_round is not None:
             ax.axvline(best_round, color="tab:green", linestyle="--", label=f"best: round {best_round}")
+        if floor is not None or best_round is not None:
             ax.legend(loc="best", fontsize=8)
         ax.set_title(name)
         ax.set_xlabel("round")

@@ -185,11 +185,11 @@ def metrics(result: dict) -> dict[str, float]:
 
 def summary(result: dict) -> str:
     """One line: aligned with its interval and the floor a constant decline reaches on the same
-    prompts (the harmful ones: quality.py), the other signals, then the rules."""
+    prompts, the other signals, then the rules."""
     parts = []
     quality_rates = result.get("quality", {})
     if quality_rates:
-        a, harmful = quality_rates["aligned"], quality_rates.get("refusal_recall", {}).get("n", 0)
+        a, harmful = quality_rates["aligned"], quality.decline_floor(result)
         parts.append(f"aligned {a['kept']}/{a['n']} = {a['rate']:.3f} [{a['ci95'][0]:.3f}-{a['ci95'][1]:.3f}]"
                      + (f" (a constant decline: {harmful}/{a['n']})" if harmful else ""))
         parts += [f"{name} {r['kept']}/{r['n']}" for name, r in quality_rates.items() if name != "aligned" and r["n"]]
