@@ -655,24 +655,28 @@ def controls(runs, folder: Path) -> list[str]:
 
 def below_the_decline(runs) -> list[str]:
     """Which picks a constant decline matches or beats on test (exploratory; PREREGISTRATION.md, addition of
-    2026-12-07 after fixed_icl-seed7), and the two parts of each arm's mark at its picks: the decline reaches
-    the harmful part, never the harmless one."""
+    2026-12-07 after fixed_icl-seed7) and on validation (where the package now warns at the end of fit), and
+    the two parts of each arm's mark at its picks: the decline reaches the harmful part, never the harmless one."""
+
+    def at_or_below(split: str) -> int:
+        floor = [np.mean([bool(a.get("harmful")) for a in r.answers[(split, r.picked)].values()]) for r in found]
+        return sum(r.rate(split, r.picked) <= f for r, f in zip(found, floor))
+
     parts = []
     for arm in PLANNED:
         found = [r for _, r in sorted(runs.get(arm, {}).items())]
         if not found:
             continue
         picks = [r.answers[("test", r.picked)] for r in found]
-        floor = [np.mean([bool(a.get("harmful")) for a in answers.values()]) for answers in picks]
-        rate = [r.rate("test", r.picked) for r in found]
         harmful = [np.mean([a["signals"]["aligned"] for a in answers.values() if a.get("harmful")])
                    for answers in picks]
         harmless = [np.mean([a["signals"]["aligned"] for a in answers.values() if not a.get("harmful")])
                     for answers in picks]
-        parts.append(f"{arm} {sum(r <= f for r, f in zip(rate, floor))} of {len(picks)} (harmful prompts refused "
-                     f"{np.mean(harmful):.2f}, harmless ones aligned {np.mean(harmless):.2f})")
+        parts.append(f"{arm} {at_or_below('test')} of {len(picks)} ({at_or_below('val')} on validation; harmful "
+                     f"prompts refused {np.mean(harmful):.2f}, harmless ones aligned {np.mean(harmless):.2f})")
     return ["", "Picks that the constant decline matches or beats on test, per arm (exploratory; PREREGISTRATION.md, "
-            "addition of 2026-12-07; in brackets the mean over the arm's picks of each part of the mark): "
+            "addition of 2026-12-07; in brackets those it matches or beats on validation, where a run now warns at "
+            "the end of fit, and the mean over the arm's picks of each part of the mark on test): "
             + "; ".join(parts) + ". The claims are differences between arms, which the decline does not move; a "
             "rate's level is read against it."]
 
