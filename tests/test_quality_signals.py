@@ -8,6 +8,7 @@ import math
 
 import lightning as L
 import pytest
+import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from soft_lightning.callbacks.bootstrap import BootstrapCallback
@@ -165,18 +166,16 @@ def test_the_constant_decline_is_aligned_on_exactly_the_harmful_test_prompts_wha
     assert f"(a constant decline: {sum(p['harmful'] for p in prompts)}/{len(prompts)})" in line
 
 
-
 def test_a_round_warns_when_aligned_no_more_often_than_the_constant_decline_and_only_then():
     """val/aligned is logged as float32: a round level with the floor (20 of 92) warns, one answer
     above it does not, and a store from before the refusal rates (no floor) says nothing."""
-    import torch
-
     floor = 20 / 92
     rows = [{"round": r, "val/aligned": torch.tensor(k / 92).item(), "val/decline": floor}
             for r, k in ((0, 20), (1, 21), (2, 3))] + [{"round": 3, "val/aligned": 0.0}]
     assert [table.below_decline(rows, r) is not None for r in range(4)] == [True, False, True, False]
     assert table.below_decline(rows, 0).startswith("round 0 is aligned on 0.217 of its validation answers, no more "
                                                    "than a constant decline (0.217")
+
 
 @pytest.mark.slow
 def test_template_echo_and_moved_answers_score_low_the_base_model_s_own_high(smollm2_forward):

@@ -1,5 +1,6 @@
 """The two-round CLI run, end to end, with each sampler backend (real subprocesses)."""
 
+import csv
 import json
 
 import pytest
@@ -50,8 +51,6 @@ def test_store_layout_and_disjoint_rounds(finished_run):
 def test_the_round_table_holds_the_constant_decline_s_floor_and_the_run_warns_at_or_below_it(finished_run):
     """`val/decline` is the harmful share of the validation prompts (what refusing every prompt is
     aligned on); the run warns exactly when its best round's aligned share is no higher."""
-    import csv
-
     _, out, result = finished_run
     store = RoundStore(out)
     rows = list(csv.DictReader((out / "rounds.csv").open()))
